@@ -1,0 +1,55 @@
+"""Shared CLI helpers: loading recipes and turning user errors into exit code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from grpo.core.errors import PluginError, UserError
+from grpo.core.recipe import Recipe, apply_overrides, expand_env, load_toml, parse, plugin_modules
+from grpo.core.registry import Registry, load_registry
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True)
+
+EXIT_USER_ERROR = 2
+
+
+def fail(error: Exception) -> None:
+    """Print a user or plugin error in one clear block and exit (2 for user errors, 1 for plugins)."""
+    if isinstance(error, UserError):
+        err_console.print(f"[bold red]error:[/] {error.render()}", markup=True)
+        raise SystemExit(EXIT_USER_ERROR)
+    err_console.print(f"[bold red]plugin error:[/] {error}", markup=True)
+    if os.environ.get("GRPO_DEBUG"):
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
+    raise SystemExit(1)
+
+
+def load_recipe(path: str | Path, sets: list[str] | None = None, *, env: bool) -> tuple[Recipe, Registry]:
+    """Read, override, (optionally) expand ``${VAR}``, and validate a recipe."""
+    data = load_toml(path)
+    data = apply_overrides(data, sets or [])
+    if env:
+        data = expand_env(data)
+    registry = load_registry(plugin_modules(data))
+    return parse(data, registry, source=Path(path)), registry
+
+
+def guard(fn):
+    """Decorator: user errors and plugin errors exit cleanly instead of printing a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, PluginError) as e:
+            fail(e)
+
+    return wrapper

@@ -1,0 +1,37 @@
+"""The `grpo` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from . import plan as plan_cmd
+from . import plugins as plugins_cmd
+from . import run as run_cmd
+from . import validate as validate_cmd
+
+app = typer.Typer(
+    name="grpo",
+    help="Group-relative policy optimization for diffusion and flow-matching models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("run")(run_cmd.run)
+app.command("validate")(validate_cmd.validate)
+app.command("plan")(plan_cmd.plan)
+app.add_typer(plugins_cmd.app, name="plugins")
+
+
+def main() -> None:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if "cuda" not in os.environ.get("DS_ACCELERATOR", "") else "cuda")
+    try:
+        app(standalone_mode=True)
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""`grpo plan RECIPE`: the exact cost of one iteration before running it."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from grpo.core.plan import cost
+
+from .common import console, guard, load_recipe
+
+
+@guard
+def plan(
+    recipe: Annotated[str, typer.Argument(help="path of a .toml recipe")],
+    set_: Annotated[list[str], typer.Option("--set", help="override KEY=VALUE (TOML value)")] = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Per-tree rollout forwards, edges and trained edges (after pruning, iteration 0)."""
+    r, _ = load_recipe(recipe, set_, env=False)
+    report = cost(r)
+    data = report.to_dict()
+    prompts = r.train.prompts_per_iteration
+    data["trees_per_iteration"] = prompts
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    table = Table(title=f"{r.strategy.entry.name}: one tree over {data['steps']} steps")
+    for col in ("step", "σ → σ'", "live nodes", "branch", "mode", "trained edges"):
+        table.add_column(col, justify="right")
+    for s in data["per_step"]:
+        split = f"×{s['branch']} (λ {s['noise_scale']:g})" if s["branch"] > 1 else ""
+        table.add_row(str(s["step"]), f"{s['sigma']:.3f} → {s['sigma_next']:.3f}", str(s["live_nodes"]), split,
+                      s["mode"], str(s["trained_edges"]))
+    console.print(table)
+    console.print(
+        f"per tree: [bold]{data['leaves_per_tree']}[/] leaves, [bold]{data['rollout_forwards_per_tree']}[/] rollout "
+        f"forwards, {data['edges_per_tree']} edges, [bold]{data['trained_edges_per_tree']}[/] trained edges "
+        f"({data['rollout_forwards_per_leaf']:.2f} forwards and {data['trained_edges_per_leaf']:.2f} trained edges "
+        f"per leaf); {prompts} trees per iteration"
+    )

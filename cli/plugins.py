@@ -1,0 +1,60 @@
+"""`grpo plugins list|show`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from grpo.core.errors import UserError, unknown_name_hint
+from grpo.core.registry import load_registry
+from grpo.core.schema import _MISSING
+
+from .common import console, guard
+
+app = typer.Typer(help="List and describe the registered plugins.", no_args_is_help=True)
+
+
+def _default(value) -> str | None:
+    return None if value is _MISSING else repr(value)
+
+
+@app.command("list")
+@guard
+def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Every registered component, by kind, with the plugin and distribution that provided it."""
+    registry = load_registry()
+    entries = list(registry.all())
+    if as_json:
+        print(json.dumps([{"kind": e.kind, "name": e.name, "description": e.description, "plugin": e.plugin,
+                           "distribution": e.distribution} for e in entries], indent=2))
+        return
+    table = Table(title="grpo plugins")
+    for col in ("kind", "name", "description", "from"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e.kind, e.name, e.description, e.distribution)
+    console.print(table)
+
+
+@app.command("show")
+@guard
+def show(name: Annotated[str, typer.Argument(help="a component name, e.g. dancegrpo")]) -> None:
+    """A component's description and its recipe options with types and defaults."""
+    registry = load_registry()
+    found = registry.find(name)
+    if not found:
+        raise UserError(f"no plugin named {name!r}", hint=unknown_name_hint(name, {e.name for e in registry.all()}))
+    for e in found:
+        console.print(f"[bold]{e.name}[/] ({e.kind}, from {e.distribution})")
+        console.print(e.description)
+        table = Table()
+        for col in ("option", "type", "default", "range", "description"):
+            table.add_column(col)
+        for o in e.options:
+            default = _default(o.default)
+            table.add_row(o.name, o.type_name, "(required)" if default is None else default,
+                          o.range.describe() if o.range else "", o.doc)
+        console.print(table)

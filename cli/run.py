@@ -1,0 +1,54 @@
+"""`grpo run RECIPE` and `grpo run --resume DIR`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from grpo.core.engine import RESOLVED, Trainer
+from grpo.core.errors import UserError
+
+from .common import console, guard, load_recipe
+from .progress import RichReporter
+
+
+@guard
+def run(
+    recipe: Annotated[str | None, typer.Argument(help="path of a .toml recipe")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override KEY=VALUE (TOML value)")] = [],  # noqa: B006
+    out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<recipe>-<time>)")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+) -> None:
+    """Train: rollout trees, score leaves, compute advantages, prune, update; log and checkpoint."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if resume is not None:
+        if recipe is not None or out is not None:
+            raise UserError("--resume DIR takes no RECIPE or --out", hint="grpo run --resume runs/my-run")
+        resolved = resume / RESOLVED
+        if not resolved.is_file():
+            raise UserError(f"{str(resume)!r} is not a run directory (no {RESOLVED})", where="--resume",
+                            hint="give the --out directory of an earlier `grpo run`")
+        r, _ = load_recipe(resolved, set_, env=True)
+        run_dir = resume
+    else:
+        if recipe is None:
+            raise UserError("no recipe given", hint="grpo run recipes/shapes_dance.toml")
+        r, _ = load_recipe(recipe, set_, env=True)
+        run_dir = out or Path("runs") / f"{Path(recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"run directory {str(run_dir)!r} already exists and is not empty", where="--out",
+                            hint=f"continue it with `grpo run --resume {run_dir}`, or choose another --out")
+    trainer = Trainer(r, run_dir)
+    keys = [x.entry.name for x in r.rewards]
+    if quiet or not r.logging.progress:
+        trainer.run(resume=resume is not None)
+    else:
+        with RichReporter(keys) as reporter:
+            trainer.reporter = reporter
+            trainer.run(resume=resume is not None)
+    console.print(f"[green]done[/]: {run_dir}")

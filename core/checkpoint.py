@@ -1,0 +1,53 @@
+"""Atomic checkpoints: written to a temporary folder, then renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .backend import Backend
+
+PREFIX = "iter_"
+
+
+def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
+    return run_dir / "checkpoints" / f"{PREFIX}{iteration:06d}"
+
+
+def save(run_dir: Path, backend: Backend, iteration: int, keep: int) -> Path:
+    """Save the state after `iteration` iterations (the next one to run is `iteration`)."""
+    final = checkpoint_dir(run_dir, iteration)
+    tmp = final.with_name(f".tmp-{final.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    backend.save(tmp)
+    with (tmp / "engine.json").open("w") as fh:
+        json.dump({"iteration": iteration}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for old in complete_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (temporary folders of an interrupted save are ignored)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "engine.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest(run_dir: Path) -> tuple[Path, int] | None:
+    done = complete_checkpoints(run_dir)
+    if not done:
+        return None
+    with (done[-1] / "engine.json").open() as fh:
+        return done[-1], int(json.load(fh)["iteration"])

@@ -1,0 +1,318 @@
+"""The training loop. It knows no algorithm by name:
+
+    prompts → topology plan → batched rollout → rewards on leaves → advantages per edge
+    → pruners choose trained edges → clipped-ratio update → log / evaluate / checkpoint
+
+Every iteration draws its randomness from a generator seeded by (seed, iteration), so a run
+resumed from a checkpoint continues exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import tomli_w
+import torch
+
+from . import checkpoint
+from .backend import Backend, OptimizerConfig
+from .errors import UserError
+from .images import caption_grid, pil_to_tensor
+from .policy import Conditioning, Policy
+from .recipe import Recipe
+from .reward import RewardModel
+from .rollout import chunked, rollout
+from .runlog import RunLog
+from .sampler import Sampler
+from .strategy import StrategyParts
+from .tree import Advantages, EdgeSet, Rollout, TreePlan
+from .update import EdgeBatch, UpdateConfig, update
+
+log = logging.getLogger(__name__)
+
+RESOLVED = "recipe.resolved.toml"
+
+
+class Reporter(Protocol):
+    """Receives progress; the CLI draws it with rich. Every method is optional to act on."""
+
+    def start(self, total: int, done: int) -> None: ...
+    def stage(self, name: str) -> None: ...
+    def iteration(self, iteration: int, metrics: dict[str, float]) -> None: ...
+    def evaluation(self, iteration: int, metrics: dict[str, float]) -> None: ...
+
+
+class _Silent:
+    def start(self, total: int, done: int) -> None: ...
+    def stage(self, name: str) -> None: ...
+    def iteration(self, iteration: int, metrics: dict[str, float]) -> None: ...
+    def evaluation(self, iteration: int, metrics: dict[str, float]) -> None: ...
+
+
+def iteration_generator(seed: int, iteration: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator determined by (seed, iteration, stream)."""
+    state = np.random.SeedSequence([seed, iteration, stream]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]) >> 1)
+
+
+def mean_ci(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and half-width of its 95% normal interval (1.96 standard errors; 0 for n < 2)."""
+    v = values.double()
+    if v.numel() < 2:
+        return float(v.mean()) if v.numel() else float("nan"), 0.0
+    return float(v.mean()), float(1.96 * v.std(unbiased=True) / math.sqrt(v.numel()))
+
+
+@dataclass
+class Components:
+    """Everything built from a recipe."""
+
+    policy: Policy
+    sampler: Sampler
+    parts: StrategyParts
+    plan: TreePlan
+    rewards: list[tuple[str, float, RewardModel]]
+    train_prompts: list[str]
+    eval_sets: dict[str, list[str]]
+    backend: Backend
+
+
+def build(recipe: Recipe) -> Components:
+    policy = recipe.model.create()
+    sampler = recipe.sampler.create()
+    parts = recipe.strategy.create().build()
+    plan = parts.topology.plan(sampler.steps)
+    rewards = [(r.entry.name, r.weight, r.create()) for r in recipe.rewards]
+    for name, _, model in rewards:
+        if model.media != policy.media:
+            raise UserError(f"reward {name!r} scores {model.media}s but the model makes {policy.media}s",
+                            where="reward", hint="choose a reward for the model's media")
+    source = recipe.prompts.create()
+    train_prompts = source.train_prompts()
+    if not train_prompts:
+        raise UserError("the prompt source gives no training prompts", where="prompts")
+    return Components(policy, sampler, parts, plan, rewards, train_prompts, source.eval_sets(), recipe.backend.create())
+
+
+@contextmanager
+def _timer(times: dict[str, float], key: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[key] = times.get(key, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class Trainer:
+    recipe: Recipe
+    run_dir: Path
+    reporter: Any = field(default_factory=_Silent)
+
+    def __post_init__(self) -> None:
+        self._cond_cache: dict[str, Conditioning] = {}
+
+    # -- prompt embeddings -------------------------------------------------------------------
+    def encode(self, prompts: list[str]) -> Conditioning:
+        """Embeddings of `prompts`, computed once per distinct prompt."""
+        missing = sorted({p for p in prompts if p not in self._cond_cache})
+        if missing:
+            cond = self.c.policy.encode_prompts(missing)
+            for i, p in enumerate(missing):
+                self._cond_cache[p] = cond.select(torch.tensor([i]))
+        first = self._cond_cache[prompts[0]]
+        values = {}
+        for name, value in vars(first).items():
+            if isinstance(value, torch.Tensor):
+                values[name] = torch.cat([getattr(self._cond_cache[p], name) for p in prompts])
+            else:
+                values[name] = value
+        return type(first)(**values)
+
+    # -- rewards -------------------------------------------------------------------------------
+    def score(self, images: torch.Tensor, prompts: list[str]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-reward scores (N,) and every reported component, keyed ``name/component``."""
+        scores, report = [], {}
+        for name, _, model in self.c.rewards:
+            out = model.score(images, prompts)
+            if out.scores.shape != (images.shape[0],):
+                raise RuntimeError(f"reward {name!r} returned shape {tuple(out.scores.shape)} for {images.shape[0]} images")
+            scores.append(out.scores.float())
+            report[f"{name}"] = out.scores.float()
+            for comp, values in out.components.items():
+                report[f"{name}/{comp}"] = values.float()
+        return scores, report
+
+    def advantages(self, ro: Rollout, scores: list[torch.Tensor]) -> Advantages:
+        weights = [w for _, w, _ in self.c.rewards]
+        estimator = self.c.parts.advantage
+        if self.recipe.train.reward_aggregation == "sum":
+            total = sum(w * s for w, s in zip(weights, scores, strict=True))
+            return estimator(ro, total)
+        per = [estimator(ro, s) for s in scores]
+        return Advantages([sum(w * a.values[k] for w, a in zip(weights, per, strict=True)) for k in range(ro.steps)])
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, iteration: int) -> dict[str, float]:
+        cfg = self.recipe.eval
+        steps = cfg.steps or self.c.sampler.steps
+        from grpo.plugins.samplers.flow import ODE
+
+        ode = ODE(steps=steps, shift=getattr(self.c.sampler, "shift", 1.0))
+        plan = TreePlan((1,) * steps, (1.0,) * steps, (False,) * steps)
+        metrics: dict[str, float] = {}
+        per_image: dict[str, dict[str, list[float]]] = {}
+        grid_images, grid_captions = [], []
+        for set_name, prompts in self.c.eval_sets.items():
+            noise = self.eval_noise[set_name]
+            finals = []
+            for sl in chunked(len(prompts), cfg.batch):
+                cond = self.encode(prompts[sl])
+                ro = rollout(self.c.policy, ode, plan, cond, generator=torch.Generator(), max_batch=cfg.batch,
+                             init_noise=noise[sl])
+                finals.append(self.c.policy.decode(ro.final))
+            images = torch.cat(finals)
+            _, report = self.score(images, prompts)
+            per_image[set_name] = {k: v.tolist() for k, v in report.items()}
+            for key, values in report.items():
+                m, ci = mean_ci(values)
+                metrics[f"{set_name}/{key}"] = m
+                metrics[f"{set_name}/{key}/ci95"] = ci
+            if cfg.grid_images:
+                take = np.linspace(0, len(prompts) - 1, min(cfg.grid_images, len(prompts))).round().astype(int)
+                grid_images.append(images[take])
+                grid_captions += [f"[{set_name}] {prompts[i]}" for i in take]
+        if grid_images and cfg.grid_images:
+            imgs = torch.cat(grid_images)
+            sel = np.linspace(0, len(imgs) - 1, min(cfg.grid_images, len(imgs))).round().astype(int)
+            grid = caption_grid(imgs[sel], [grid_captions[i] for i in sel])
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            grid.save(self.run_dir / "samples" / f"eval_{iteration:06d}.png")
+            self.log.image("eval/samples", pil_to_tensor(grid), iteration)
+        (self.run_dir / "eval").mkdir(exist_ok=True)
+        torch.save(per_image, self.run_dir / "eval" / f"iter_{iteration:06d}.pt")
+        return metrics
+
+    # -- one iteration ---------------------------------------------------------------------------
+    def iteration(self, it: int) -> dict[str, float]:
+        t = self.recipe.train
+        times: dict[str, float] = {}
+        gen = iteration_generator(t.seed, it)
+        n_prompts = len(self.c.train_prompts)
+        if t.prompts_per_iteration <= n_prompts:
+            idx = torch.randperm(n_prompts, generator=gen)[: t.prompts_per_iteration]
+        else:
+            idx = torch.randint(n_prompts, (t.prompts_per_iteration,), generator=gen)
+        prompts = [self.c.train_prompts[i] for i in idx.tolist()]
+        cond = self.encode(prompts)
+        self.reporter.stage("rollout")
+        with _timer(times, "rollout"):
+            ro = rollout(self.c.policy, self.c.sampler, self.c.plan, cond, generator=gen, max_batch=t.rollout_batch,
+                         init_same_noise=t.init_same_noise, split_logprob=self.c.parts.split_logprob)
+        self.reporter.stage("reward")
+        with _timer(times, "reward"):
+            images = self.c.policy.decode(ro.final)
+            leaf_prompts = [prompts[i] for i in ro.tree[-1].tolist()]
+            scores, report = self.score(images, leaf_prompts)
+        with _timer(times, "advantage"):
+            adv = self.advantages(ro, scores)
+            edges = EdgeSet.all_stochastic(ro)
+            for pruner in self.c.parts.pruners:
+                edges = pruner(ro, adv, edges, it, gen)
+            batch = EdgeBatch.gather(ro, adv, edges)
+        self.reporter.stage("update")
+        with _timer(times, "update"):
+            stats = update(self.c.policy, self.c.sampler, self.c.backend, ro, cond, batch, self.update_cfg, gen)
+        metrics: dict[str, float] = {}
+        for key, values in report.items():
+            metrics[f"reward/{key}/mean"] = float(values.mean())
+            if "/" not in key:
+                metrics[f"reward/{key}/std"] = float(values.std()) if values.numel() > 1 else 0.0
+        metrics.update({f"update/{k}": float(v) for k, v in vars(stats).items()})
+        metrics["update/lr"] = self.recipe.train.lr
+        metrics["cost/rollout_forwards"] = float(sum(s.shape[0] for s in ro.states[:-1]))
+        metrics["cost/trained_edges"] = float(len(batch))
+        metrics["cost/leaves"] = float(ro.states[-1].shape[0])
+        for k, v in times.items():
+            metrics[f"time/{k}"] = v
+        metrics["time/iteration"] = sum(times.values())
+        return metrics
+
+    def _maybe_evaluate(self, done: int, force: bool = False) -> None:
+        every, total = self.recipe.eval.every, self.recipe.train.iterations
+        if not every or not self.c.eval_sets:
+            return
+        if force or done % every == 0 or done == total:
+            self.reporter.stage("evaluate")
+            ev = self.evaluate(done)
+            self.log.write(done, "eval", ev)
+            self.reporter.evaluation(done, ev)
+
+    # -- the run -----------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> dict[str, float]:
+        t = self.recipe.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.c = build(self.recipe)
+        self.update_cfg = UpdateConfig(
+            clip_range=self.c.parts.clip_range, optimizer_steps=t.optimizer_steps, epochs=t.epochs,
+            micro_batch=t.micro_batch, accumulation_unit=t.accumulation_unit, kl_beta=t.kl_beta,
+            split_logprob=self.c.parts.split_logprob,  # type: ignore[arg-type]
+        )
+        params = self.c.policy.trainable_parameters()
+        if not params:
+            raise UserError("the model has no trainable parameters", where="model",
+                            hint="check model.freeze / model.lora_rank")
+        if t.kl_beta > 0 and hasattr(self.c.policy, "snapshot_reference"):
+            self.c.policy.snapshot_reference()
+        self.c.policy.denoiser.eval()  # no dropout: the rollout and the update see the same policy
+        self.c.backend.setup(self.c.policy.denoiser, params, OptimizerConfig(
+            lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]), eps=t.eps, grad_clip=t.grad_clip))
+        start = 0
+        if resume:
+            found = checkpoint.latest(self.run_dir)
+            if found is not None:
+                self.c.backend.load(found[0])
+                start = found[1]
+                log.info("resuming at iteration %d from %s", start, found[0])
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            resolved = self.recipe.to_dict()
+            resolved["provenance"] = self.recipe.provenance()
+            (self.run_dir / RESOLVED).write_text(tomli_w.dumps(resolved))
+        self.log = RunLog(self.run_dir, tensorboard=self.recipe.logging.tensorboard, start_iteration=start)
+        eval_gen = torch.Generator().manual_seed(self.recipe.eval.seed)
+        self.eval_noise = {name: torch.randn((len(p), *self.c.policy.latent_shape), generator=eval_gen)
+                           for name, p in self.c.eval_sets.items()}
+        plan = self.c.plan
+        self.log.write(start, "plan", {"leaves_per_tree": plan.leaves, "rollout_forwards_per_tree": plan.rollout_forwards,
+                                        "edges_per_tree": plan.edges})
+        self.reporter.start(t.iterations, start)
+        last: dict[str, float] = {}
+        try:
+            if start < t.iterations:
+                # a resumed run repeats the evaluation of its checkpoint (records from `start` on
+                # were dropped); a fresh run evaluates the base model
+                self._maybe_evaluate(start, force=start == 0)
+            for it in range(start, t.iterations):
+                last = self.iteration(it)
+                self.log.write(it, "train", last)
+                self.reporter.iteration(it, last)
+                done = it + 1
+                if done % t.checkpoint_every == 0 or done == t.iterations:
+                    self.reporter.stage("checkpoint")
+                    checkpoint.save(self.run_dir, self.c.backend, done, t.keep_checkpoints)
+                self._maybe_evaluate(done)
+            if start == t.iterations and start > 0:  # resumed a finished run: its last evaluation
+                self._maybe_evaluate(start)
+        finally:
+            self.log.close()
+            self.c.backend.close()
+        return last

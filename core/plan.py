@@ -1,0 +1,74 @@
+"""Exact per-tree cost of one iteration, before running it (``grpo plan``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .recipe import Recipe
+from .tree import Advantages, EdgeSet, Rollout, TreePlan
+
+
+@dataclass
+class CostReport:
+    plan: TreePlan
+    sigmas: list[float]
+    trained_per_step: list[int]
+
+    @property
+    def trained_edges(self) -> int:
+        return sum(self.trained_per_step)
+
+    def to_dict(self) -> dict:
+        p = self.plan
+        return {
+            "steps": p.steps,
+            "split_steps": list(p.split_steps),
+            "leaves_per_tree": p.leaves,
+            "rollout_forwards_per_tree": p.rollout_forwards,
+            "edges_per_tree": p.edges,
+            "stochastic_edges_per_tree": p.stochastic_edges,
+            "trained_edges_per_tree": self.trained_edges,
+            "rollout_forwards_per_leaf": p.rollout_forwards / p.leaves,
+            "trained_edges_per_leaf": self.trained_edges / p.leaves,
+            "per_step": [
+                {
+                    "step": k,
+                    "sigma": self.sigmas[k],
+                    "sigma_next": self.sigmas[k + 1],
+                    "live_nodes": p.live(k),
+                    "branch": p.branch[k],
+                    "noise_scale": p.noise_scale[k],
+                    "mode": "SDE" if p.stochastic[k] else "ODE",
+                    "trained_edges": self.trained_per_step[k],
+                }
+                for k in range(p.steps)
+            ],
+        }
+
+
+def skeleton(plan: TreePlan, sigmas: torch.Tensor) -> Rollout:
+    """A one-tree rollout with the plan's structure and empty states (for cost accounting)."""
+    states = [torch.zeros(plan.live(d), 0) for d in range(plan.steps + 1)]
+    parents = [torch.arange(plan.live(k + 1)) // plan.branch[k] for k in range(plan.steps)]
+    trees = [torch.zeros(plan.live(d), dtype=torch.long) for d in range(plan.steps + 1)]
+    log_probs = [torch.zeros(plan.live(k + 1)) for k in range(plan.steps)]
+    return Rollout(plan, sigmas, states, parents, trees, log_probs, states[-1])
+
+
+def cost(recipe: Recipe, iteration: int = 0) -> CostReport:
+    """Trained edges after every pruner at `iteration` (advantages taken as zero)."""
+    from .engine import iteration_generator
+
+    sampler = recipe.sampler.create()
+    parts = recipe.strategy.create().build()
+    plan = parts.topology.plan(sampler.steps)
+    sigmas = sampler.sigmas()
+    ro = skeleton(plan, sigmas)
+    adv = Advantages([torch.zeros(plan.live(k + 1)) for k in range(plan.steps)])
+    edges = EdgeSet.all_stochastic(ro)
+    gen = iteration_generator(recipe.train.seed, iteration)
+    for pruner in parts.pruners:
+        edges = pruner(ro, adv, edges, iteration, gen)
+    return CostReport(plan, sigmas.tolist(), edges.per_step())

@@ -1,0 +1,353 @@
+"""Recipes: TOML files naming the components of a run and their options.
+
+Tables: ``[model]``, ``[strategy]``, ``[sampler]``, ``[[reward]]`` (one per reward), ``[prompts]``,
+``[train]``, ``[eval]``, ``[backend]``, ``[logging]`` and ``[plugins]``. Every component table has a
+``use`` key naming a registered plugin; its other keys are validated against the plugin's typed
+constructor. ``${VAR}`` in a string is replaced by the environment variable VAR when a run starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from .errors import UserError, UserErrors, closest, unknown_name_hint
+from .registry import Entry, Registry, instantiate
+from .schema import Doc, Range, toml_value, validate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+COMPONENT_TABLES = {"model": "model", "strategy": "strategy", "sampler": "sampler", "prompts": "prompts",
+                    "backend": "backend"}
+TABLES = ("model", "strategy", "sampler", "reward", "prompts", "train", "eval", "backend", "logging", "plugins")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """``[train]``: the loop, the optimizer and the update."""
+
+    iterations: Annotated[int, Range(ge=1), Doc("training iterations")] = 100
+    prompts_per_iteration: Annotated[int, Range(ge=1), Doc("prompts (trees) per iteration")] = 8
+    seed: Annotated[int, Range(ge=0), Doc("seed of prompts, noise and pruning")] = 0
+    lr: Annotated[float, Range(gt=0), Doc("AdamW learning rate (constant)")] = 1e-5
+    weight_decay: Annotated[float, Range(ge=0), Doc("AdamW weight decay")] = 1e-4
+    betas: Annotated[list[float], Range(ge=0, lt=1), Doc("AdamW betas")] = field(default_factory=lambda: [0.9, 0.999])
+    eps: Annotated[float, Range(gt=0), Doc("AdamW epsilon")] = 1e-8
+    grad_clip: Annotated[float, Range(gt=0), Doc("gradient-norm clip")] = 1.0
+    optimizer_steps: Annotated[int, Range(ge=1), Doc("optimizer steps per epoch over the trained edges")] = 1
+    epochs: Annotated[int, Range(ge=1), Doc("passes over the trained edges per iteration")] = 1
+    accumulation_unit: Annotated[
+        Literal["edges", "chains"], Doc("split optimizer steps by edges, or keep each chain's edges together")
+    ] = "edges"
+    micro_batch: Annotated[int, Range(ge=1), Doc("edges per forward/backward in the update")] = 16
+    rollout_batch: Annotated[int, Range(ge=1), Doc("nodes per forward in the rollout")] = 64
+    kl_beta: Annotated[float, Range(ge=0), Doc("weight of the KL penalty to the base policy (0 = off)")] = 0.0
+    init_same_noise: Annotated[bool, Doc("one initial noise shared by all prompts of an iteration")] = True
+    reward_aggregation: Annotated[
+        Literal["sum", "advantage"], Doc("weight rewards before advantages ('sum') or advantages per reward")
+    ] = "sum"
+    checkpoint_every: Annotated[int, Range(ge=1), Doc("iterations between checkpoints")] = 10
+    keep_checkpoints: Annotated[int, Range(ge=1), Doc("checkpoints kept on disk")] = 2
+    threads: Annotated[int, Range(ge=0), Doc("torch CPU threads (0 = torch's default)")] = 0
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """``[eval]``: fixed prompts and fixed noise, sampled with the ODE sampler."""
+
+    every: Annotated[int, Range(ge=0), Doc("iterations between evaluations (0 = never)")] = 10
+    steps: Annotated[int, Range(ge=0), Doc("ODE steps (0 = the sampler's steps)")] = 0
+    seed: Annotated[int, Range(ge=0), Doc("seed of the evaluation noise (never used in training)")] = 1_000_003
+    grid_images: Annotated[int, Range(ge=0), Doc("images in the saved sample grid")] = 32
+    batch: Annotated[int, Range(ge=1), Doc("images per forward")] = 128
+
+
+@dataclass(kw_only=True)
+class LoggingConfig:
+    """``[logging]``: where metrics go."""
+
+    tensorboard: Annotated[bool, Doc("write TensorBoard events")] = True
+    progress: Annotated[bool, Doc("show a live progress bar")] = True
+
+
+@dataclass(kw_only=True)
+class PluginsConfig:
+    """``[plugins]``: local plugin modules to load without packaging them."""
+
+    modules: Annotated[list[str], Doc("importable module names with grpo hook implementations")] = field(
+        default_factory=list
+    )
+
+
+@dataclass
+class Component:
+    """A validated component table."""
+
+    entry: Entry
+    options: dict[str, Any]
+    where: str
+
+    def create(self) -> Any:
+        """Instantiate the plugin with the validated options."""
+        return instantiate(self.entry, self.options, self.where)
+
+
+@dataclass
+class RewardSpec(Component):
+    weight: float = 1.0
+
+
+@dataclass
+class Recipe:
+    """A validated recipe; each component's ``create()`` instantiates it."""
+
+    source: Path | None
+    model: Component
+    strategy: Component
+    sampler: Component
+    rewards: list[RewardSpec]
+    prompts: Component
+    backend: Component
+    train: TrainConfig
+    eval: EvalConfig
+    logging: LoggingConfig
+    plugins: PluginsConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """All tables with every default filled in (``recipe.resolved.toml``)."""
+
+        def table(c: Component) -> dict[str, Any]:
+            out = {"use": c.entry.name}
+            out.update({k: toml_value(v) for k, v in c.options.items() if v is not None})
+            return out
+
+        data: dict[str, Any] = {
+            "model": table(self.model),
+            "strategy": table(self.strategy),
+            "sampler": table(self.sampler),
+            "reward": [{**table(r), "weight": r.weight} for r in self.rewards],
+            "prompts": table(self.prompts),
+            "train": {k: toml_value(v) for k, v in asdict(self.train).items()},
+            "eval": asdict(self.eval),
+            "backend": table(self.backend),
+            "logging": asdict(self.logging),
+            "plugins": asdict(self.plugins),
+        }
+        return data
+
+    def provenance(self) -> dict[str, str]:
+        comps = [self.model, self.strategy, self.sampler, self.prompts, self.backend, *self.rewards]
+        return {f"{c.entry.kind}.{c.entry.name}": c.entry.distribution for c in comps}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"recipe {str(path)!r} does not exist", hint="give the path of a .toml recipe, e.g. recipes/shapes_dance.toml")
+    try:
+        with file.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}", hint="fix the syntax at the line and column given") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string
+
+
+def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``--set KEY=VALUE`` overrides (VALUE in TOML syntax; bare words are strings).
+
+    ``reward.0.weight=2`` addresses the first ``[[reward]]`` table.
+    """
+    data = copy.deepcopy(data)
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r} is not KEY=VALUE", hint="e.g. --set train.iterations=2")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if parts[0] not in TABLES:
+            raise UserError(f"--set {key!r}: unknown table {parts[0]!r}", hint=unknown_name_hint(parts[0], TABLES))
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise UserError(f"--set {key!r}: {part!r} is not an index of the {len(node)} tables of {'.'.join(parts[:i])}")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise UserError(f"--set {key!r}: {'.'.join(parts[: i + 1])} is a value, not a table")
+        if isinstance(node, list):
+            raise UserError(f"--set {key!r}: name the table index, e.g. reward.0.weight")
+        node[parts[-1]] = _parse_value(raw.strip())
+    return data
+
+
+def expand_env(data: Any, where: str = "", *, environ: dict[str, str] | None = None) -> Any:
+    """Replace ``${VAR}`` in every string; a missing variable is a UserError naming the TOML path."""
+    env = os.environ if environ is None else environ
+    if isinstance(data, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else k, environ=env) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env(v, f"{where}.{i}", environ=env) for i, v in enumerate(data)]
+    if isinstance(data, str):
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in env:
+                raise UserError(
+                    f"environment variable {name} is not set", where=where,
+                    hint=f"export {name}=... before running (the recipe reads it as ${{{name}}})",
+                )
+            return env[name]
+
+        return ENV_PATTERN.sub(repl, data)
+    return data
+
+
+def _has_env(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(ENV_PATTERN.search(value))
+    if isinstance(value, list):
+        return any(_has_env(v) for v in value)
+    return False
+
+
+def _component(registry: Registry, kind: str, table: Any, where: str, errors: list[UserError],
+               *, ignore: tuple[str, ...] = (), default_use: str | None = None) -> Component | None:
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        errors.append(UserError(f"expected a table, got {table!r}", where=where))
+        return None
+    use = table.get("use", default_use)
+    if use is None:
+        errors.append(UserError(f"missing key 'use' (which {kind})", where=where,
+                                hint="valid: " + ", ".join(registry.names(kind))))
+        return None
+    try:
+        entry = registry.get(kind, use, where=f"{where}.use")
+    except UserError as e:
+        errors.append(e)
+        return None
+    opts = {k: v for k, v in table.items() if k != "use" and not _has_env(v)}
+    deferred = {k: v for k, v in table.items() if k != "use" and _has_env(v)}
+    try:
+        options = validate(entry.factory, opts, where, ignore=ignore)
+    except UserErrors as e:
+        errors.extend(e.errors)
+        return None
+    options.update({k: v for k, v in deferred.items() if k not in ignore})
+    return Component(entry, options, where)
+
+
+def _config(cls: type, table: Any, where: str, errors: list[UserError]) -> Any:
+    if table is None:
+        table = {}
+    if not isinstance(table, dict):
+        errors.append(UserError(f"expected a table, got {table!r}", where=where))
+        return cls()
+    try:
+        return cls(**validate(cls, table, where))
+    except UserErrors as e:
+        errors.extend(e.errors)
+        return cls()
+
+
+def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = None) -> Recipe:
+    """Validate a recipe dict (every problem collected into one UserErrors)."""
+    errors: list[UserError] = []
+    for key in data:
+        if key not in TABLES:
+            best = closest(key, TABLES)
+            errors.append(UserError(f"unknown table [{key}]", where=key,
+                                    hint=(f"did you mean [{best}]? " if best else "") + "valid: " + ", ".join(TABLES)))
+    for required in ("model", "strategy", "prompts"):
+        if required not in data:
+            errors.append(UserError(f"missing table [{required}]", where=required,
+                                    hint="valid names: " + ", ".join(registry.names(required))))
+    model = _component(registry, "model", data.get("model"), "model", errors) if "model" in data else None
+    strategy = _component(registry, "strategy", data.get("strategy"), "strategy", errors) if "strategy" in data else None
+    prompts = _component(registry, "prompts", data.get("prompts"), "prompts", errors) if "prompts" in data else None
+    default_sampler = None
+    if strategy is not None:
+        try:
+            default_sampler = strategy.create().build().sampler
+        except UserError as e:
+            errors.append(e)
+    sampler = _component(registry, "sampler", data.get("sampler"), "sampler", errors, default_use=default_sampler)
+    backend = _component(registry, "backend", data.get("backend"), "backend", errors, default_use="torch")
+    rewards: list[RewardSpec] = []
+    reward_tables = data.get("reward", [])
+    if isinstance(reward_tables, dict):
+        reward_tables = [reward_tables]
+    if not isinstance(reward_tables, list) or not reward_tables:
+        errors.append(UserError("no [[reward]] table", where="reward",
+                                hint="add one, e.g. [[reward]] use = \"shapes-faithfulness\"; valid: "
+                                + ", ".join(registry.names("reward"))))
+        reward_tables = []
+    for i, table in enumerate(reward_tables):
+        where = f"reward.{i}"
+        comp = _component(registry, "reward", table, where, errors, ignore=("weight",))
+        weight = table.get("weight", 1.0) if isinstance(table, dict) else 1.0
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            errors.append(UserError(f"expected a number, got {weight!r}", where=f"{where}.weight"))
+            weight = 1.0
+        if comp is not None:
+            rewards.append(RewardSpec(comp.entry, comp.options, comp.where, weight=float(weight)))
+    train = _config(TrainConfig, data.get("train"), "train", errors)
+    eval_cfg = _config(EvalConfig, data.get("eval"), "eval", errors)
+    logging_cfg = _config(LoggingConfig, data.get("logging"), "logging", errors)
+    plugins_cfg = _config(PluginsConfig, data.get("plugins"), "plugins", errors)
+    if train is not None and len(train.betas) != 2:
+        errors.append(UserError(f"expected two numbers, got {train.betas!r}", where="train.betas"))
+    if errors:
+        raise UserErrors(errors)
+    assert model and strategy and sampler and prompts and backend
+    recipe = Recipe(source, model, strategy, sampler, rewards, prompts, backend, train, eval_cfg, logging_cfg,
+                    plugins_cfg)
+    check_consistency(recipe)
+    return recipe
+
+
+def check_consistency(recipe: Recipe) -> None:
+    """Cross-table checks that need cheap components (no weights are read)."""
+    errors: list[UserError] = []
+    sampler = recipe.sampler.create()
+    if not sampler.stochastic:
+        errors.append(UserError(
+            f"sampler {recipe.sampler.entry.name!r} is deterministic, so no step has a log-probability to train",
+            where="sampler.use", hint="use a stochastic sampler (dance-sde, flow-sde); ode is used for evaluation",
+        ))
+    parts = recipe.strategy.create().build()
+    try:
+        parts.topology.plan(sampler.steps)
+    except UserError as e:
+        errors.append(e)
+    if errors:
+        raise UserErrors(errors)
+
+
+def plugin_modules(data: dict[str, Any]) -> list[str]:
+    """The ``[plugins] modules`` list of a raw recipe (read before the registry is built)."""
+    table = data.get("plugins", {})
+    modules = table.get("modules", []) if isinstance(table, dict) else []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise UserError(f"expected a list of module names, got {modules!r}", where="plugins.modules")
+    return modules
+
+
+def config_fields(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]

@@ -1,0 +1,168 @@
+"""The component registry and the plugin manager that fills it.
+
+One ``Registry`` per run. ``load_registry()`` creates a pluggy manager, registers the built-in
+plugins, then the ``grpo`` entry-point group (unless ``GRPO_DISABLE_PLUGIN_AUTOLOAD=1``), then any
+modules a recipe names in ``[plugins] modules``, and calls every registration hook once per plugin
+so that each component knows which plugin and distribution provided it. Nothing registers at
+import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, UserError, unknown_name_hint
+from .schema import options_of
+
+BUILTIN_MODULE = "grpo.plugins.builtin"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component."""
+
+    kind: str
+    name: str
+    factory: Any
+    description: str
+    plugin: str
+    distribution: str
+
+    @property
+    def options(self):
+        return options_of(self.factory)
+
+
+@dataclass
+class Registry:
+    """Components by kind and name."""
+
+    entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in hookspecs.KINDS})
+
+    def get(self, kind: str, name: str, *, where: str | None = None) -> Entry:
+        table = self.entries[kind]
+        if name not in table:
+            raise UserError(
+                f"unknown {kind} {name!r}", where=where, hint=unknown_name_hint(name, table)
+            )
+        return table[name]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def all(self) -> Iterable[Entry]:
+        for kind in hookspecs.KINDS:
+            yield from (self.entries[kind][n] for n in sorted(self.entries[kind]))
+
+    def find(self, name: str) -> list[Entry]:
+        return [e for e in self.all() if e.name == name]
+
+
+class KindRegistrar:
+    """What a registration hook receives: ``registry.add(name, factory, description=...)``."""
+
+    def __init__(self, registry: Registry, kind: str, plugin: str, distribution: str) -> None:
+        self._registry, self.kind, self._plugin, self._dist = registry, kind, plugin, distribution
+
+    def add(self, name: str, factory: Any, *, description: str = "") -> None:
+        table = self._registry.entries[self.kind]
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {self._plugin!r} ({self._dist}) registered a {self.kind} with no name")
+        if name in table:
+            other = table[name]
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by {other.plugin!r} ({other.distribution}) "
+                f"and by {self._plugin!r} ({self._dist}); rename one of them"
+            )
+        if not callable(factory):
+            raise PluginError(f"{self.kind} {name!r} from plugin {self._plugin!r}: factory is not callable")
+        try:
+            options_of(factory)
+        except TypeError as e:
+            raise PluginError(f"{self.kind} {name!r} from plugin {self._plugin!r} ({self._dist}): {e}") from None
+        if not description:
+            doc = inspect.getdoc(factory) or ""
+            description = " ".join(doc.strip().split("\n\n")[0].split()) if doc else ""
+        table[name] = Entry(self.kind, name, factory, description, self._plugin, self._dist)
+
+
+def _distribution_names(pm: pluggy.PluginManager) -> dict[int, str]:
+    names = {}
+    for plugin, dist in pm.list_plugin_distinfo():
+        names[id(plugin)] = f"{dist.metadata['name']} {dist.version}"
+    return names
+
+
+def load_registry(modules: Iterable[str] = (), *, autoload: bool | None = None) -> Registry:
+    """Build the registry of one run.
+
+    Args:
+        modules: extra plugin modules to import (a recipe's ``[plugins] modules``).
+        autoload: load the ``grpo`` entry-point group; default: unless
+            ``GRPO_DISABLE_PLUGIN_AUTOLOAD`` is set to a true value.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(importlib.import_module(BUILTIN_MODULE), name="grpo-builtin")
+    if autoload is None:
+        autoload = os.environ.get("GRPO_DISABLE_PLUGIN_AUTOLOAD", "").lower() not in ("1", "true", "yes")
+    if autoload:
+        try:
+            pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        except Exception as e:  # an entry point that fails to import
+            raise PluginError(f"a plugin of the 'grpo' entry-point group failed to load: {e!r}") from e
+    for module in modules:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            raise UserError(
+                f"cannot import plugin module {module!r}: {e}",
+                where="plugins.modules",
+                hint="the module must be importable (on PYTHONPATH or installed); check its name",
+            ) from None
+        if pm.is_registered(mod):
+            continue
+        pm.register(mod, name=module)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        known = ", ".join(f"grpo_register_{k}" for k in hookspecs.KINDS)
+        raise PluginError(f"{e} (known hooks: {known})") from None
+    dists = _distribution_names(pm)
+    registry = Registry()
+    for kind in hookspecs.KINDS:
+        caller = getattr(pm.hook, f"grpo_register_{kind}")
+        for impl in caller.get_hookimpls():
+            dist = dists.get(id(impl.plugin), "grpo (built-in)" if impl.plugin_name == "grpo-builtin" else "local module")
+            registrar = KindRegistrar(registry, kind, impl.plugin_name, dist)
+            try:
+                impl.function(registry=registrar)
+            except (PluginError, UserError):
+                raise
+            except Exception as e:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} ({dist}) failed in grpo_register_{kind}: {type(e).__name__}: {e}"
+                ) from e
+    return registry
+
+
+def instantiate(entry: Entry, kwargs: dict[str, Any], where: str) -> Any:
+    """Call a component's factory, attributing any failure to its plugin."""
+    try:
+        return entry.factory(**kwargs)
+    except UserError:
+        raise
+    except Exception as e:
+        raise PluginError(
+            f"{entry.kind} {entry.name!r} from plugin {entry.plugin!r} ({entry.distribution}) failed to "
+            f"build from [{where}]: {type(e).__name__}: {e}"
+        ).with_traceback(sys.exc_info()[2]) from e

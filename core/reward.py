@@ -1,0 +1,39 @@
+"""The RewardModel protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class RewardOutput:
+    """Scores of a batch.
+
+    Attributes:
+        scores: (N,) fp32, the reward that is optimized.
+        components: named (N,) fp32 tensors reported beside it (e.g. ``exact``, ``colour``).
+    """
+
+    scores: torch.Tensor
+    components: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """Scores generated media against their prompts.
+
+    Attributes:
+        media: ``"image"`` or ``"video"``: what it accepts.
+    """
+
+    media: str
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
+        """Score images (N, 3, H, W) (or videos (N, F, 3, H, W)) float in [0, 1]; one prompt each.
+
+        A score must not depend on what else is in the batch.
+        """
+        ...

@@ -1,0 +1,59 @@
+"""Run outputs: ``metrics.jsonl`` and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class RunLog:
+    """Appends one JSON line per record and mirrors scalars (and images) to TensorBoard.
+
+    On resume, records from ``start_iteration`` on are dropped (they will be written again) and
+    TensorBoard purges its events from that step.
+    """
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool, start_iteration: int = 0) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        if start_iteration > 0 and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("iteration", 0) < start_iteration]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
+        elif start_iteration == 0 and self.path.exists():
+            self.path.unlink()
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iteration or None)
+
+    def write(self, iteration: int, kind: str, values: dict[str, Any]) -> None:
+        record = {"iteration": iteration, "kind": kind, **values}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record, allow_nan=True) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self.writer.add_scalar(f"{kind}/{key}", value, iteration)
+            self.writer.flush()
+
+    def image(self, tag: str, image: torch.Tensor, iteration: int) -> None:
+        """Log an image (3, H, W) float [0, 1]."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image, iteration)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

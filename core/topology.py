@@ -1,0 +1,16 @@
+"""The TreeTopology protocol."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from .tree import TreePlan
+
+
+@runtime_checkable
+class TreeTopology(Protocol):
+    """A static rollout-tree shape."""
+
+    def plan(self, steps: int) -> TreePlan:
+        """The plan of one tree over `steps` denoising steps; raises UserError if it does not fit."""
+        ...

@@ -1,0 +1,142 @@
+"""Typed containers for rollout trees.
+
+A rollout of ``P`` prompts is a forest of ``P`` trees over ``T`` denoising steps, stored by depth:
+``states[d]`` holds every node of depth ``d`` of every tree (depth 0 = the initial noise), so that
+step ``k`` is one batched transition from ``states[k]`` to ``states[k + 1]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TreePlan:
+    """The static shape of one tree over ``steps`` steps.
+
+    Attributes:
+        branch: per step k, the number of children each live node gets (1 = an ordinary step).
+        noise_scale: per step, the factor λ applied to τ_k when drawing the children of a split.
+        stochastic: per step, whether it is an SDE step (it has a log-probability and may be
+            trained) or a deterministic ODE step (never trained).
+    """
+
+    branch: tuple[int, ...]
+    noise_scale: tuple[float, ...]
+    stochastic: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.branch) == len(self.noise_scale) == len(self.stochastic)):
+            raise ValueError("branch, noise_scale and stochastic need one entry per step")
+        if any(b < 1 for b in self.branch):
+            raise ValueError("branch factors must be >= 1")
+
+    @property
+    def steps(self) -> int:
+        return len(self.branch)
+
+    def live(self, depth: int) -> int:
+        """Number of nodes of one tree at `depth` (0 = root)."""
+        n = 1
+        for b in self.branch[:depth]:
+            n *= b
+        return n
+
+    @property
+    def leaves(self) -> int:
+        return self.live(self.steps)
+
+    @property
+    def split_steps(self) -> tuple[int, ...]:
+        return tuple(k for k, b in enumerate(self.branch) if b > 1)
+
+    @property
+    def rollout_forwards(self) -> int:
+        """Model forwards per tree: every live node before each step (shared prefixes once)."""
+        return sum(self.live(k) for k in range(self.steps))
+
+    @property
+    def edges(self) -> int:
+        """Transitions per tree: every live node after each step."""
+        return sum(self.live(k + 1) for k in range(self.steps))
+
+    @property
+    def stochastic_edges(self) -> int:
+        return sum(self.live(k + 1) for k in range(self.steps) if self.stochastic[k])
+
+
+@dataclass
+class Rollout:
+    """A sampled forest (all tensors on the CPU or the model's device, states in fp32).
+
+    Attributes:
+        plan: the tree plan every tree follows.
+        sigmas: (T + 1,) noise levels, σ_0 = 1 … σ_T = 0.
+        states: T + 1 tensors; ``states[d]`` is (N_d, *latent), N_d = P · plan.live(d).
+        parent: T tensors; ``parent[k][j]`` is the index in ``states[k]`` of the parent of node j
+            of ``states[k + 1]`` (long, (N_{k+1},)); children of one parent are contiguous.
+        tree: T + 1 tensors; ``tree[d][j]`` is the prompt (tree) index of node j at depth d.
+        log_prob: T tensors (N_{k+1},) fp32: log-probability of each transition under the
+            sampling policy (NaN for ODE steps).
+        final: (N_T, *latent) the predicted clean sample x̂0 of the last step, which is decoded
+            and rewarded.
+    """
+
+    plan: TreePlan
+    sigmas: torch.Tensor
+    states: list[torch.Tensor]
+    parent: list[torch.Tensor]
+    tree: list[torch.Tensor]
+    log_prob: list[torch.Tensor]
+    final: torch.Tensor
+
+    @property
+    def num_trees(self) -> int:
+        return int(self.states[0].shape[0])
+
+    @property
+    def steps(self) -> int:
+        return self.plan.steps
+
+    def leaves_per_node(self, depth: int) -> int:
+        """Leaf descendants of each node at `depth`.
+
+        Nodes are ordered so that the children of node i are contiguous: the leaves below node i
+        of depth d are leaves ``i·L … (i+1)·L − 1`` with ``L = leaves_per_node(d)``.
+        """
+        return self.plan.leaves // self.plan.live(depth)
+
+    def reduce_leaves(self, values: torch.Tensor, depth: int) -> torch.Tensor:
+        """Mean of per-leaf `values` (N_T,) over the leaf descendants of every node at `depth`."""
+        return values.reshape(-1, self.leaves_per_node(depth)).mean(dim=1)
+
+
+@dataclass
+class EdgeSet:
+    """Per-step boolean masks of edges, aligned with ``Rollout.states[k + 1]``."""
+
+    masks: list[torch.Tensor]
+
+    @classmethod
+    def all_stochastic(cls, rollout: Rollout) -> EdgeSet:
+        return cls(
+            [
+                torch.full((rollout.states[k + 1].shape[0],), bool(rollout.plan.stochastic[k]))
+                for k in range(rollout.steps)
+            ]
+        )
+
+    def count(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks))
+
+    def per_step(self) -> list[int]:
+        return [int(m.sum()) for m in self.masks]
+
+
+@dataclass
+class Advantages:
+    """Per-step advantages of edges, aligned with ``Rollout.states[k + 1]`` (fp32)."""
+
+    values: list[torch.Tensor]

@@ -1,0 +1,61 @@
+"""Prompts from files: plain text (one prompt per line) or JSONL (a "prompt" field per line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from grpo.core.errors import UserError
+from grpo.core.schema import Doc, Range
+
+
+def read_prompts(path: str, where: str) -> list[str]:
+    """Read prompts from a .txt (one per line, blank lines skipped) or .jsonl file."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"prompt file {path!r} does not exist", where=where, hint="give the path of a .txt or .jsonl file")
+    prompts: list[str] = []
+    with file.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            if file.suffix == ".jsonl":
+                try:
+                    record = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise UserError(
+                        f"{path}:{lineno}: not valid JSON ({e.msg})", where=where,
+                        hint='each line must be an object like {"prompt": "a cat"}',
+                    ) from None
+                if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                    raise UserError(
+                        f"{path}:{lineno}: no string field 'prompt'", where=where,
+                        hint='each line must be an object like {"prompt": "a cat"}',
+                    )
+                text = record["prompt"]
+            prompts.append(text)
+    if not prompts:
+        raise UserError(f"prompt file {path!r} holds no prompts", where=where)
+    return prompts
+
+
+class FilePrompts:
+    """Training prompts from a file; optional evaluation prompts from another."""
+
+    def __init__(
+        self,
+        *,
+        path: Annotated[str, Doc("a .txt (one prompt per line) or .jsonl file")],
+        eval_path: Annotated[str, Doc("evaluation prompts (default: the first eval_count training prompts)")] = "",
+        eval_count: Annotated[int, Range(ge=0), Doc("evaluation prompts taken when eval_path is empty")] = 16,
+    ) -> None:
+        self._train = read_prompts(path, "prompts.path")
+        self._eval = read_prompts(eval_path, "prompts.eval_path") if eval_path else self._train[:eval_count]
+
+    def train_prompts(self) -> list[str]:
+        return list(self._train)
+
+    def eval_sets(self) -> dict[str, list[str]]:
+        return {"eval": list(self._eval)} if self._eval else {}

@@ -1,0 +1,86 @@
+"""The three built-in samplers of flow-matching models (docs/algorithms.md §2)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+
+from grpo.core.sampler import euler_step, sigma_grid
+from grpo.core.schema import Doc, Range
+
+Steps = Annotated[int, Range(ge=1, le=1000), Doc("number of denoising steps T")]
+Shift = Annotated[float, Range(gt=0), Doc("σ-grid shift s (1 = none; 3 for FLUX in the reference)")]
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+class _GridSampler:
+    stochastic = True
+
+    def __init__(self, steps: int, shift: float) -> None:
+        self.steps, self.shift = steps, shift
+
+    def sigmas(self) -> torch.Tensor:
+        return sigma_grid(self.steps, self.shift)
+
+
+class DanceSDE(_GridSampler):
+    """DanceGRPO's SDE: μ = x + Δ·v − ½η²Δ·s with the score s from x̂0; τ = η·sqrt(σ_k − σ_{k+1})."""
+
+    def __init__(
+        self,
+        *,
+        steps: Steps = 16,
+        shift: Shift = 1.0,
+        eta: Annotated[float, Range(gt=0), Doc("noise level η")] = 0.3,
+    ) -> None:
+        super().__init__(steps, shift)
+        self.eta = eta
+
+    def step(self, x, v, sigma, sigma_next):
+        x, v = x.float(), v.float()
+        s, delta = _bcast(sigma, x), _bcast(sigma_next - sigma, x)
+        x0 = x - s * v
+        score = -(x - (1.0 - s) * x0) / (s * s)
+        mean = x + delta * v - 0.5 * self.eta**2 * delta * score
+        std = (self.eta * torch.sqrt((sigma - sigma_next).clamp_min(0.0))).clamp_min(1e-8)
+        return mean, std
+
+
+class FlowSDE(_GridSampler):
+    """Flow-GRPO's SDE: g = a·sqrt(σ/(1−σ)) (σ = 1 replaced by σ_1), τ = g·sqrt(−Δ)."""
+
+    def __init__(
+        self,
+        *,
+        steps: Steps = 16,
+        shift: Shift = 1.0,
+        noise_level: Annotated[float, Range(gt=0), Doc("noise level a")] = 0.7,
+    ) -> None:
+        super().__init__(steps, shift)
+        self.noise_level = noise_level
+
+    def step(self, x, v, sigma, sigma_next):
+        x, v = x.float(), v.float()
+        sig = self.sigmas()
+        sigma_safe = torch.where(sigma >= 1.0, torch.full_like(sigma, float(sig[1])), sigma)
+        g = self.noise_level * torch.sqrt(sigma_safe / (1.0 - sigma_safe))
+        s, delta, gb = _bcast(sigma, x), _bcast(sigma_next - sigma, x), _bcast(g, x)
+        mean = x * (1.0 + gb**2 * delta / (2.0 * s)) + v * delta * (1.0 + gb**2 * (1.0 - s) / (2.0 * s))
+        std = (g * torch.sqrt((sigma - sigma_next).clamp_min(0.0))).clamp_min(1e-8)
+        return mean, std
+
+
+class ODE(_GridSampler):
+    """Deterministic Euler steps: x + Δ·v. No step has a log-probability; use it for evaluation."""
+
+    stochastic = False
+
+    def __init__(self, *, steps: Steps = 16, shift: Shift = 1.0) -> None:
+        super().__init__(steps, shift)
+
+    def step(self, x, v, sigma, sigma_next):
+        return euler_step(x.float(), v.float(), sigma, sigma_next), torch.zeros_like(sigma)

@@ -1,0 +1,105 @@
+"""A GenEval in miniature: does an image show what its shapes caption asks for?
+
+The analysis is deterministic and runs on the CPU in about a millisecond per image:
+
+1. **Background**: the median of the border pixels, matched to the nearest named background.
+2. **Unmixing**: every pixel is explained as ``bg + α·(c_k − bg)`` for each named colour c_k; the
+   colour with the least residual wins. This labels anti-aliased edges correctly, where a plain
+   nearest-colour rule would not. Pixels with α ≥ 0.5 belong to objects.
+3. **Objects**: 8-connected components of object pixels with an area of at least 5 pixels.
+4. **Shape** of an object from its bounding-box fill ratio (circle ≈ 0.79, square ≈ 1, triangle ≈
+   0.5) and the share of its mass in the top half of its box (triangle ≈ 0.25, others 0.5).
+
+The score is ``0.15·background + 0.25·colour + 0.30·count + 0.30·shape`` in [0, 1], where colour
+and shape are the fractions of detected objects that are right and count is ``1/(1+|n−N|)``.
+An image is an **exact match** when the background, the count and every object's colour and shape
+are right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .world import BACKGROUNDS, COLOURS, SHAPES, Scene
+
+WEIGHTS = {"background": 0.15, "colour": 0.25, "count": 0.30, "shape": 0.30}
+MIN_AREA = 5
+_BG_NAMES = list(BACKGROUNDS)
+_BG = np.asarray([BACKGROUNDS[b] for b in _BG_NAMES], dtype=np.float32) / 255.0
+_COLOUR_NAMES = list(COLOURS)
+_COLOURS = np.asarray([COLOURS[c] for c in _COLOUR_NAMES], dtype=np.float32) / 255.0
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Component scores of one image (each in [0, 1]) and the weighted total."""
+
+    background: float
+    colour: float
+    count: float
+    shape: float
+    exact: float
+    n_objects: int
+
+    @property
+    def score(self) -> float:
+        return sum(w * getattr(self, k) for k, w in WEIGHTS.items())
+
+
+def classify_shape(mask: np.ndarray, alpha: np.ndarray) -> str:
+    """Classify one object from its pixel mask and coverage α (both cropped to its box)."""
+    h, w = mask.shape
+    mass = alpha * mask
+    total = float(mass.sum())
+    if total <= 0:
+        return "circle"
+    fill = float(mask.sum()) / float(h * w)
+    rows = np.arange(h, dtype=np.float32) + 0.5
+    top_share = float(mass[rows < h / 2.0].sum()) / total
+    if h % 2 == 1:  # the middle row counts half to each side
+        top_share += 0.5 * float(mass[h // 2].sum()) / total
+    if top_share < 0.40 and fill < 0.75:
+        return "triangle"
+    return "square" if fill > 0.89 else "circle"
+
+
+def analyse(image: np.ndarray, scene: Scene) -> Analysis:
+    """Analyse one float RGB image (H, W, 3) in [0, 1] against the scene its caption describes."""
+    img = np.asarray(image, dtype=np.float32)
+    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
+    median = np.median(border, axis=0)
+    bg_index = int(np.argmin(((_BG - median) ** 2).sum(axis=1)))
+    bg = _BG[bg_index]
+    # Unmix each pixel against each colour: p ≈ bg + α (c − bg).
+    d = _COLOURS - bg  # (K, 3)
+    diff = img - bg  # (H, W, 3)
+    alpha = np.clip((diff @ d.T) / (d * d).sum(axis=1), 0.0, 1.0)  # (H, W, K)
+    residual = ((diff[..., None, :] - alpha[..., None] * d) ** 2).sum(axis=-1)  # (H, W, K)
+    label = residual.argmin(axis=-1)
+    best_alpha = np.take_along_axis(alpha, label[..., None], axis=-1)[..., 0]
+    objects = best_alpha >= 0.5
+    components, n_comp = ndimage.label(objects, structure=_EIGHT)
+    target_colour = _COLOUR_NAMES.index(scene.colour)
+    colour_ok: list[bool] = []
+    shape_ok: list[bool] = []
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        comp = components[box] == index
+        if comp.sum() < MIN_AREA:
+            continue
+        labels = label[box][comp]
+        colour_ok.append(int(np.bincount(labels, minlength=len(_COLOUR_NAMES)).argmax()) == target_colour)
+        shape_ok.append(classify_shape(comp, best_alpha[box]) == scene.shape)
+    n = len(colour_ok)
+    background = float(_BG_NAMES[bg_index] == scene.background)
+    colour = float(np.mean(colour_ok)) if n else 0.0
+    shape = float(np.mean(shape_ok)) if n else 0.0
+    count = 1.0 / (1.0 + abs(n - scene.count))
+    exact = float(background == 1.0 and n == scene.count and all(colour_ok) and all(shape_ok))
+    return Analysis(background, colour, count, shape, exact, n)
+
+
+__all__ = ["Analysis", "analyse", "classify_shape", "WEIGHTS", "SHAPES"]

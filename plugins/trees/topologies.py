@@ -1,0 +1,32 @@
+"""Built-in tree topologies."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from grpo.core.errors import UserError
+from grpo.core.schema import Doc, Range
+from grpo.core.tree import TreePlan
+
+
+class Fan:
+    """A root that fans out into `group_size` independent chains at the first step (DanceGRPO).
+
+    The chains share the initial noise; from step 0 on they differ. With `noise_scale` λ = 1 this
+    is exactly DanceGRPO's group of G samples.
+    """
+
+    def __init__(
+        self,
+        *,
+        group_size: Annotated[int, Range(ge=2), Doc("chains per prompt G")] = 16,
+        noise_scale: Annotated[float, Range(gt=0), Doc("λ of the first step's noise")] = 1.0,
+    ) -> None:
+        self.group_size, self.noise_scale = group_size, noise_scale
+
+    def plan(self, steps: int) -> TreePlan:
+        if steps < 1:
+            raise UserError("a rollout needs at least one step", where="sampler.steps")
+        branch = (self.group_size,) + (1,) * (steps - 1)
+        scale = (self.noise_scale,) + (1.0,) * (steps - 1)
+        return TreePlan(branch, scale, (True,) * steps)
