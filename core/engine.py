@@ -85,20 +85,23 @@ class Components:
 
 
 def build(recipe: Recipe) -> Components:
-    policy = recipe.model.create()
-    sampler = recipe.sampler.create()
-    parts = recipe.strategy.create().build()
-    plan = parts.topology.plan(sampler.steps)
-    rewards = [(r.entry.name, r.weight, r.create()) for r in recipe.rewards]
-    for name, _, model in rewards:
-        if model.media != policy.media:
-            raise UserError(f"reward {name!r} scores {model.media}s but the model makes {policy.media}s",
-                            where="reward", hint="choose a reward for the model's media")
+    """Instantiate every component; the cheap ones first, so that their errors come before weights load."""
     source = recipe.prompts.create()
     train_prompts = source.train_prompts()
     if not train_prompts:
         raise UserError("the prompt source gives no training prompts", where="prompts")
-    return Components(policy, sampler, parts, plan, rewards, train_prompts, source.eval_sets(), recipe.backend.create())
+    eval_sets = source.eval_sets()
+    sampler = recipe.sampler.create()
+    parts = recipe.strategy.create().build()
+    plan = parts.topology.plan(sampler.steps)
+    rewards = [(r.entry.name, r.weight, r.create()) for r in recipe.rewards]
+    backend = recipe.backend.create()
+    policy = recipe.model.create()
+    for name, _, model in rewards:
+        if model.media != policy.media:
+            raise UserError(f"reward {name!r} scores {model.media}s but the model makes {policy.media}s",
+                            where="reward", hint="choose a reward for the model's media")
+    return Components(policy, sampler, parts, plan, rewards, train_prompts, eval_sets, backend)
 
 
 @contextmanager

@@ -32,4 +32,4 @@ def caption_grid(images: torch.Tensor, captions: list[str], *, columns: int = 8,
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0

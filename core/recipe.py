@@ -29,6 +29,7 @@ ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 COMPONENT_TABLES = {"model": "model", "strategy": "strategy", "sampler": "sampler", "prompts": "prompts",
                     "backend": "backend"}
 TABLES = ("model", "strategy", "sampler", "reward", "prompts", "train", "eval", "backend", "logging", "plugins")
+INFORMATIONAL = ("provenance",)  # written into recipe.resolved.toml; ignored when read back
 
 
 @dataclass(kw_only=True)
@@ -270,7 +271,7 @@ def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = Non
     """Validate a recipe dict (every problem collected into one UserErrors)."""
     errors: list[UserError] = []
     for key in data:
-        if key not in TABLES:
+        if key not in TABLES and key not in INFORMATIONAL:
             best = closest(key, TABLES)
             errors.append(UserError(f"unknown table [{key}]", where=key,
                                     hint=(f"did you mean [{best}]? " if best else "") + "valid: " + ", ".join(TABLES)))

@@ -59,13 +59,13 @@ def text_encoder_config(vocab_size: int) -> CLIPTextConfig:
     )
 
 
-def unet_config() -> dict:
+def unet_config(channels: tuple[int, int, int] = (32, 64, 128)) -> dict:
     """Three resolutions (32, 16, 8); self- and cross-attention at 8×8; pooled text as class embedding."""
     return dict(
         sample_size=IMAGE_SIZE,
         in_channels=3,
         out_channels=3,
-        block_out_channels=(32, 64, 128),
+        block_out_channels=channels,
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn",
@@ -78,15 +78,17 @@ def unet_config() -> dict:
     )
 
 
-def build_fresh(seed: int = 0) -> tuple[PreTrainedTokenizerFast, CLIPTextModel, UNet2DConditionModel]:
-    """Random-weight components with the shipped architecture (used by pre-training and tests)."""
+def build_fresh(
+    seed: int = 0, *, channels: tuple[int, int, int] = (32, 64, 128), zero_output: bool = True
+) -> tuple[PreTrainedTokenizerFast, CLIPTextModel, UNet2DConditionModel]:
+    """Random-weight components (the shipped architecture by default; smaller `channels` for tests)."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     text_encoder = CLIPTextModel(text_encoder_config(len(tokenizer)))
-    unet = UNet2DConditionModel(**unet_config())
-    # A zero-initialised output layer starts the model at v = 0, which trains faster.
-    torch.nn.init.zeros_(unet.conv_out.weight)
-    torch.nn.init.zeros_(unet.conv_out.bias)
+    unet = UNet2DConditionModel(**unet_config(channels))
+    if zero_output:  # starting at v = 0 trains faster
+        torch.nn.init.zeros_(unet.conv_out.weight)
+        torch.nn.init.zeros_(unet.conv_out.bias)
     return tokenizer, text_encoder, unet
 
 

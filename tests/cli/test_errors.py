@@ -1,0 +1,111 @@
+"""Every user error: one clear message naming the place and the fix, exit code 2, no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from grpo.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+DANCE = str(ROOT / "recipes" / "shapes_dance.toml")
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output  # stdout and stderr together
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (("--set", "strategy.gruop_size=4"), ["strategy.gruop_size", "unknown key", "did you mean 'group_size'"]),
+        (("--set", "strategy.use=dancegrpoo"), ["strategy.use", "unknown strategy 'dancegrpoo'", "did you mean 'dancegrpo'"]),
+        (("--set", "train.iterations='many'"), ["train.iterations", "expected an integer"]),
+        (("--set", "train.lr=-1.0"), ["train.lr", "must be > 0"]),
+        (("--set", 'sampler={use="ode", steps=16}'), ["sampler.use", "deterministic"]),
+        (("--set", "trian.lr=1.0"), ["unknown table 'trian'", "did you mean"]),
+        (("--set", "train.accumulation_unit='edge'"), ["train.accumulation_unit", "did you mean 'edges'"]),
+        (("--set", "reward.0.use=shapes-faithfullness"), ["reward.0.use", "did you mean 'shapes-faithfulness'"]),
+        (("--set", "noequals"), ["is not KEY=VALUE"]),
+    ],
+)
+def test_validate_reports_bad_recipe_values(args, expected):
+    code, out = invoke("validate", DANCE, *args)
+    assert code == 2, out
+    for text in expected:
+        assert text in out, out
+    assert "Traceback" not in out
+
+
+def test_several_problems_are_reported_together():
+    code, out = invoke("validate", DANCE, "--set", "train.lr=-1.0", "--set", "strategy.gruop_size=4")
+    assert code == 2 and "2 problems" in out and "train.lr" in out and "strategy.gruop_size" in out
+
+
+def test_missing_recipe_file():
+    code, out = invoke("validate", "recipes/nope.toml")
+    assert code == 2 and "does not exist" in out
+
+
+def test_invalid_toml(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nuse = 1")
+    code, out = invoke("validate", str(bad))
+    assert code == 2 and "not valid TOML" in out
+
+
+def test_missing_environment_variable_at_run_but_not_validate(tmp_path):
+    code, out = invoke("validate", DANCE, "--set", "model.path='${GRPO_TEST_UNSET_VAR}'")
+    assert code == 0, out
+    code, out = invoke("run", DANCE, "--set", "model.path='${GRPO_TEST_UNSET_VAR}'", "--out", str(tmp_path / "r"))
+    assert code == 2 and "GRPO_TEST_UNSET_VAR" in out and "model.path" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_weights_folder(tmp_path):
+    code, out = invoke("run", DANCE, "--set", f"model.path='{tmp_path / 'none'}'", "--out", str(tmp_path / "r"))
+    assert code == 2 and "model.path" in out and "lacks" in out
+
+
+def test_malformed_prompt_file(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a"}\n{oops\n')
+    code, out = invoke("run", DANCE, "--set", "prompts.use=file", "--set", f"prompts.path='{prompts}'",
+                       "--set", "prompts.eval_train_samples=1", "--out", str(tmp_path / "r"))
+    assert code == 2 and "prompts" in out  # eval_train_samples is not a key of the file source
+    code, out = invoke("run", DANCE, "--set", "prompts.use=file", "--set", f"prompts.path='{prompts}'",
+                       "--set", "eval.every=0", "--out", str(tmp_path / "r"))
+    assert code == 2 and "p.jsonl:2" in out and "not valid JSON" in out
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    out_dir = tmp_path / "r"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("precious")
+    code, out = invoke("run", DANCE, "--out", str(out_dir))
+    assert code == 2 and "--resume" in out
+    assert (out_dir / "keep.txt").read_text() == "precious"
+
+
+def test_resume_of_a_non_run_directory(tmp_path):
+    code, out = invoke("run", "--resume", str(tmp_path))
+    assert code == 2 and "not a run directory" in out
+
+
+def test_unknown_plugin_in_show():
+    code, out = invoke("plugins", "show", "dancegrp")
+    assert code == 2 and "did you mean 'dancegrpo'" in out
+
+
+def test_real_process_exit_code_and_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "grpo.cli.main", "validate", DANCE, "--set", "strategy.group_size=1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "strategy.group_size" in proc.stderr and "must be >= 2" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout

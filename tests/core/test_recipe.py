@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from grpo.cli.common import load_recipe
+from grpo.core.errors import UserError, UserErrors
+from grpo.core.recipe import TrainConfig, apply_overrides, expand_env
+from grpo.core.schema import validate
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    recipe, _ = load_recipe(path, env=False)
+    assert recipe.rewards and recipe.train.iterations >= 1
+
+
+def test_overrides_parse_toml_values():
+    data = {"train": {"lr": 1.0}, "reward": [{"use": "a"}]}
+    out = apply_overrides(data, ["train.lr=2e-5", "train.betas=[0.9, 0.99]", "reward.0.weight=2", "model.use=shapes"])
+    assert out["train"]["lr"] == 2e-5 and out["train"]["betas"] == [0.9, 0.99]
+    assert out["reward"][0]["weight"] == 2 and out["model"]["use"] == "shapes"
+    assert data["train"]["lr"] == 1.0  # the input is not modified
+    with pytest.raises(UserError, match="index"):
+        apply_overrides(data, ["reward.3.weight=1"])
+
+
+def test_env_expansion():
+    data = {"model": {"path": "${ROOT}/w", "n": 3}, "reward": [{"p": "${ROOT}"}]}
+    out = expand_env(data, environ={"ROOT": "/x"})
+    assert out == {"model": {"path": "/x/w", "n": 3}, "reward": [{"p": "/x"}]}
+    with pytest.raises(UserError) as e:
+        expand_env(data, environ={})
+    assert e.value.where == "model.path" and "ROOT" in e.value.message
+
+
+def test_train_config_defaults_and_errors():
+    kwargs = validate(TrainConfig, {"lr": 3e-5}, "train")
+    cfg = TrainConfig(**kwargs)
+    assert cfg.lr == 3e-5 and cfg.iterations == 100 and cfg.betas == [0.9, 0.999]
+    with pytest.raises(UserErrors) as e:
+        validate(TrainConfig, {"lr": "fast", "epochs": 0, "itterations": 3}, "train")
+    where = sorted(err.where for err in e.value.errors)
+    assert where == ["train.epochs", "train.itterations", "train.lr"]
+
+
+def test_resolved_recipe_has_every_default():
+    recipe, _ = load_recipe(RECIPES[0], env=False)
+    data = recipe.to_dict()
+    assert data["train"]["weight_decay"] == 1e-4
+    assert "eta" in data["sampler"] or "noise_level" in data["sampler"]
+    assert data["strategy"]["use"] == recipe.strategy.entry.name

@@ -1,0 +1,85 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from grpo.core.sampler import gaussian_log_prob, sigma_grid
+from grpo.plugins.samplers.flow import ODE, DanceSDE, FlowSDE
+
+
+@pytest.mark.parametrize("steps", [4, 16, 20])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_sigma_grid_equals_diffusers_scheduler(steps, shift):
+    sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+    # diffusers' flow pipelines pass this grid; the scheduler shifts it and appends σ = 0
+    sched.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps))
+    ours = sigma_grid(steps, shift)
+    assert ours.shape == (steps + 1,)
+    torch.testing.assert_close(ours, sched.sigmas.float(), atol=1e-6, rtol=0)
+    assert ours[0] == 1.0 and ours[-1] == 0.0
+
+
+def test_log_prob_is_the_element_mean_of_normal_log_density():
+    torch.manual_seed(0)
+    x, mean = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    std = torch.rand(5) + 0.1
+    expected = torch.stack(
+        [torch.distributions.Normal(mean[i], std[i]).log_prob(x[i]).mean() for i in range(5)]
+    )
+    torch.testing.assert_close(gaussian_log_prob(x, mean, std), expected, atol=1e-6, rtol=1e-6)
+
+
+def _step_inputs():
+    torch.manual_seed(1)
+    sig = sigma_grid(10, 3.0)
+    k = torch.tensor([0, 3, 9])
+    return torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8), sig[k], sig[k + 1]
+
+
+@pytest.mark.parametrize("sampler", [DanceSDE(steps=10, shift=3.0, eta=0.3), FlowSDE(steps=10, shift=3.0, noise_level=0.7)])
+def test_sampler_log_prob_matches_torch_normal(sampler):
+    x, v, s, sn = _step_inputs()
+    mean, std = sampler.step(x, v, s, sn)
+    x_next = mean + std.view(-1, 1, 1, 1) * torch.randn_like(mean)
+    ours = gaussian_log_prob(x_next, mean, std)
+    ref = torch.stack([torch.distributions.Normal(mean[i], std[i]).log_prob(x_next[i]).mean() for i in range(3)])
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-6)
+
+
+def test_dance_sde_closed_form():
+    x, v, s, sn = _step_inputs()
+    eta = 0.3
+    mean, std = DanceSDE(steps=10, shift=3.0, eta=eta).step(x, v, s, sn)
+    for i in range(3):
+        si, sni = float(s[i]), float(sn[i])
+        d = sni - si
+        x0 = x[i] - si * v[i]
+        score = -(x[i] - (1 - si) * x0) / si**2
+        torch.testing.assert_close(mean[i], x[i] + d * v[i] - 0.5 * eta**2 * d * score, atol=1e-5, rtol=1e-5)
+        assert math.isclose(float(std[i]), eta * math.sqrt(si - sni), rel_tol=1e-5)
+
+
+def test_flow_sde_closed_form_and_sigma_one_substitution():
+    x, v, s, sn = _step_inputs()
+    a = 0.7
+    sampler = FlowSDE(steps=10, shift=3.0, noise_level=a)
+    mean, std = sampler.step(x, v, s, sn)
+    sig1 = float(sigma_grid(10, 3.0)[1])
+    for i in range(3):
+        si, sni = float(s[i]), float(sn[i])
+        sg = sig1 if si >= 1.0 else si
+        g = a * math.sqrt(sg / (1 - sg))
+        d = sni - si
+        expect = x[i] * (1 + g * g * d / (2 * si)) + v[i] * d * (1 + g * g * (1 - si) / (2 * si))
+        torch.testing.assert_close(mean[i], expect, atol=1e-5, rtol=1e-5)
+        assert math.isclose(float(std[i]), g * math.sqrt(-d), rel_tol=1e-5)
+
+
+def test_ode_is_euler_and_deterministic():
+    x, v, s, sn = _step_inputs()
+    mean, std = ODE(steps=10, shift=3.0).step(x, v, s, sn)
+    torch.testing.assert_close(mean, x + (sn - s).view(-1, 1, 1, 1) * v)
+    assert torch.all(std == 0)
+    assert ODE().stochastic is False

@@ -1,0 +1,59 @@
+import math
+
+import torch
+
+from grpo.core.plan import skeleton
+from grpo.core.sampler import sigma_grid
+from grpo.core.tree import Advantages, EdgeSet
+from grpo.plugins.dancegrpo.advantage import GroupAdvantage, normalise_groups
+from grpo.plugins.dancegrpo.pruners import TimestepFraction
+from grpo.plugins.dancegrpo.strategy import DanceGRPO
+from grpo.plugins.trees.topologies import Fan
+
+
+def _forest(group, steps, trees):
+    plan = Fan(group_size=group).plan(steps)
+    one = skeleton(plan, sigma_grid(steps))
+    # stack `trees` copies of the one-tree skeleton
+    states = [torch.zeros(s.shape[0] * trees, 0) for s in one.states]
+    parents = [torch.arange(s.shape[0]) // plan.branch[k] for k, s in enumerate(states[1:])]
+    tree_ids = [torch.arange(s.shape[0]) // plan.live(d) for d, s in enumerate(states)]
+    logp = [torch.zeros(s.shape[0]) for s in states[1:]]
+    return type(one)(plan, one.sigmas, states, parents, tree_ids, logp, states[-1])
+
+
+def test_group_advantage_hand_computed():
+    ro = _forest(group=4, steps=3, trees=2)
+    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0])
+    adv = GroupAdvantage(clamp=5.0)(ro, rewards)
+    s = math.sqrt(((1.5**2) * 2 + (0.5**2) * 2) / 3)  # unbiased std of 1,2,3,4 = 1.29099
+    first = [(-1.5) / s, -0.5 / s, 0.5 / s, 1.5 / s]
+    expected = torch.tensor(first + [0.0, 0.0, 0.0, 0.0])  # a flat group has no signal
+    for k in range(3):  # every edge of a chain carries its leaf's advantage
+        torch.testing.assert_close(adv.values[k], expected, atol=1e-6, rtol=1e-6)
+
+
+def test_group_advantage_clamps():
+    values = torch.tensor([0.0] * 99 + [1.0])
+    adv = normalise_groups(values, 100, clamp=5.0)
+    assert float(adv.max()) == 5.0  # (1 - 0.01) / 0.1 = 9.9 → clamped
+
+
+def test_timestep_fraction_trains_ceil_f_t_steps_per_chain():
+    steps, group = 10, 4
+    ro = _forest(group=group, steps=steps, trees=3)
+    adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
+    gen = torch.Generator().manual_seed(0)
+    edges = TimestepFraction(fraction=0.6, ignore_last=True)(ro, adv, EdgeSet.all_stochastic(ro), 0, gen)
+    per_chain = torch.stack(edges.masks, dim=1)  # (leaves, steps): chains are 1:1 with step-k nodes
+    assert per_chain.sum(dim=1).tolist() == [6] * (group * 3)
+    assert not per_chain[:, -1].any()  # ignore_last
+    assert edges.count() == 6 * group * 3
+
+
+def test_strategy_parts_follow_options():
+    parts = DanceGRPO(group_size=16, timestep_fraction=1.0, clip_range=1e-4).build()
+    assert parts.pruners == []  # f = 1 trains every step
+    plan = parts.topology.plan(20)
+    assert (plan.leaves, plan.edges, plan.rollout_forwards) == (16, 320, 305)
+    assert parts.clip_range == 1e-4 and parts.sampler == "dance-sde"
