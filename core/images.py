@@ -14,7 +14,7 @@ def caption_grid(images: torch.Tensor, captions: list[str], *, columns: int = 8,
     n, _, h, w = images.shape
     cell_w = max(w * scale, 96)
     font = ImageFont.load_default()
-    lines = [textwrap.wrap(c, width=max(cell_w // 6, 8))[:3] for c in captions]
+    lines = [textwrap.wrap(c, width=max(cell_w // 6, 8))[:4] for c in captions]
     text_h = 11 * max((len(ls) for ls in lines), default=1) + 4
     cell_h = h * scale + text_h
     rows = (n + columns - 1) // columns

@@ -29,7 +29,7 @@ class GroupAdvantage:
     """A = (R − mean R) / (std R + 1e-8) over the leaves of one tree, clamped; every edge carries
     the mean advantage of the leaves below it (for chains: its own leaf's)."""
 
-    def __init__(self, *, clamp: Annotated[float, Range(gt=0), Doc("clamp |A| to this")] = 5.0) -> None:
+    def __init__(self, *, clamp: Annotated[float, Range(gt=0), Doc("bound on the magnitude of an advantage")] = 5.0) -> None:
         self.clamp = clamp
 
     def __call__(self, rollout: Rollout, rewards: torch.Tensor) -> Advantages:

@@ -12,29 +12,41 @@ from grpo.core.tree import Advantages, EdgeSet, Rollout
 
 
 class TimestepFraction:
-    """Per chain (leaf path), keep a random ⌈f·T⌉ of the steps; `ignore_last` drops the last step.
+    """Per chain (leaf path), keep a random ⌈f·W⌉ of the W candidate steps.
 
-    An edge shared by several chains is kept when any of them keeps its step.
+    The candidates are all T steps (DanceGRPO), or the steps ``window = [start, stop)`` when given;
+    `ignore_last` removes the last step from them. An edge shared by several chains is kept when any
+    of them keeps its step.
     """
 
     def __init__(
         self,
         *,
-        fraction: Annotated[float, Range(gt=0, le=1), Doc("share f of steps trained per chain")] = 0.6,
+        fraction: Annotated[float, Range(gt=0, le=1), Doc("share f of candidate steps trained per chain")] = 0.6,
         ignore_last: Annotated[bool, Doc("never train the last step")] = False,
+        window: Annotated[list[int], Range(ge=0), Doc("[start, stop) of candidate steps; empty = all")] = [],  # noqa: B006
     ) -> None:
-        self.fraction, self.ignore_last = fraction, ignore_last
+        if window and (len(window) != 2 or window[0] >= window[1]):
+            from grpo.core.errors import UserError
+
+            raise UserError(f"window must be [start, stop) with start < stop, got {window}", where="strategy.step_window")
+        self.fraction, self.ignore_last, self.window = fraction, ignore_last, list(window)
 
     def __call__(
         self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, iteration: int, generator: torch.Generator
     ) -> EdgeSet:
         steps = rollout.steps
-        candidates = steps - 1 if self.ignore_last else steps
-        keep = min(math.ceil(self.fraction * steps), candidates)
+        start, stop = self.window if self.window else (0, steps)
+        stop = min(stop, steps - 1 if self.ignore_last else steps)
+        candidates = torch.arange(start, stop)
+        if candidates.numel() == 0:
+            return EdgeSet([torch.zeros_like(m) for m in edges.masks])
+        keep = min(math.ceil(self.fraction * (self.window[1] - self.window[0] if self.window else steps)),
+                   candidates.numel())
         n_leaves = rollout.states[-1].shape[0]
         chosen = torch.zeros(n_leaves, steps, dtype=torch.bool)
         for leaf in range(n_leaves):
-            chosen[leaf, torch.randperm(candidates, generator=generator)[:keep]] = True
+            chosen[leaf, candidates[torch.randperm(candidates.numel(), generator=generator)[:keep]]] = True
         masks = []
         for k, mask in enumerate(edges.masks):
             per_node = rollout.leaves_per_node(k + 1)

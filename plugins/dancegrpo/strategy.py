@@ -22,8 +22,10 @@ class DanceGRPO:
         timestep_fraction: Annotated[float, Range(gt=0, le=1), Doc("share of steps trained per chain")] = 0.6,
         ignore_last: Annotated[bool, Doc("never train the last step")] = False,
         clip_range: Annotated[float, Range(gt=0), Doc("ε of the clipped ratio")] = 1e-4,
-        advantage_clamp: Annotated[float, Range(gt=0), Doc("clamp |A|")] = 5.0,
+        advantage_clamp: Annotated[float, Range(gt=0), Doc("bound on the magnitude of an advantage")] = 5.0,
+        step_window: Annotated[list[int], Range(ge=0), Doc("[start, stop) of steps that may be trained; empty = all")] = [],  # noqa: B006
     ) -> None:
+        self.step_window = list(step_window)
         self.group_size = group_size
         self.timestep_fraction = timestep_fraction
         self.ignore_last = ignore_last
@@ -32,8 +34,9 @@ class DanceGRPO:
 
     def build(self) -> StrategyParts:
         pruners = []
-        if self.timestep_fraction < 1.0 or self.ignore_last:
-            pruners.append(TimestepFraction(fraction=self.timestep_fraction, ignore_last=self.ignore_last))
+        if self.timestep_fraction < 1.0 or self.ignore_last or self.step_window:
+            pruners.append(TimestepFraction(fraction=self.timestep_fraction, ignore_last=self.ignore_last,
+                                            window=self.step_window))
         return StrategyParts(
             topology=Fan(group_size=self.group_size, noise_scale=1.0),
             advantage=GroupAdvantage(clamp=self.advantage_clamp),

@@ -6,7 +6,7 @@ import fnmatch
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 
@@ -43,7 +43,7 @@ class ShapesPolicy:
         lora_rank: Annotated[int, Range(ge=0), Doc("LoRA rank on the UNet's attention and conv layers; 0 = full fine-tune")] = 0,
         lora_alpha: Annotated[float, Range(gt=0), Doc("LoRA alpha")] = 16.0,
         freeze: Annotated[list[str], Doc("glob patterns of UNet parameter names to keep frozen")] = [],  # noqa: B006
-        device: Annotated[str, Doc("'auto', 'cpu' or 'cuda'")] = "auto",
+        device: Annotated[Literal["auto", "cpu", "cuda"], Doc("where the model runs")] = "auto",
     ) -> None:
         folder = Path(path) if path else BUNDLED
         missing = [p for p in ("tokenizer", "text_encoder", "unet") if not (folder / p).is_dir()]

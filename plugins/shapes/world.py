@@ -8,7 +8,6 @@ Every caption has the form ``"<count> <colour> <shape(s)> on a <background> back
 from __future__ import annotations
 
 import itertools
-import math
 import random
 from dataclasses import dataclass
 

@@ -105,3 +105,14 @@ def test_sigkill_and_resume_match_an_uninterrupted_run(tiny_model_dir, tmp_path)
     assert [(r["kind"], r["iteration"]) for r in a] == [(r["kind"], r["iteration"]) for r in b]
     for ra, rb in zip(a, b, strict=True):
         assert json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
+
+
+def test_kl_penalty_with_lora(tiny_model_dir, tmp_path):
+    out = tmp_path / "kl"
+    extra = ["--set", "train.kl_beta=0.1", "--set", "model.lora_rank=2", "--set", "eval.every=0",
+             "--set", "train.lr=1e-2", "--set", "reward=[{use='jpeg-compressibility'}]"]
+    result = CliRunner().invoke(app, ["run", DANCE, *small(tiny_model_dir, 2, extra), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    train = [r for r in read_metrics(out) if r["kind"] == "train"]
+    assert train[1]["update/kl"] > train[0]["update/kl"] >= 0.0  # the policy drifts from the base
+    assert (out / "checkpoints" / "iter_000002" / "trained.safetensors").is_file()

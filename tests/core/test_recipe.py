@@ -51,3 +51,10 @@ def test_resolved_recipe_has_every_default():
     assert data["train"]["weight_decay"] == 1e-4
     assert "eta" in data["sampler"] or "noise_level" in data["sampler"]
     assert data["strategy"]["use"] == recipe.strategy.entry.name
+
+
+def test_recipe_reference_is_up_to_date():
+    from grpo.cli.reference import render
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
+    assert doc.read_text() == render(), "regenerate: python -m grpo.cli.reference > docs/recipes.md"

@@ -57,3 +57,13 @@ def test_strategy_parts_follow_options():
     plan = parts.topology.plan(20)
     assert (plan.leaves, plan.edges, plan.rollout_forwards) == (16, 320, 305)
     assert parts.clip_range == 1e-4 and parts.sampler == "dance-sde"
+
+
+def test_timestep_fraction_window():
+    ro = _forest(group=2, steps=16, trees=1)
+    adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
+    gen = torch.Generator().manual_seed(3)
+    edges = TimestepFraction(fraction=0.8, window=[0, 10])(ro, adv, EdgeSet.all_stochastic(ro), 0, gen)
+    per_chain = torch.stack(edges.masks, dim=1)
+    assert per_chain.sum(dim=1).tolist() == [8, 8]
+    assert not per_chain[:, 10:].any()

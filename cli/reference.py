@@ -1,0 +1,65 @@
+"""Generate docs/recipes.md from the recipe schema and the built-in plugins' constructors.
+
+    python -m grpo.cli.reference > docs/recipes.md
+"""
+
+from __future__ import annotations
+
+from grpo.core.recipe import EvalConfig, LoggingConfig, PluginsConfig, TrainConfig
+from grpo.core.registry import load_registry
+from grpo.core.schema import _MISSING, options_of
+
+INTRO = """# Recipe reference
+
+A recipe is a TOML file. Component tables name a plugin with `use` and set its options; the
+other tables configure the run. Every key is checked against the schema below (`grpo validate`);
+`--set TABLE.KEY=VALUE` overrides any key (the value in TOML syntax, e.g. `--set
+'strategy.step_window=[0,10]'`; `reward.0.weight=2` addresses the first `[[reward]]`).
+`${VAR}` in a string is replaced by the environment variable VAR when a run starts (`grpo
+validate` does not need it set). Every run writes `recipe.resolved.toml` with all defaults
+filled in and the distribution that provided each plugin.
+
+This page is generated: `python -m grpo.cli.reference > docs/recipes.md`.
+"""
+
+COMPONENT_TABLES = [
+    ("model", "model", "`[model]`: the policy"),
+    ("strategy", "strategy", "`[strategy]`: the algorithm"),
+    ("sampler", "sampler", "`[sampler]`: the SDE of the rollout (default: the strategy's)"),
+    ("reward", "reward", "`[[reward]]`: one table per reward; `weight` (number, default 1.0) is accepted by every reward"),
+    ("prompts", "prompts", "`[prompts]`: where prompts come from"),
+    ("backend", "backend", "`[backend]`: how training runs (default `torch`)"),
+]
+
+
+def _rows(factory) -> list[str]:
+    rows = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
+    for o in options_of(factory):
+        default = "*required*" if o.default is _MISSING else f"`{o.default!r}`"
+        rng = o.range.describe() if o.range else ""
+        rows.append(f"| `{o.name}` | {o.type_name.replace('|', '/')} | {default} | {rng} | {o.doc} |")
+    return rows
+
+
+def render() -> str:
+    registry = load_registry(autoload=False)
+    out = [INTRO]
+    out.append("## Component tables\n")
+    for kind, _, title in COMPONENT_TABLES:
+        out.append(f"### {title}\n")
+        for entry in (registry.entries[kind][n] for n in registry.names(kind)):
+            out.append(f"#### `use = \"{entry.name}\"`\n\n{entry.description}\n")
+            out.extend(_rows(entry.factory))
+            out.append("")
+    out.append("## Run tables\n")
+    for name, cls in (("train", TrainConfig), ("eval", EvalConfig), ("logging", LoggingConfig),
+                      ("plugins", PluginsConfig)):
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        out.append(f"### {doc}\n")
+        out.extend(_rows(cls))
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
