@@ -9,6 +9,7 @@ import typer
 
 from . import plan as plan_cmd
 from . import plugins as plugins_cmd
+from . import report as report_cmd
 from . import run as run_cmd
 from . import validate as validate_cmd
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.command("run")(run_cmd.run)
 app.command("validate")(validate_cmd.validate)
 app.command("plan")(plan_cmd.plan)
+app.command("report")(report_cmd.report)
 app.add_typer(plugins_cmd.app, name="plugins")
 
 

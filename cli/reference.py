@@ -23,12 +23,12 @@ This page is generated: `python -m grpo.cli.reference > docs/recipes.md`.
 """
 
 COMPONENT_TABLES = [
-    ("model", "model", "`[model]`: the policy"),
-    ("strategy", "strategy", "`[strategy]`: the algorithm"),
-    ("sampler", "sampler", "`[sampler]`: the SDE of the rollout (default: the strategy's)"),
-    ("reward", "reward", "`[[reward]]`: one table per reward; `weight` (number, default 1.0) is accepted by every reward"),
-    ("prompts", "prompts", "`[prompts]`: where prompts come from"),
-    ("backend", "backend", "`[backend]`: how training runs (default `torch`)"),
+    ("model", "`[model]`: the policy"),
+    ("strategy", "`[strategy]`: the algorithm"),
+    ("sampler", "`[sampler]`: the SDE of the rollout (default: the strategy's)"),
+    ("reward", "`[[reward]]`: one table per reward; `weight` (number, default 1.0) is accepted by every reward"),
+    ("prompts", "`[prompts]`: where prompts come from"),
+    ("backend", "`[backend]`: how training runs (default `torch`)"),
 ]
 
 
@@ -45,15 +45,14 @@ def render() -> str:
     registry = load_registry(autoload=False)
     out = [INTRO]
     out.append("## Component tables\n")
-    for kind, _, title in COMPONENT_TABLES:
+    for kind, title in COMPONENT_TABLES:
         out.append(f"### {title}\n")
         for entry in (registry.entries[kind][n] for n in registry.names(kind)):
             out.append(f"#### `use = \"{entry.name}\"`\n\n{entry.description}\n")
             out.extend(_rows(entry.factory))
             out.append("")
     out.append("## Run tables\n")
-    for name, cls in (("train", TrainConfig), ("eval", EvalConfig), ("logging", LoggingConfig),
-                      ("plugins", PluginsConfig)):
+    for cls in (TrainConfig, EvalConfig, LoggingConfig, PluginsConfig):
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         out.append(f"### {doc}\n")
         out.extend(_rows(cls))

@@ -26,6 +26,7 @@ from .backend import Backend, OptimizerConfig
 from .errors import UserError
 from .images import caption_grid, pil_to_tensor
 from .policy import Conditioning, Policy
+from .pruner import PruneContext
 from .recipe import Recipe
 from .reward import RewardModel
 from .rollout import chunked, rollout
@@ -217,7 +218,8 @@ class Trainer:
         cond = self.encode(prompts)
         self.reporter.stage("rollout")
         with _timer(times, "rollout"):
-            ro = rollout(self.c.policy, self.c.sampler, self.c.plan, cond, generator=gen, max_batch=t.rollout_batch,
+            plan = self.c.parts.topology.plan(self.c.sampler.steps, it)
+            ro = rollout(self.c.policy, self.c.sampler, plan, cond, generator=gen, max_batch=t.rollout_batch,
                          init_same_noise=t.init_same_noise, split_logprob=self.c.parts.split_logprob)
         self.reporter.stage("reward")
         with _timer(times, "reward"):
@@ -227,8 +229,9 @@ class Trainer:
         with _timer(times, "advantage"):
             adv = self.advantages(ro, scores)
             edges = EdgeSet.all_stochastic(ro)
+            ctx = PruneContext(it, t.iterations, gen)
             for pruner in self.c.parts.pruners:
-                edges = pruner(ro, adv, edges, it, gen)
+                edges = pruner(ro, adv, edges, ctx)
             batch = EdgeBatch.gather(ro, adv, edges)
         self.reporter.stage("update")
         with _timer(times, "update"):

@@ -67,8 +67,9 @@ def grpo_register_advantage(registry) -> None:
 def grpo_register_pruner(registry) -> None:
     """Register pruners (``grpo.core.pruner.Pruner``).
 
-    A pruner receives the rollout and the current mask of trained edges and returns a narrower mask.
-    It never changes the rollout, the rewards or the advantages.
+    A pruner receives the rollout, the advantages, the current set of trained edges and a
+    ``PruneContext`` (iteration, total iterations, seeded generator) and returns a narrower set. It
+    never changes the rollout, the rewards or the advantages.
     """
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .pruner import PruneContext
 from .recipe import Recipe
 from .tree import Advantages, EdgeSet, Rollout, TreePlan
 
@@ -63,12 +64,12 @@ def cost(recipe: Recipe, iteration: int = 0) -> CostReport:
 
     sampler = recipe.sampler.create()
     parts = recipe.strategy.create().build()
-    plan = parts.topology.plan(sampler.steps)
+    plan = parts.topology.plan(sampler.steps, iteration)
     sigmas = sampler.sigmas()
     ro = skeleton(plan, sigmas)
     adv = Advantages([torch.zeros(plan.live(k + 1)) for k in range(plan.steps)])
     edges = EdgeSet.all_stochastic(ro)
-    gen = iteration_generator(recipe.train.seed, iteration)
+    ctx = PruneContext(iteration, recipe.train.iterations, iteration_generator(recipe.train.seed, iteration))
     for pruner in parts.pruners:
-        edges = pruner(ro, adv, edges, iteration, gen)
+        edges = pruner(ro, adv, edges, ctx)
     return CostReport(plan, sigmas.tolist(), edges.per_step())

@@ -69,7 +69,7 @@ class EvalConfig:
     steps: Annotated[int, Range(ge=0), Doc("ODE steps (0 = the sampler's steps)")] = 0
     seed: Annotated[int, Range(ge=0), Doc("seed of the evaluation noise (never used in training)")] = 1_000_003
     grid_images: Annotated[int, Range(ge=0), Doc("images in the saved sample grid")] = 32
-    batch: Annotated[int, Range(ge=1), Doc("images per forward")] = 128
+    batch: Annotated[int, Range(ge=1), Doc("images per forward")] = 64
 
 
 @dataclass(kw_only=True)

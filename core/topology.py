@@ -11,6 +11,7 @@ from .tree import TreePlan
 class TreeTopology(Protocol):
     """A static rollout-tree shape."""
 
-    def plan(self, steps: int) -> TreePlan:
-        """The plan of one tree over `steps` denoising steps; raises UserError if it does not fit."""
+    def plan(self, steps: int, iteration: int = 0) -> TreePlan:
+        """The plan of one tree over `steps` denoising steps at `iteration` (a plan may change over
+        training, e.g. a sliding SDE window); raises UserError if it does not fit."""
         ...

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import torch
 
+from grpo.core.pruner import PruneContext
 from grpo.core.schema import Doc, Range
 from grpo.core.tree import Advantages, EdgeSet, Rollout
 
@@ -32,9 +33,7 @@ class TimestepFraction:
             raise UserError(f"window must be [start, stop) with start < stop, got {window}", where="strategy.step_window")
         self.fraction, self.ignore_last, self.window = fraction, ignore_last, list(window)
 
-    def __call__(
-        self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, iteration: int, generator: torch.Generator
-    ) -> EdgeSet:
+    def __call__(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: PruneContext) -> EdgeSet:
         steps = rollout.steps
         start, stop = self.window if self.window else (0, steps)
         stop = min(stop, steps - 1 if self.ignore_last else steps)
@@ -46,7 +45,7 @@ class TimestepFraction:
         n_leaves = rollout.states[-1].shape[0]
         chosen = torch.zeros(n_leaves, steps, dtype=torch.bool)
         for leaf in range(n_leaves):
-            chosen[leaf, candidates[torch.randperm(candidates.numel(), generator=generator)[:keep]]] = True
+            chosen[leaf, candidates[torch.randperm(candidates.numel(), generator=ctx.generator)[:keep]]] = True
         masks = []
         for k, mask in enumerate(edges.masks):
             per_node = rollout.leaves_per_node(k + 1)

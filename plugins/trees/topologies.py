@@ -24,7 +24,7 @@ class Fan:
     ) -> None:
         self.group_size, self.noise_scale = group_size, noise_scale
 
-    def plan(self, steps: int) -> TreePlan:
+    def plan(self, steps: int, iteration: int = 0) -> TreePlan:
         if steps < 1:
             raise UserError("a rollout needs at least one step", where="sampler.steps")
         branch = (self.group_size,) + (1,) * (steps - 1)

@@ -3,6 +3,7 @@ import math
 import torch
 
 from grpo.core.plan import skeleton
+from grpo.core.pruner import PruneContext
 from grpo.core.sampler import sigma_grid
 from grpo.core.tree import Advantages, EdgeSet
 from grpo.plugins.dancegrpo.advantage import GroupAdvantage, normalise_groups
@@ -44,7 +45,7 @@ def test_timestep_fraction_trains_ceil_f_t_steps_per_chain():
     ro = _forest(group=group, steps=steps, trees=3)
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
     gen = torch.Generator().manual_seed(0)
-    edges = TimestepFraction(fraction=0.6, ignore_last=True)(ro, adv, EdgeSet.all_stochastic(ro), 0, gen)
+    edges = TimestepFraction(fraction=0.6, ignore_last=True)(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 10, gen))
     per_chain = torch.stack(edges.masks, dim=1)  # (leaves, steps): chains are 1:1 with step-k nodes
     assert per_chain.sum(dim=1).tolist() == [6] * (group * 3)
     assert not per_chain[:, -1].any()  # ignore_last
@@ -63,7 +64,7 @@ def test_timestep_fraction_window():
     ro = _forest(group=2, steps=16, trees=1)
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
     gen = torch.Generator().manual_seed(3)
-    edges = TimestepFraction(fraction=0.8, window=[0, 10])(ro, adv, EdgeSet.all_stochastic(ro), 0, gen)
+    edges = TimestepFraction(fraction=0.8, window=[0, 10])(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 10, gen))
     per_chain = torch.stack(edges.masks, dim=1)
     assert per_chain.sum(dim=1).tolist() == [8, 8]
     assert not per_chain[:, 10:].any()

@@ -1,0 +1,146 @@
+"""A finished run at a glance: paired evaluation differences, curves and before/after samples.
+
+Evaluations use fixed prompts and fixed noise, so the change of a measure between two evaluations
+is judged image by image (a paired difference): far tighter than comparing two means.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import UserError
+from .runlog import read_metrics
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    set_name: str
+    measure: str
+    base: float
+    final: float
+    diff: float
+    ci95: float
+    n: int
+
+    @property
+    def significant(self) -> bool:
+        return abs(self.diff) > self.ci95
+
+
+def eval_iterations(run_dir: Path) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run_dir / "eval").glob("iter_*.pt"))
+
+
+def load_eval(run_dir: Path, iteration: int) -> dict[str, dict[str, list[float]]]:
+    return torch.load(run_dir / "eval" / f"iter_{iteration:06d}.pt", weights_only=False)
+
+
+def paired_differences(run_dir: Path, base: int | None = None, final: int | None = None) -> list[PairedDifference]:
+    """Per evaluation set and measure: mean(final − base) over the same prompts and noise, ±1.96 s.e."""
+    its = eval_iterations(run_dir)
+    if len(its) < 1:
+        raise UserError(f"{run_dir} has no evaluations", hint="set [eval] every > 0 and run some iterations")
+    b, f = (its[0] if base is None else base), (its[-1] if final is None else final)
+    before, after = load_eval(run_dir, b), load_eval(run_dir, f)
+    out = []
+    for set_name, measures in after.items():
+        for measure, values in measures.items():
+            x = torch.tensor(before[set_name][measure], dtype=torch.float64)
+            y = torch.tensor(values, dtype=torch.float64)
+            d = y - x
+            ci = float(1.96 * d.std(unbiased=True) / math.sqrt(d.numel())) if d.numel() > 1 else 0.0
+            out.append(PairedDifference(set_name, measure, float(x.mean()), float(y.mean()), float(d.mean()), ci, d.numel()))
+    return out
+
+
+def markdown_table(diffs: list[PairedDifference], base: int, final: int) -> str:
+    lines = [f"| set | measure | iteration {base} | iteration {final} | paired difference (95% CI) | n |",
+             "|---|---|---|---|---|---|"]
+    for d in diffs:
+        mark = " **" if d.significant else " "
+        lines.append(f"| {d.set_name} | {d.measure} | {d.base:.3f} | {d.final:.3f} |{mark}{d.diff:+.3f} ± {d.ci95:.3f}"
+                     f"{'**' if d.significant else ''} | {d.n} |")
+    return "\n".join(lines)
+
+
+def plot_curves(run_dirs: dict[str, Path], measures: list[str], out: Path, *, x_axis: str = "iteration") -> None:
+    """Evaluation measures (mean ± 95% CI) of one or several runs, against iteration or wall-clock."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = sorted({k.split("/")[0] for d in run_dirs.values() for r in read_metrics(d) if r["kind"] == "eval"
+                   for k in r if k not in ("iteration", "kind")})
+    fig, axes = plt.subplots(len(measures), len(sets), figsize=(4.2 * len(sets), 3.0 * len(measures)), squeeze=False)
+    for label, run_dir in run_dirs.items():
+        records = read_metrics(run_dir)
+        clock, elapsed = {0: 0.0}, 0.0
+        for r in records:
+            if r["kind"] == "train":
+                elapsed += r.get("time/iteration", 0.0)
+                clock[r["iteration"] + 1] = elapsed
+        evals = [r for r in records if r["kind"] == "eval"]
+        for i, measure in enumerate(measures):
+            for j, set_name in enumerate(sets):
+                key = f"{set_name}/{measure}"
+                pts = [(r["iteration"], r[key], r.get(f"{key}/ci95", 0.0)) for r in evals if key in r]
+                if not pts:
+                    continue
+                xs = [clock.get(p[0], float("nan")) / 60 if x_axis == "minutes" else p[0] for p in pts]
+                ys, cis = [p[1] for p in pts], [p[2] for p in pts]
+                ax = axes[i][j]
+                ax.plot(xs, ys, marker="o", label=label)
+                ax.fill_between(xs, [y - c for y, c in zip(ys, cis, strict=True)],
+                                [y + c for y, c in zip(ys, cis, strict=True)], alpha=0.2)
+                ax.set_title(f"{set_name}: {measure}", fontsize=9)
+                ax.set_xlabel("training minutes (rollout + reward + update)" if x_axis == "minutes" else "iteration",
+                              fontsize=8)
+                ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def before_after(run_dir: Path, base: int, final: int, out: Path) -> None:
+    """The evaluation sample grids of two iterations side by side (same prompts, same noise)."""
+    a = Image.open(run_dir / "samples" / f"eval_{base:06d}.png").convert("RGB")
+    b = Image.open(run_dir / "samples" / f"eval_{final:06d}.png").convert("RGB")
+    pad = 24
+    canvas = Image.new("RGB", (a.width + b.width + pad, max(a.height, b.height) + pad), (255, 255, 255))
+    canvas.paste(a, (0, pad))
+    canvas.paste(b, (a.width + pad, pad))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    draw.text((4, 6), f"before: iteration {base}", fill=(0, 0, 0), font=font)
+    draw.text((a.width + pad + 4, 6), f"after: iteration {final} (same prompts and noise)", fill=(0, 0, 0), font=font)
+    canvas.save(out)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write ``run_dir/report/``: summary.md, curves.png, before_after.png."""
+    its = eval_iterations(run_dir)
+    if not its:
+        raise UserError(f"{run_dir} has no evaluations", where="--run", hint="set [eval] every > 0")
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    diffs = paired_differences(run_dir)
+    measures = sorted({d.measure for d in diffs if d.measure.count("/") <= 1 and not d.measure.endswith("/score")})
+    plot_curves({run_dir.name: run_dir}, measures, out / "curves.png")
+    if (run_dir / "samples" / f"eval_{its[0]:06d}.png").is_file() and len(its) > 1:
+        before_after(run_dir, its[0], its[-1], out / "before_after.png")
+    train = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+    minutes = sum(r.get("time/iteration", 0.0) for r in train) / 60
+    text = [f"# Run {run_dir.name}", "",
+            f"{len(train)} iterations, {minutes:.1f} minutes of training (rollout, reward, advantage, update; "
+            f"evaluations excluded). Paired differences between the evaluations at iterations {its[0]} and {its[-1]} "
+            "(same prompts, same noise); bold where the change exceeds its 95% interval.", "",
+            markdown_table(diffs, its[0], its[-1]), "", "![curves](curves.png)", "", "![before and after](before_after.png)", ""]
+    (out / "summary.md").write_text("\n".join(text))
+    return out

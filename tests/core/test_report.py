@@ -1,0 +1,32 @@
+import json
+import math
+
+import pytest
+import torch
+
+from grpo.core.report import paired_differences, write_report
+
+
+def test_paired_difference_hand_computed(tmp_path):
+    (tmp_path / "eval").mkdir()
+    torch.save({"train": {"r/exact": [0.0, 1.0, 0.0, 1.0]}}, tmp_path / "eval" / "iter_000000.pt")
+    torch.save({"train": {"r/exact": [1.0, 1.0, 1.0, 1.0]}}, tmp_path / "eval" / "iter_000010.pt")
+    (d,) = paired_differences(tmp_path)
+    # differences 1, 0, 1, 0: mean 0.5, unbiased sd sqrt(1/3), CI 1.96·sd/2
+    assert (d.base, d.final, d.diff, d.n) == (0.5, 1.0, 0.5, 4)
+    assert d.ci95 == pytest.approx(1.96 * math.sqrt(1 / 3) / 2)
+    assert not d.significant  # 0.5 < 0.566
+
+
+def test_report_files(tmp_path):
+    (tmp_path / "eval").mkdir()
+    for it, v in ((0, 0.2), (5, 0.6)):
+        torch.save({"held-out": {"r": [v, v + 0.1, v - 0.1]}}, tmp_path / "eval" / f"iter_{it:06d}.pt")
+    records = [{"iteration": 0, "kind": "eval", "held-out/r": 0.2, "held-out/r/ci95": 0.1},
+               {"iteration": 0, "kind": "train", "time/iteration": 30.0},
+               {"iteration": 5, "kind": "eval", "held-out/r": 0.6, "held-out/r/ci95": 0.1}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = write_report(tmp_path)
+    summary = (out / "summary.md").read_text()
+    assert "| held-out | r | 0.200 | 0.600 | **+0.400 ± 0.000** | 3 |" in summary
+    assert (out / "curves.png").stat().st_size > 1000
