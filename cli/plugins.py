@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from grpo.core.errors import UserError, unknown_name_hint
@@ -35,7 +36,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = 
     for col in ("kind", "name", "description", "from"):
         table.add_column(col)
     for e in entries:
-        table.add_row(e.kind, e.name, e.description, e.distribution)
+        table.add_row(e.kind, e.name, escape(e.description), escape(e.distribution))
     console.print(table)
 
 
@@ -48,13 +49,13 @@ def show(name: Annotated[str, typer.Argument(help="a component name, e.g. danceg
     if not found:
         raise UserError(f"no plugin named {name!r}", hint=unknown_name_hint(name, {e.name for e in registry.all()}))
     for e in found:
-        console.print(f"[bold]{e.name}[/] ({e.kind}, from {e.distribution})")
-        console.print(e.description)
+        console.print(f"[bold]{escape(e.name)}[/] ({e.kind}, from {escape(e.distribution)})")
+        console.print(escape(e.description))
         table = Table()
         for col in ("option", "type", "default", "range", "description"):
             table.add_column(col)
         for o in e.options:
             default = _default(o.default)
-            table.add_row(o.name, o.type_name, "(required)" if default is None else default,
-                          o.range.describe() if o.range else "", o.doc)
+            table.add_row(o.name, escape(o.type_name), escape("(required)" if default is None else default),
+                          o.range.describe() if o.range else "", escape(o.doc))
         console.print(table)

@@ -123,7 +123,14 @@ def options_of(factory: Any) -> list[Option]:
     sig = inspect.signature(target)
     options = []
     for p in sig.parameters.values():
-        if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+        if p.kind is p.VAR_KEYWORD and inspect.isclass(factory):
+            # A subclass that forwards **options to its base accepts the base's options too.
+            own = {q for q in sig.parameters}
+            base = next((b for b in factory.__mro__[1:] if "__init__" in vars(b) and b is not object), None)
+            if base is not None:
+                options.extend(o for o in options_of(base) if o.name not in own)
+            continue
+        if p.name == "self" or p.kind is p.VAR_POSITIONAL:
             continue
         if p.name not in hints:
             raise TypeError(f"{getattr(factory, '__qualname__', factory)}: option {p.name!r} has no type annotation")

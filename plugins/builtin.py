@@ -23,9 +23,11 @@ def grpo_register_sampler(registry) -> None:
 
 @hookimpl
 def grpo_register_topology(registry) -> None:
+    from .branchgrpo.topology import Branching
     from .trees.topologies import Fan
 
     registry.add("fan", Fan)
+    registry.add("branching", Branching)
 
 
 @hookimpl
@@ -38,16 +40,22 @@ def grpo_register_reward(registry) -> None:
 
 @hookimpl
 def grpo_register_advantage(registry) -> None:
+    from .branchgrpo.advantage import DepthWiseAdvantage
     from .dancegrpo.advantage import GroupAdvantage
 
     registry.add("group", GroupAdvantage)
+    registry.add("depth-wise", DepthWiseAdvantage)
 
 
 @hookimpl
 def grpo_register_pruner(registry) -> None:
+    from .branchgrpo.pruners import DepthPruner, LastStepPruner, WidthPruner
     from .dancegrpo.pruners import TimestepFraction
 
     registry.add("timestep-fraction", TimestepFraction)
+    registry.add("depth", DepthPruner)
+    registry.add("width", WidthPruner)
+    registry.add("last-step", LastStepPruner)
 
 
 @hookimpl
@@ -61,9 +69,12 @@ def grpo_register_backend(registry) -> None:
 
 @hookimpl
 def grpo_register_strategy(registry) -> None:
+    from .branchgrpo.strategy import BranchGRPO, BranchGRPOMix
     from .dancegrpo.strategy import DanceGRPO
 
     registry.add("dancegrpo", DanceGRPO)
+    registry.add("branchgrpo", BranchGRPO)
+    registry.add("branchgrpo-mix", BranchGRPOMix)
 
 
 @hookimpl

@@ -74,12 +74,13 @@ def test_missing_weights_folder(tmp_path):
 def test_malformed_prompt_file(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a"}\n{oops\n')
-    code, out = invoke("run", DANCE, "--set", "prompts.use=file", "--set", f"prompts.path='{prompts}'",
-                       "--set", "prompts.eval_train_samples=1", "--out", str(tmp_path / "r"))
-    assert code == 2 and "prompts" in out  # eval_train_samples is not a key of the file source
-    code, out = invoke("run", DANCE, "--set", "prompts.use=file", "--set", f"prompts.path='{prompts}'",
-                       "--set", "eval.every=0", "--out", str(tmp_path / "r"))
+    table = f"prompts={{use='file', path='{prompts}'}}"
+    code, out = invoke("run", DANCE, "--set", table, "--set", "prompts.eval_held_out_samples=1",
+                       "--out", str(tmp_path / "r"))
+    assert code == 2 and "prompts.eval_held_out_samples" in out  # not a key of the file source
+    code, out = invoke("run", DANCE, "--set", table, "--out", str(tmp_path / "r"))
     assert code == 2 and "p.jsonl:2" in out and "not valid JSON" in out
+    assert not (tmp_path / "r").exists()
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):

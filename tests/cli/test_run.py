@@ -25,6 +25,8 @@ def small(model_dir, iterations=2, extra=()):
         "--set", f"train.iterations={iterations}",
         "--set", "train.prompts_per_iteration=2",
         "--set", "strategy.group_size=3",
+        "--set", "strategy.timestep_fraction=0.5",
+        "--set", "strategy.step_window=[]",
         "--set", "sampler.steps=4",
         "--set", "train.micro_batch=5",
         "--set", "train.rollout_batch=4",

@@ -1,0 +1,210 @@
+"""BranchGRPO: tree shapes against brute force, fused depth-wise advantages by hand, pruners, Mix."""
+
+import math
+
+import pytest
+import torch
+
+from grpo.core.errors import UserError
+from grpo.core.plan import skeleton
+from grpo.core.pruner import PruneContext
+from grpo.core.rollout import rollout
+from grpo.core.sampler import sigma_grid
+from grpo.core.tree import Advantages, EdgeSet, TreePlan
+from grpo.core.update import EdgeBatch, edge_terms
+from grpo.plugins.branchgrpo.advantage import DepthWiseAdvantage
+from grpo.plugins.branchgrpo.pruners import DepthPruner, LastStepPruner, WidthPruner
+from grpo.plugins.branchgrpo.strategy import BranchGRPO, BranchGRPOMix
+from grpo.plugins.branchgrpo.topology import Branching, even_split_points
+from grpo.plugins.dancegrpo.advantage import GroupAdvantage
+from grpo.plugins.dancegrpo.strategy import DanceGRPO
+from grpo.plugins.samplers.flow import DanceSDE
+from grpo.plugins.trees.topologies import Fan
+
+
+def brute_force(steps, splits, b):
+    """Expand the tree node by node: (rollout forwards, edges, leaves)."""
+    frontier, forwards, edges = [()], 0, 0
+    for k in range(steps):
+        forwards += len(frontier)
+        frontier = [n + (c,) for n in frontier for c in range(b if k in splits else 1)]
+        edges += len(frontier)
+    return forwards, edges, len(frontier)
+
+
+@pytest.mark.parametrize("steps,splits,b", [(20, [0, 3, 6, 9], 2), (20, [0, 3, 6, 9], 3), (10, [1, 2, 7], 2),
+                                            (12, [0, 11], 4), (16, [5], 2)])
+def test_branching_costs_match_brute_force(steps, splits, b):
+    plan = Branching(split_points=splits, branch_factor=b).plan(steps)
+    assert (plan.rollout_forwards, plan.edges, plan.leaves) == brute_force(steps, set(splits), b)
+
+
+def test_reference_tree_costs_and_even_split_points():
+    plan = BranchGRPO().build().topology.plan(20)
+    assert (plan.rollout_forwards, plan.edges, plan.leaves) == (203, 218, 16)
+    assert even_split_points(20, 4) == [0, 3, 6, 9]
+    assert Branching(num_splits=4).plan(20).split_steps == (0, 3, 6, 9)
+    with pytest.raises(UserError):
+        Branching(split_points=[3, 3]).plan(20)
+    with pytest.raises(UserError):
+        Branching(split_points=[0, 20]).plan(20)
+
+
+def _tree(plan, rewards_log_probs=None):
+    ro = skeleton(plan, sigma_grid(plan.steps))
+    if rewards_log_probs is not None:
+        ro.log_prob = rewards_log_probs
+    return ro
+
+
+def _norm(values):
+    v = torch.tensor(values, dtype=torch.float64)
+    if v.numel() < 2 or v.std() < 1e-6:
+        return [0.0] * v.numel()
+    return ((v - v.mean()) / (v.std() + 1e-8)).tolist()
+
+
+def test_depth_wise_advantage_mean_fusion_by_hand():
+    # 3 steps, split at 0 and 1 with b = 2: depth 1 has 2 nodes, depth 2 and 3 have 4
+    plan = Branching(split_points=[0, 1], branch_factor=2).plan(3)
+    ro = _tree(plan)
+    r = torch.tensor([1.0, 3.0, 2.0, 6.0])
+    adv = DepthWiseAdvantage(fusion="mean")(ro, r)
+    # depth 1: node rewards mean(1, 3) = 2 and mean(2, 6) = 4
+    assert adv.values[0].tolist() == pytest.approx(_norm([2.0, 4.0]))
+    assert adv.values[1].tolist() == pytest.approx(_norm([1.0, 3.0, 2.0, 6.0]))
+    assert adv.values[2].tolist() == pytest.approx(_norm([1.0, 3.0, 2.0, 6.0]))
+
+
+def test_depth_wise_advantage_path_prob_fusion_by_hand():
+    plan = Branching(split_points=[0, 1], branch_factor=2).plan(3)
+    lp = [torch.tensor([0.0, math.log(3.0)]), torch.tensor([0.0, 0.0, math.log(4.0), 0.0]), torch.zeros(4)]
+    ro = _tree(plan, lp)
+    r = torch.tensor([1.0, 3.0, 2.0, 6.0])
+    adv = DepthWiseAdvantage(fusion="path-prob", alpha=1.0)(ro, r)
+    # depth 1: softmax over each node's two children: (1+3)/2 = 2 and (4·2 + 6)/5 = 2.8
+    assert adv.values[0].tolist() == pytest.approx(_norm([2.0, 2.8]))
+    assert adv.values[1].tolist() == pytest.approx(_norm([1.0, 3.0, 2.0, 6.0]))
+    # the root's fused reward, weights 1/4 and 3/4
+    from grpo.plugins.branchgrpo.advantage import fuse_rewards
+
+    assert float(fuse_rewards(ro, r, "path-prob", 1.0)[0][0]) == pytest.approx(0.25 * 2.0 + 0.75 * 2.8)
+
+
+def test_depth_wise_advantage_is_per_tree_and_zero_for_single_or_flat_depths():
+    plan = Branching(split_points=[1], branch_factor=2).plan(2)
+    one = _tree(plan)
+    two_trees = type(one)(plan, one.sigmas, [torch.zeros(2 * s.shape[0], 0) for s in one.states],
+                          [torch.arange(2 * p.shape[0]) // plan.branch[k] for k, p in enumerate(one.parent)],
+                          [torch.arange(2 * s.shape[0]) // plan.live(d) for d, s in enumerate(one.states)],
+                          [torch.zeros(2 * lp.shape[0]) for lp in one.log_prob], torch.zeros(4, 0))
+    adv = DepthWiseAdvantage()(two_trees, torch.tensor([1.0, 2.0, 5.0, 5.0]))
+    assert adv.values[0].tolist() == [0.0, 0.0]  # depth 1 has one node per tree
+    assert adv.values[1].tolist() == pytest.approx(_norm([1.0, 2.0]) + [0.0, 0.0])
+
+
+def test_pruners_only_narrow_edges():
+    plan = BranchGRPO().build().topology.plan(20)
+    ro = _tree(plan)
+    r = torch.arange(16, dtype=torch.float32)
+    adv = DepthWiseAdvantage()(ro, r)
+    before_states = [s.clone() for s in ro.states]
+    before_adv = [a.clone() for a in adv.values]
+    full = EdgeSet.all_stochastic(ro)
+    ctx = PruneContext(0, 100, torch.Generator().manual_seed(0))
+    for pruner in (DepthPruner(depths=[15, 16, 17, 18]), WidthPruner(ratio=0.5), LastStepPruner()):
+        out = pruner(ro, adv, full, ctx)
+        assert all(bool((o & ~f).any()) is False for o, f in zip(out.masks, full.masks, strict=True))
+        assert out.count() < full.count()
+    assert all(torch.equal(a, b) for a, b in zip(before_states, ro.states, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before_adv, adv.values, strict=True))
+
+
+def test_depth_pruner_counts_and_slide():
+    plan = BranchGRPO().build().topology.plan(20)
+    ro = _tree(plan)
+    adv = DepthWiseAdvantage()(ro, torch.arange(16.0))
+    full = EdgeSet.all_stochastic(ro)
+    pruner = DepthPruner(depths=[15, 16, 17, 18], slide_every=10)
+    g = torch.Generator()
+    out = pruner(ro, adv, full, PruneContext(0, 100, g))
+    assert out.count() == 218 - 4 * 16  # four depths of 16 nodes each
+    assert pruner.active_depths(ro, 25) == {13, 14, 15, 16}
+    assert pruner.active_depths(ro, 10_000) == {9, 10, 11, 12}  # stops at the last split point (9)
+    late = DepthPruner(depths=[15], active_fraction=0.5)(ro, adv, full, PruneContext(51, 100, g))
+    assert late.count() == 218  # pruning is over after half of training
+
+
+def test_width_pruner_keeps_best_and_worst_chains_per_tree_or_pooled():
+    plan = Branching(split_points=[0, 1], branch_factor=2).plan(4)
+    ro = _tree(plan)
+    adv = Advantages([torch.zeros(2), torch.zeros(4), torch.zeros(4), torch.tensor([0.5, -2.0, 1.5, 0.1])])
+    full = EdgeSet.all_stochastic(ro)
+    out = WidthPruner(ratio=0.5)(ro, adv, full, PruneContext(0, 1, torch.Generator()))
+    assert out.masks[0].all() and out.masks[1].all()  # up to and including the last split: kept
+    assert out.masks[2].tolist() == [False, True, True, False]  # best (1.5) and worst (-2.0) chains
+    assert out.masks[3].tolist() == [False, True, True, False]
+
+
+def test_dancegrpo_equals_the_fan_tree_of_branchgrpo(tiny_policy):
+    """DanceGRPO = the tree with split points {0}, b = G, λ = 1: same samples, advantages and loss."""
+    sampler = DanceSDE(steps=4, eta=0.5)
+    dance = DanceGRPO(group_size=4, timestep_fraction=1.0).build()
+    tree = BranchGRPO(split_points=[0], branch_factor=4, split_noise_scale=1.0).build()
+    cond = tiny_policy.encode_prompts(["two red circles on a gray background", "one blue square on a white background"])
+    outs = []
+    for parts in (dance, tree):
+        ro = rollout(tiny_policy, sampler, parts.topology.plan(4), cond,
+                     generator=torch.Generator().manual_seed(0), max_batch=8, split_logprob=parts.split_logprob)
+        rewards = ro.final.flatten(1).mean(1)  # any deterministic function of the samples
+        adv = parts.advantage(ro, rewards)
+        batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+        lp, _, _ = edge_terms(tiny_policy, sampler, ro, cond, batch, parts.split_logprob)
+        loss = -(batch.advantage * torch.exp(lp - batch.old_log_prob)).mean()
+        outs.append((ro, adv, loss))
+    (ra, aa, la), (rb, ab, lb) = outs
+    for x, y in zip(ra.states, rb.states, strict=True):
+        assert torch.equal(x, y)
+    for x, y in zip(aa.values, ab.values, strict=True):
+        torch.testing.assert_close(x, y)
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(GroupAdvantage()(ra, ra.final.flatten(1).mean(1)).values[0], aa.values[0])
+
+
+@pytest.mark.parametrize("mode", ["nominal", "scaled"])
+def test_on_policy_ratio_on_split_edges(tiny_policy, mode):
+    sampler = DanceSDE(steps=5, eta=0.5)
+    parts = BranchGRPO(split_points=[0, 2], split_logprob=mode).build()
+    cond = tiny_policy.encode_prompts(["three green triangles on a black background"])
+    ro = rollout(tiny_policy, sampler, parts.topology.plan(5), cond, generator=torch.Generator().manual_seed(1),
+                 max_batch=3, split_logprob=mode)
+    adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
+    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    lp, _, _ = edge_terms(tiny_policy, sampler, ro, cond, batch, mode)
+    assert torch.all((torch.exp(lp - batch.old_log_prob) - 1).abs() < 1e-5)
+
+
+def test_mix_trains_only_sde_edges_and_window_slides():
+    mix = BranchGRPOMix(window_size=4, window_slide_every=10, window_stride=2).build()
+    plan = mix.topology.plan(20, iteration=0)
+    assert [k for k in range(20) if plan.stochastic[k]] == [0, 1, 2, 3, 6, 9]
+    later = mix.topology.plan(20, iteration=35)  # three moves of 2 steps: window 6..9
+    assert [k for k in range(20) if later.stochastic[k]] == [0, 3, 6, 7, 8, 9]
+    end = mix.topology.plan(20, iteration=10_000)  # the window stops at the last steps
+    assert [k for k in range(20) if end.stochastic[k]] == [0, 3, 6, 9, 16, 17, 18, 19]
+    ro = _tree(plan)
+    edges = EdgeSet.all_stochastic(ro)
+    for k in range(20):
+        assert bool(edges.masks[k].any()) == plan.stochastic[k]
+    # ODE steps keep the rollout cost but not the update cost
+    assert plan.rollout_forwards == 203 and edges.count() == sum(plan.live(k + 1) for k in (0, 1, 2, 3, 6, 9))
+
+
+def test_mix_ode_steps_have_no_log_probability(tiny_policy):
+    sampler = DanceSDE(steps=6, eta=0.5)
+    plan = TreePlan((2, 1, 1, 1, 1, 1), (4.0, 1, 1, 1, 1, 1), (True, True, False, False, False, False))
+    cond = tiny_policy.encode_prompts(["one red circle on a white background"])
+    ro = rollout(tiny_policy, sampler, plan, cond, generator=torch.Generator().manual_seed(0), max_batch=4)
+    assert torch.isnan(ro.log_prob[3]).all() and torch.isfinite(ro.log_prob[0]).all()
+    assert EdgeSet.all_stochastic(ro).per_step() == [2, 2, 0, 0, 0, 0]
+    assert Fan(group_size=2).plan(6).stochastic == (True,) * 6
