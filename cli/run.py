@@ -16,6 +16,15 @@ from .common import console, guard, load_recipe
 from .progress import RichReporter
 
 
+def _quiet_libraries() -> None:
+    """Our progress bar is the one to watch: silence the libraries' weight-loading bars."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+
+
 @guard
 def run(
     recipe: Annotated[str | None, typer.Argument(help="path of a .toml recipe")] = None,
@@ -26,6 +35,7 @@ def run(
 ) -> None:
     """Train: rollout trees, score leaves, compute advantages, prune, update; log and checkpoint."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
     if resume is not None:
         if recipe is not None or out is not None:
             raise UserError("--resume DIR takes no RECIPE or --out", hint="grpo run --resume runs/my-run")
