@@ -9,7 +9,16 @@ from grpo.core.strategy import StrategyParts
 
 from .advantage import DepthWiseAdvantage
 from .pruners import DepthPruner, LastStepPruner, WidthPruner
-from .topology import Branching
+from .topology import (
+    BranchFactor,
+    Branching,
+    NumSplits,
+    SplitNoiseScale,
+    SplitPoints,
+    WindowSlideEvery,
+    WindowStart,
+    WindowStride,
+)
 
 
 class BranchGRPO:
@@ -25,10 +34,10 @@ class BranchGRPO:
     def __init__(
         self,
         *,
-        split_points: Annotated[list[int], Range(ge=0), Doc("steps at which nodes split")] = [0, 3, 6, 9],  # noqa: B006
-        num_splits: Annotated[int, Range(ge=0), Doc("if > 0: this many evenly spaced split points instead")] = 0,
-        branch_factor: Annotated[int, Range(ge=2), Doc("children per split b")] = 2,
-        split_noise_scale: Annotated[float, Range(gt=0), Doc("λ: noise scale of split steps")] = 4.0,
+        split_points: SplitPoints = [0, 3, 6, 9],  # noqa: B006
+        num_splits: NumSplits = 0,
+        branch_factor: BranchFactor = 2,
+        split_noise_scale: SplitNoiseScale = 4.0,
         split_logprob: Annotated[Literal["nominal", "scaled"], Doc("τ (reference) or λ·τ on split edges")] = "nominal",
         fusion: Annotated[Literal["mean", "path-prob"], Doc("reward of internal nodes")] = "mean",
         fusion_alpha: Annotated[float, Range(ge=0), Doc("temperature α of path-prob fusion")] = 1.0,
@@ -76,9 +85,9 @@ class BranchGRPOMix(BranchGRPO):
         self,
         *,
         window_size: Annotated[int, Range(ge=1), Doc("SDE window size w")] = 4,
-        window_start: Annotated[int, Range(ge=0), Doc("first step of the SDE window")] = 0,
-        window_slide_every: Annotated[int, Range(ge=0), Doc("iterations between window moves (0 = fixed)")] = 0,
-        window_stride: Annotated[int, Range(ge=1), Doc("steps the window moves each time")] = 1,
+        window_start: WindowStart = 0,
+        window_slide_every: WindowSlideEvery = 0,
+        window_stride: WindowStride = 1,
         **options,
     ) -> None:
         self._window = dict(window_size=window_size, window_start=window_start,

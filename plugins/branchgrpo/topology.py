@@ -9,6 +9,14 @@ from grpo.core.errors import UserError
 from grpo.core.schema import Doc, Range
 from grpo.core.tree import TreePlan
 
+SplitPoints = Annotated[list[int], Range(ge=0), Doc("steps at which nodes split")]
+NumSplits = Annotated[int, Range(ge=0), Doc("if > 0: this many evenly spaced split points instead")]
+BranchFactor = Annotated[int, Range(ge=2), Doc("children per split b")]
+SplitNoiseScale = Annotated[float, Range(gt=0), Doc("λ: noise scale of split steps")]
+WindowStart = Annotated[int, Range(ge=0), Doc("first step of the SDE window")]
+WindowSlideEvery = Annotated[int, Range(ge=0), Doc("iterations between window moves (0 = fixed)")]
+WindowStride = Annotated[int, Range(ge=1), Doc("steps the window moves each time")]
+
 
 def even_split_points(steps: int, count: int) -> list[int]:
     """`count` split points evenly spaced over the first half of the steps: 4 of 20 → 0, 3, 6, 9."""
@@ -29,14 +37,14 @@ class Branching:
     def __init__(
         self,
         *,
-        split_points: Annotated[list[int], Range(ge=0), Doc("steps at which nodes split")] = [0, 3, 6, 9],  # noqa: B006
-        num_splits: Annotated[int, Range(ge=0), Doc("if > 0: this many evenly spaced split points instead")] = 0,
-        branch_factor: Annotated[int, Range(ge=2), Doc("children per split b")] = 2,
-        split_noise_scale: Annotated[float, Range(gt=0), Doc("λ: noise scale of split steps")] = 4.0,
+        split_points: SplitPoints = [0, 3, 6, 9],  # noqa: B006
+        num_splits: NumSplits = 0,
+        branch_factor: BranchFactor = 2,
+        split_noise_scale: SplitNoiseScale = 4.0,
         window_size: Annotated[int, Range(ge=0), Doc("SDE window size w (0 = every step is SDE)")] = 0,
-        window_start: Annotated[int, Range(ge=0), Doc("first step of the SDE window")] = 0,
-        window_slide_every: Annotated[int, Range(ge=0), Doc("iterations between window moves (0 = fixed)")] = 0,
-        window_stride: Annotated[int, Range(ge=1), Doc("steps the window moves each time")] = 1,
+        window_start: WindowStart = 0,
+        window_slide_every: WindowSlideEvery = 0,
+        window_stride: WindowStride = 1,
     ) -> None:
         self.split_points = list(split_points)
         self.num_splits = num_splits
