@@ -61,7 +61,7 @@ class RichReporter:
     def evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
         shown = []
         for key, value in metrics.items():
-            if key.endswith(("/ci95", "/score")) or key.count("/") > 1 and not key.endswith("/exact"):
+            if key.startswith("time/") or key.endswith(("/ci95", "/score")) or key.count("/") > 1 and not key.endswith("/exact"):
                 continue
             ci = metrics.get(f"{key}/ci95", 0.0)
             shown.append(f"{key} {value:.3f}±{ci:.3f}")

@@ -257,7 +257,9 @@ class Trainer:
             return
         if force or done % every == 0 or done == total:
             self.reporter.stage("evaluate")
+            start = time.perf_counter()
             ev = self.evaluate(done)
+            ev["time/evaluation"] = time.perf_counter() - start
             self.log.write(done, "eval", ev)
             self.reporter.evaluation(done, ev)
 

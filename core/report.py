@@ -76,7 +76,7 @@ def plot_curves(run_dirs: dict[str, Path], measures: list[str], out: Path, *, x_
     import matplotlib.pyplot as plt
 
     sets = sorted({k.split("/")[0] for d in run_dirs.values() for r in read_metrics(d) if r["kind"] == "eval"
-                   for k in r if k not in ("iteration", "kind")})
+                   for k in r if k not in ("iteration", "kind") and not k.startswith("time/")})
     fig, axes = plt.subplots(len(measures), len(sets), figsize=(4.2 * len(sets), 3.0 * len(measures)), squeeze=False)
     for label, run_dir in run_dirs.items():
         records = read_metrics(run_dir)
