@@ -12,10 +12,12 @@ The paper's ratios (FLUX, 20 steps, 16 leaves): BranchGRPO 0.71, depth-pruned 0.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 from pathlib import Path
 
+import torch
+
+from benchmarks.shapes_alignment.make_figures import machine
 from grpo.cli.common import load_recipe
 from grpo.core.engine import Trainer
 from grpo.core.plan import cost
@@ -33,10 +35,17 @@ PAPER = {"DanceGRPO (f = 1.0)": 1.0, "BranchGRPO": 0.71, "BranchGRPO, depth-prun
          "BranchGRPO, width-pruned": 0.45, "BranchGRPO-Mix": 0.21}
 
 
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return f"{machine()}, {torch.get_num_threads()} torch thread(s) (torch {torch.__version__})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--name", default="results.md", help="file name of the table")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,7 +61,7 @@ def main() -> None:
             rows.append((name, report.plan.rollout_forwards, report.trained_edges, t_roll, t_upd, t_it))
     base = rows[0]
     lines = ["# Tree speed: seconds per iteration relative to DanceGRPO", "",
-             f"Machine: {platform.processor() or platform.machine()}, measured in one process, one thread; "
+             f"Machine: {device_name()}; measured in one process; "
              f"{args.iterations} iterations each (the first not counted), 8 prompts × 8 leaves, 16 steps.", "",
              "| strategy | rollout forwards / tree | trained edges / tree | rollout s | update s | s / iteration "
              "| ratio | predicted by counts | paper |", "|---|---|---|---|---|---|---|---|---|"]
@@ -61,7 +70,7 @@ def main() -> None:
         lines.append(f"| {name} | {fwd} | {edges} | {t_roll:.1f} | {t_upd:.1f} | {t_it:.1f} | {t_it / base[5]:.2f} "
                      f"| {predicted:.2f} | {PAPER[name]:.2f} |")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    (args.out / args.name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
