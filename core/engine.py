@@ -31,7 +31,7 @@ from .recipe import Recipe
 from .reward import RewardModel
 from .rollout import chunked, rollout
 from .runlog import RunLog
-from .sampler import Sampler
+from .sampler import EulerODE, Sampler
 from .strategy import StrategyParts
 from .tree import Advantages, EdgeSet, Rollout, TreePlan
 from .update import EdgeBatch, UpdateConfig, update
@@ -167,9 +167,7 @@ class Trainer:
     def evaluate(self, iteration: int) -> dict[str, float]:
         cfg = self.recipe.eval
         steps = cfg.steps or self.c.sampler.steps
-        from grpo.plugins.samplers.flow import ODE
-
-        ode = ODE(steps=steps, shift=getattr(self.c.sampler, "shift", 1.0))
+        ode = EulerODE(steps, getattr(self.c.sampler, "shift", 1.0))
         plan = TreePlan((1,) * steps, (1.0,) * steps, (False,) * steps)
         metrics: dict[str, float] = {}
         per_image: dict[str, dict[str, list[float]]] = {}

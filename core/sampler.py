@@ -71,3 +71,20 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next
     """The deterministic (ODE) step ``x + Δ·v``."""
     delta = (sigma_next - sigma).view(-1, *([1] * (x.dim() - 1)))
     return x + delta * v
+
+
+class EulerODE:
+    """Deterministic Euler steps over the shifted σ grid (evaluation; never trained)."""
+
+    stochastic = False
+
+    def __init__(self, steps: int, shift: float = 1.0) -> None:
+        self.steps, self.shift = steps, shift
+
+    def sigmas(self) -> torch.Tensor:
+        return sigma_grid(self.steps, self.shift)
+
+    def step(
+        self, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return euler_step(x.float(), v.float(), sigma, sigma_next), torch.zeros_like(sigma)

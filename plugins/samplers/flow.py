@@ -6,7 +6,7 @@ from typing import Annotated
 
 import torch
 
-from grpo.core.sampler import euler_step, sigma_grid
+from grpo.core.sampler import EulerODE, sigma_grid
 from grpo.core.schema import Doc, Range
 
 Steps = Annotated[int, Range(ge=1, le=1000), Doc("number of denoising steps T")]
@@ -74,13 +74,8 @@ class FlowSDE(_GridSampler):
         return mean, std
 
 
-class ODE(_GridSampler):
+class ODE(EulerODE):
     """Deterministic Euler steps: x + Δ·v. No step has a log-probability; use it for evaluation."""
-
-    stochastic = False
 
     def __init__(self, *, steps: Steps = 16, shift: Shift = 1.0) -> None:
         super().__init__(steps, shift)
-
-    def step(self, x, v, sigma, sigma_next):
-        return euler_step(x.float(), v.float(), sigma, sigma_next), torch.zeros_like(sigma)
