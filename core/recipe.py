@@ -257,6 +257,16 @@ def _component(registry: Registry, kind: str, table: Any, where: str, errors: li
     return Component(entry, options, where)
 
 
+def _with_strategy_defaults(table: Any, default_use: str, defaults: dict[str, Any]) -> Any:
+    """The sampler table with the strategy's defaults (e.g. T = 20, shift 3) under the recipe's keys,
+    when the recipe uses the strategy's own sampler."""
+    if table is None:
+        table = {}
+    if not isinstance(table, dict) or table.get("use", default_use) != default_use:
+        return table
+    return {**defaults, **table}
+
+
 def _config(cls: type, table: Any, where: str, errors: list[UserError]) -> Any:
     if table is None:
         table = {}
@@ -285,13 +295,15 @@ def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = Non
     model = _component(registry, "model", data.get("model"), "model", errors) if "model" in data else None
     strategy = _component(registry, "strategy", data.get("strategy"), "strategy", errors) if "strategy" in data else None
     prompts = _component(registry, "prompts", data.get("prompts"), "prompts", errors) if "prompts" in data else None
-    default_sampler = None
+    default_sampler, sampler_table = None, data.get("sampler")
     if strategy is not None:
         try:
-            default_sampler = strategy.create().build().sampler
+            parts = strategy.create().build()
+            default_sampler = parts.sampler
+            sampler_table = _with_strategy_defaults(sampler_table, parts.sampler, parts.sampler_defaults)
         except UserError as e:
             errors.append(e)
-    sampler = _component(registry, "sampler", data.get("sampler"), "sampler", errors, default_use=default_sampler)
+    sampler = _component(registry, "sampler", sampler_table, "sampler", errors, default_use=default_sampler)
     backend = _component(registry, "backend", data.get("backend"), "backend", errors, default_use="torch")
     rewards: list[RewardSpec] = []
     reward_tables = data.get("reward", [])

@@ -70,7 +70,8 @@ class BranchGRPO:
 
     def build(self) -> StrategyParts:
         return StrategyParts(topology=self.topology, advantage=self.advantage, pruners=list(self.pruners),
-                             clip_range=self.clip_range, sampler="dance-sde", split_logprob=self.split_logprob)
+                             clip_range=self.clip_range, sampler="dance-sde", split_logprob=self.split_logprob,
+                             sampler_defaults={"steps": 20, "shift": 3.0, "eta": 0.3})  # the released settings
 
 
 class BranchGRPOMix(BranchGRPO):

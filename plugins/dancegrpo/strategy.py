@@ -43,4 +43,5 @@ class DanceGRPO:
             pruners=pruners,
             clip_range=self.clip_range,
             sampler="dance-sde",
+            sampler_defaults={"steps": 16, "shift": 3.0, "eta": 0.3},  # DanceGRPO's FLUX settings
         )

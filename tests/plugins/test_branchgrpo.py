@@ -208,3 +208,20 @@ def test_mix_ode_steps_have_no_log_probability(tiny_policy):
     assert torch.isnan(ro.log_prob[3]).all() and torch.isfinite(ro.log_prob[0]).all()
     assert EdgeSet.all_stochastic(ro).per_step() == [2, 2, 0, 0, 0, 0]
     assert Fan(group_size=2).plan(6).stochastic == (True,) * 6
+
+
+def test_strategy_sampler_defaults_give_the_reference_plan(tmp_path):
+    from grpo.cli.common import load_recipe
+    from grpo.core.plan import cost
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nuse = "shapes"\n[strategy]\nuse = "branchgrpo"\n[[reward]]\nuse = "shapes-faithfulness"\n'
+                      '[prompts]\nuse = "shapes"\n')
+    r, _ = load_recipe(recipe, env=False)
+    assert (r.sampler.entry.name, r.sampler.options) == ("dance-sde", {"steps": 20, "shift": 3.0, "eta": 0.3})
+    report = cost(r)
+    assert (report.plan.rollout_forwards, report.trained_edges) == (203, 218)
+    r, _ = load_recipe(recipe, ["sampler.steps=16"], env=False)
+    assert r.sampler.options == {"steps": 16, "shift": 3.0, "eta": 0.3}  # the recipe's key wins
+    r, _ = load_recipe(recipe, ["sampler.use=flow-sde"], env=False)
+    assert r.sampler.options == {"steps": 16, "shift": 1.0, "noise_level": 0.7}  # another sampler: its own
