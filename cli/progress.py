@@ -27,7 +27,7 @@ class RichReporter:
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[stage]:<10} {task.fields[info]}"),
+            TextColumn("{task.fields[stage]:<16} {task.fields[info]}"),
             console=console,
             transient=False,
         )

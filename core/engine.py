@@ -218,7 +218,8 @@ class Trainer:
         with _timer(times, "rollout"):
             plan = self.c.parts.topology.plan(self.c.sampler.steps, it)
             ro = rollout(self.c.policy, self.c.sampler, plan, cond, generator=gen, max_batch=t.rollout_batch,
-                         init_same_noise=t.init_same_noise, split_logprob=self.c.parts.split_logprob)
+                         init_same_noise=t.init_same_noise, split_logprob=self.c.parts.split_logprob,
+                         on_step=lambda k: self.reporter.stage(f"rollout {k + 1}/{plan.steps}"))
         self.reporter.stage("reward")
         with _timer(times, "reward"):
             images = self.c.policy.decode(ro.final)
@@ -233,7 +234,15 @@ class Trainer:
             batch = EdgeBatch.gather(ro, adv, edges)
         self.reporter.stage("update")
         with _timer(times, "update"):
-            stats = update(self.c.policy, self.c.sampler, self.c.backend, ro, cond, batch, self.update_cfg, gen)
+            done_edges = [0]
+            total_edges = len(batch) * t.epochs
+
+            def on_micro_batch(n: int) -> None:
+                done_edges[0] += n
+                self.reporter.stage(f"update {done_edges[0]}/{total_edges}")
+
+            stats = update(self.c.policy, self.c.sampler, self.c.backend, ro, cond, batch, self.update_cfg, gen,
+                           on_micro_batch=on_micro_batch)
         metrics: dict[str, float] = {}
         for key, values in report.items():
             metrics[f"reward/{key}/mean"] = float(values.mean())

@@ -12,7 +12,7 @@ import copy
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,8 +26,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-COMPONENT_TABLES = {"model": "model", "strategy": "strategy", "sampler": "sampler", "prompts": "prompts",
-                    "backend": "backend"}
 TABLES = ("model", "strategy", "sampler", "reward", "prompts", "train", "eval", "backend", "logging", "plugins")
 INFORMATIONAL = ("provenance",)  # written into recipe.resolved.toml; ignored when read back
 
@@ -363,7 +361,3 @@ def plugin_modules(data: dict[str, Any]) -> list[str]:
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise UserError(f"expected a list of module names, got {modules!r}", where="plugins.modules")
     return modules
-
-
-def config_fields(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
