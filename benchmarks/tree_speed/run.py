@@ -12,12 +12,14 @@ The paper's ratios (FLUX, 20 steps, 16 leaves): BranchGRPO 0.71, depth-pruned 0.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from benchmarks.shapes_alignment.make_figures import machine
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+from benchmarks.shapes_alignment.make_figures import machine  # noqa: E402
 from grpo.cli.common import load_recipe
 from grpo.core.engine import Trainer
 from grpo.core.plan import cost
