@@ -49,13 +49,14 @@ class CostReport:
         }
 
 
-def skeleton(plan: TreePlan, sigmas: torch.Tensor) -> Rollout:
-    """A one-tree rollout with the plan's structure and empty states (for cost accounting)."""
-    states = [torch.zeros(plan.live(d), 0) for d in range(plan.steps + 1)]
-    parents = [torch.arange(plan.live(k + 1)) // plan.branch[k] for k in range(plan.steps)]
-    trees = [torch.zeros(plan.live(d), dtype=torch.long) for d in range(plan.steps + 1)]
-    log_probs = [torch.zeros(plan.live(k + 1)) for k in range(plan.steps)]
-    return Rollout(plan, sigmas, states, parents, trees, log_probs, states[-1])
+def skeleton(plan: TreePlan, sigmas: torch.Tensor, trees: int = 1) -> Rollout:
+    """A rollout of `trees` trees with the plan's structure and empty states (cost accounting, tests)."""
+    live = [trees * plan.live(d) for d in range(plan.steps + 1)]
+    states = [torch.zeros(n, 0) for n in live]
+    parents = [torch.arange(live[k + 1]) // plan.branch[k] for k in range(plan.steps)]
+    tree_ids = [torch.arange(n) // plan.live(d) for d, n in enumerate(live)]
+    log_probs = [torch.zeros(live[k + 1]) for k in range(plan.steps)]
+    return Rollout(plan, sigmas, states, parents, tree_ids, log_probs, states[-1])
 
 
 def cost(recipe: Recipe, iteration: int = 0) -> CostReport:

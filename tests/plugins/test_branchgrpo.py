@@ -93,11 +93,7 @@ def test_depth_wise_advantage_path_prob_fusion_by_hand():
 
 def test_depth_wise_advantage_is_per_tree_and_zero_for_single_or_flat_depths():
     plan = Branching(split_points=[1], branch_factor=2).plan(2)
-    one = _tree(plan)
-    two_trees = type(one)(plan, one.sigmas, [torch.zeros(2 * s.shape[0], 0) for s in one.states],
-                          [torch.arange(2 * p.shape[0]) // plan.branch[k] for k, p in enumerate(one.parent)],
-                          [torch.arange(2 * s.shape[0]) // plan.live(d) for d, s in enumerate(one.states)],
-                          [torch.zeros(2 * lp.shape[0]) for lp in one.log_prob], torch.zeros(4, 0))
+    two_trees = skeleton(plan, sigma_grid(plan.steps), trees=2)
     adv = DepthWiseAdvantage()(two_trees, torch.tensor([1.0, 2.0, 5.0, 5.0]))
     assert adv.values[0].tolist() == [0.0, 0.0]  # depth 1 has one node per tree
     assert adv.values[1].tolist() == pytest.approx(_norm([1.0, 2.0]) + [0.0, 0.0])

@@ -13,14 +13,7 @@ from grpo.plugins.trees.topologies import Fan
 
 
 def _forest(group, steps, trees):
-    plan = Fan(group_size=group).plan(steps)
-    one = skeleton(plan, sigma_grid(steps))
-    # stack `trees` copies of the one-tree skeleton
-    states = [torch.zeros(s.shape[0] * trees, 0) for s in one.states]
-    parents = [torch.arange(s.shape[0]) // plan.branch[k] for k, s in enumerate(states[1:])]
-    tree_ids = [torch.arange(s.shape[0]) // plan.live(d) for d, s in enumerate(states)]
-    logp = [torch.zeros(s.shape[0]) for s in states[1:]]
-    return type(one)(plan, one.sigmas, states, parents, tree_ids, logp, states[-1])
+    return skeleton(Fan(group_size=group).plan(steps), sigma_grid(steps), trees)
 
 
 def test_group_advantage_hand_computed():
