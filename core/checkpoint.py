@@ -16,8 +16,11 @@ def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
     return run_dir / "checkpoints" / f"{PREFIX}{iteration:06d}"
 
 
-def save(run_dir: Path, backend: Backend, iteration: int, keep: int) -> Path:
-    """Save the state after `iteration` iterations (the next one to run is `iteration`)."""
+def save(run_dir: Path, backend: Backend, iteration: int, keep: int, extra: dict | None = None) -> Path:
+    """Save the state after `iteration` iterations (the next one to run is `iteration`).
+
+    `extra` (JSON values) is kept beside the iteration in ``engine.json``; read it with `engine_state`.
+    """
     final = checkpoint_dir(run_dir, iteration)
     tmp = final.with_name(f".tmp-{final.name}")
     if tmp.exists():
@@ -25,7 +28,7 @@ def save(run_dir: Path, backend: Backend, iteration: int, keep: int) -> Path:
     tmp.mkdir(parents=True)
     backend.save(tmp)
     with (tmp / "engine.json").open("w") as fh:
-        json.dump({"iteration": iteration}, fh)
+        json.dump({**(extra or {}), "iteration": iteration}, fh)
         fh.flush()
         os.fsync(fh.fileno())
     if final.exists():
@@ -51,3 +54,9 @@ def latest(run_dir: Path) -> tuple[Path, int] | None:
         return None
     with (done[-1] / "engine.json").open() as fh:
         return done[-1], int(json.load(fh)["iteration"])
+
+
+def engine_state(checkpoint: Path) -> dict:
+    """What the engine stored with a checkpoint: ``iteration`` and any extra values."""
+    with (checkpoint / "engine.json").open() as fh:
+        return json.load(fh)

@@ -9,6 +9,8 @@ resumed from a checkpoint continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -30,7 +32,7 @@ from .pruner import PruneContext
 from .recipe import Recipe
 from .reward import RewardModel
 from .rollout import chunked, rollout
-from .runlog import RunLog
+from .runlog import RunLog, truncate_jsonl
 from .sampler import EulerODE, Sampler
 from .strategy import StrategyParts
 from .tree import Advantages, EdgeSet, Rollout, TreePlan
@@ -39,6 +41,7 @@ from .update import EdgeBatch, UpdateConfig, update
 log = logging.getLogger(__name__)
 
 RESOLVED = "recipe.resolved.toml"
+FINISHED = "finished.json"  # written when a run has ended normally
 
 
 class Reporter(Protocol):
@@ -213,6 +216,7 @@ class Trainer:
         else:
             idx = torch.randint(n_prompts, (t.prompts_per_iteration,), generator=gen)
         prompts = [self.c.train_prompts[i] for i in idx.tolist()]
+        self._log_prompts(it, prompts)
         cond = self.encode(prompts)
         self.reporter.stage("rollout")
         with _timer(times, "rollout"):
@@ -258,6 +262,12 @@ class Trainer:
         metrics["time/iteration"] = sum(times.values())
         return metrics
 
+    def _log_prompts(self, it: int, prompts: list[str]) -> None:
+        """Append the iteration's training prompts to ``prompts.jsonl`` (rewritten from `it` on resume)."""
+        path = self.run_dir / "prompts.jsonl"
+        with path.open("a") as fh:
+            fh.write(json.dumps({"iteration": it, "prompts": prompts}) + "\n")
+
     def _maybe_evaluate(self, done: int, force: bool = False) -> None:
         every, total = self.recipe.eval.every, self.recipe.train.iterations
         if not every or not self.c.eval_sets:
@@ -294,19 +304,22 @@ class Trainer:
         self.c.policy.denoiser.eval()  # no dropout: the rollout and the update see the same policy
         self.c.backend.setup(self.c.policy.denoiser, params, OptimizerConfig(
             lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]), eps=t.eps, grad_clip=t.grad_clip))
-        start = 0
+        start, elapsed = 0, 0.0
         if resume:
             found = checkpoint.latest(self.run_dir)
             if found is not None:
                 self.c.backend.load(found[0])
                 start = found[1]
+                elapsed = float(checkpoint.engine_state(found[0]).get("elapsed", 0.0))
                 log.info("resuming at iteration %d from %s", start, found[0])
+            (self.run_dir / FINISHED).unlink(missing_ok=True)
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             resolved = self.recipe.to_dict()
             resolved["provenance"] = self.recipe.provenance()
             (self.run_dir / RESOLVED).write_text(tomli_w.dumps(resolved))
         self.log = RunLog(self.run_dir, tensorboard=self.recipe.logging.tensorboard, start_iteration=start)
+        truncate_jsonl(self.run_dir / "prompts.jsonl", start)
         eval_gen = torch.Generator().manual_seed(self.recipe.eval.seed)
         self.eval_noise = {name: torch.randn((len(p), *self.c.policy.latent_shape), generator=eval_gen)
                            for name, p in self.c.eval_sets.items()}
@@ -314,24 +327,48 @@ class Trainer:
         self.log.write(start, "plan", {"leaves_per_tree": plan.leaves, "rollout_forwards_per_tree": plan.rollout_forwards,
                                         "edges_per_tree": plan.edges})
         self.reporter.start(t.iterations, start)
+        self._write_eval_fingerprint()
+        budget = t.time_budget * 60.0
         last: dict[str, float] = {}
+        done, reason = start, "iterations"
         try:
             if start < t.iterations:
                 # a resumed run repeats the evaluation of its checkpoint (records from `start` on
                 # were dropped); a fresh run evaluates the base model
                 self._maybe_evaluate(start, force=start == 0)
             for it in range(start, t.iterations):
+                if budget and elapsed >= budget:
+                    reason = "time_budget"
+                    break
                 last = self.iteration(it)
+                elapsed += last["time/iteration"]
+                last["time/elapsed"] = elapsed
                 self.log.write(it, "train", last)
                 self.reporter.iteration(it, last)
                 done = it + 1
-                if done % t.checkpoint_every == 0 or done == t.iterations:
+                over = bool(budget) and elapsed >= budget
+                if done % t.checkpoint_every == 0 or done == t.iterations or over:
                     self.reporter.stage("checkpoint")
-                    checkpoint.save(self.run_dir, self.c.backend, done, t.keep_checkpoints)
-                self._maybe_evaluate(done)
-            if start == t.iterations and start > 0:  # resumed a finished run: its last evaluation
-                self._maybe_evaluate(start)
+                    checkpoint.save(self.run_dir, self.c.backend, done, t.keep_checkpoints, {"elapsed": elapsed})
+                self._maybe_evaluate(done, force=over)
+                if over:
+                    reason = "time_budget"
+                    break
+            if start == done and start > 0:  # resumed a finished run: its last evaluation
+                self._maybe_evaluate(start, force=True)
+            (self.run_dir / FINISHED).write_text(json.dumps(
+                {"iterations": done, "reason": reason, "elapsed": elapsed}) + "\n")
         finally:
             self.log.close()
             self.c.backend.close()
         return last
+
+    def _write_eval_fingerprint(self) -> None:
+        """SHA-256 of each evaluation set's prompts and noise, so that runs can be checked for equal evaluations."""
+        out = {}
+        for name, noise in self.eval_noise.items():
+            h = hashlib.sha256(noise.numpy().tobytes())
+            h.update("\n".join(self.c.eval_sets[name]).encode())
+            out[name] = h.hexdigest()
+        (self.run_dir / "eval").mkdir(exist_ok=True)
+        (self.run_dir / "eval" / "fingerprint.json").write_text(json.dumps(out, indent=1) + "\n")

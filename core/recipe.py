@@ -54,6 +54,9 @@ class TrainConfig:
     reward_aggregation: Annotated[
         Literal["sum", "advantage"], Doc("weight rewards before advantages ('sum') or advantages per reward")
     ] = "sum"
+    time_budget: Annotated[
+        float, Range(ge=0), Doc("minutes of training (evaluations excluded) after which the run ends; 0 = off")
+    ] = 0.0
     checkpoint_every: Annotated[int, Range(ge=1), Doc("iterations between checkpoints")] = 10
     keep_checkpoints: Annotated[int, Range(ge=1), Doc("checkpoints kept on disk")] = 2
     threads: Annotated[int, Range(ge=0), Doc("torch CPU threads (0 = torch's default)")] = 0

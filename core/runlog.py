@@ -10,6 +10,20 @@ from typing import Any
 import torch
 
 
+def truncate_jsonl(path: Path, start_iteration: int) -> None:
+    """Drop the records of iterations >= `start_iteration` from a JSON-lines file (all of them for 0)."""
+    if not path.exists():
+        return
+    if start_iteration == 0:
+        path.unlink()
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("iteration", 0) < start_iteration]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
 class RunLog:
     """Appends one JSON line per record and mirrors scalars (and images) to TensorBoard.
 
@@ -19,14 +33,7 @@ class RunLog:
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, start_iteration: int = 0) -> None:
         self.path = run_dir / "metrics.jsonl"
-        if start_iteration > 0 and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iteration", 0) < start_iteration]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(self.path)
-        elif start_iteration == 0 and self.path.exists():
-            self.path.unlink()
+        truncate_jsonl(self.path, start_iteration)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -51,7 +51,8 @@ def export(state_path: Path, out: Path) -> None:
     log.info("exported step %d to %s", state["step"], out)
 
 
-def train(work: Path, minutes: float, batch_size: int, lr: float, seed: int, save_every_s: float) -> Path:
+def train(work: Path, minutes: float, batch_size: int, lr: float, seed: int, save_every_s: float,
+          max_steps: int | None = None) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "state.pt"
     tokenizer, text_encoder, unet = build_fresh(seed)
@@ -92,7 +93,7 @@ def train(work: Path, minutes: float, batch_size: int, lr: float, seed: int, sav
 
     start = last_save = time.monotonic()
     losses: list[float] = []
-    while time.monotonic() - start < minutes * 60:
+    while time.monotonic() - start < minutes * 60 and (max_steps is None or step < max_steps):
         idx = rng.integers(0, len(train_scenes), size=batch_size)
         x0 = torch.from_numpy(render_batch([train_scenes[i] for i in idx], rng)) * 2.0 - 1.0
         prompts = [captions[i] if rng.random() >= 0.1 else "" for i in idx]
@@ -134,13 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=float, default=120.0, help="seconds between state saves")
     parser.add_argument("--export", type=Path, default=None, help="write the EMA weights here when done")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop at this optimizer step (total, across resumes)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     state = args.work / "state.pt"
     if args.minutes > 0:
-        state = train(args.work, args.minutes, args.batch_size, args.lr, args.seed, args.save_every)
+        state = train(args.work, args.minutes, args.batch_size, args.lr, args.seed, args.save_every, args.max_steps)
     if args.export is not None:
         export(state, args.export)
 

@@ -61,6 +61,28 @@ def test_run_writes_every_output(tiny_model_dir, tmp_path):
     assert "held-out/shapes-faithfulness/ci95" in evals[0]
 
 
+def test_time_budget_ends_the_run_with_a_checkpoint_and_an_evaluation(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", DANCE, *small(tiny_model_dir, 50, ["--set", "train.time_budget=1e-6",
+                                                       "--set", "train.checkpoint_every=10"])]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    finished = json.loads((out / "finished.json").read_text())
+    assert finished["iterations"] == 1 and finished["reason"] == "time_budget"
+    assert (out / "checkpoints" / "iter_000001").is_dir()
+    records = read_metrics(out)
+    assert [r["iteration"] for r in records if r["kind"] == "eval"] == [0, 1]
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(train) == 1 and train[0]["time/elapsed"] == train[0]["time/iteration"] > 0
+    prompts = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    assert [p["iteration"] for p in prompts] == [0] and len(prompts[0]["prompts"]) == 2
+    # resuming a run that spent its budget trains nothing more
+    again = CliRunner().invoke(app, ["run", "--resume", str(out), "--quiet"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "finished.json").read_text())["iterations"] == 1
+    assert len([r for r in read_metrics(out) if r["kind"] == "train"]) == 1
+
+
 def test_deepspeed_backend_matches_torch_backend(tiny_model_dir, tmp_path):
     """ZeRO-2 in one process takes the same optimizer steps as plain torch."""
     outs = {}
@@ -107,6 +129,7 @@ def test_sigkill_and_resume_match_an_uninterrupted_run(tiny_model_dir, tmp_path)
     assert [(r["kind"], r["iteration"]) for r in a] == [(r["kind"], r["iteration"]) for r in b]
     for ra, rb in zip(a, b, strict=True):
         assert json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
+    assert (whole / "prompts.jsonl").read_text() == (cut / "prompts.jsonl").read_text()
 
 
 def test_kl_penalty_with_lora(tiny_model_dir, tmp_path):
