@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from grpo.core.errors import PluginError, UserError
 from grpo.core.recipe import Recipe, apply_overrides, expand_env, load_toml, parse, plugin_modules
@@ -21,9 +22,9 @@ EXIT_USER_ERROR = 2
 def fail(error: Exception) -> None:
     """Print a user or plugin error in one clear block and exit (2 for user errors, 1 for plugins)."""
     if isinstance(error, UserError):
-        err_console.print(f"[bold red]error:[/] {error.render()}", markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(error.render())}", markup=True)
         raise SystemExit(EXIT_USER_ERROR)
-    err_console.print(f"[bold red]plugin error:[/] {error}", markup=True)
+    err_console.print(f"[bold red]plugin error:[/] {escape(str(error))}", markup=True)
     if os.environ.get("GRPO_DEBUG"):
         import traceback
 

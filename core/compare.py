@@ -1,0 +1,371 @@
+"""Head-to-head comparison of finished runs: one table, curves on three x-axes, samples side by side.
+
+Runs are grouped by recipe (their ``label``); a recipe run with several seeds is summarised by the
+mean over seeds and a Student-t 95% interval. With one seed the interval is the image-level one of
+that run's evaluation, and the table says so.
+
+Everything here reads run directories only, so ``grpo compare --from`` renders the same report
+from saved runs as the live comparison did.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+from PIL import Image, ImageDraw, ImageFont
+
+from .engine import FINISHED, RESOLVED
+from .errors import UserError
+from .runlog import read_metrics
+
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (normal beyond 30)."""
+    if df < 1:
+        raise ValueError("t quantile needs at least one degree of freedom")
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def seed_interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval of per-seed values (0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, t_quantile_975(n - 1) * math.sqrt(var / n)
+
+
+@dataclass
+class RunSummary:
+    """What the report needs from one run directory."""
+
+    name: str
+    label: str
+    seed: int
+    run_dir: Path
+    iterations: int
+    evals: list[dict] = field(repr=False)
+    train: list[dict] = field(repr=False)
+    finished: bool
+
+    @classmethod
+    def load(cls, run_dir: Path, label: str | None = None) -> RunSummary:
+        run_dir = Path(run_dir)
+        for required in ("metrics.jsonl", RESOLVED):
+            if not (run_dir / required).is_file():
+                raise UserError(f"{str(run_dir)!r} is not a finished run directory (no {required})",
+                                where="--from", hint="give --out directories of `grpo run` or runs/<name> of a comparison")
+        resolved = tomllib.loads((run_dir / RESOLVED).read_text())
+        records = read_metrics(run_dir)
+        train = [r for r in records if r["kind"] == "train"]
+        evals = [r for r in records if r["kind"] == "eval"]
+        return cls(
+            name=run_dir.name,
+            label=label or re.sub(r"-seed\d+$", "", run_dir.name),
+            seed=int(resolved.get("train", {}).get("seed", 0)),
+            run_dir=run_dir,
+            iterations=len(train),
+            evals=evals,
+            train=train,
+            finished=(run_dir / FINISHED).is_file(),
+        )
+
+    # -- per-run quantities ------------------------------------------------------------------------
+    def clock(self) -> dict[int, float]:
+        """Cumulative training seconds (evaluations excluded) after each number of iterations."""
+        out, elapsed = {0: 0.0}, 0.0
+        for r in self.train:
+            elapsed = r.get("time/elapsed", elapsed + r.get("time/iteration", 0.0))
+            out[r["iteration"] + 1] = elapsed
+        return out
+
+    def forwards(self) -> dict[int, float]:
+        """Cumulative model forwards (rollout forwards + update forwards, one per trained edge and epoch)."""
+        out, total = {0: 0.0}, 0.0
+        for r in self.train:
+            total += r.get("cost/rollout_forwards", 0.0) + r.get("update/trained_edges", r.get("cost/trained_edges", 0.0))
+            out[r["iteration"] + 1] = total
+        return out
+
+    def mean_train(self, key: str) -> float:
+        vals = [r[key] for r in self.train if key in r]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    def per_leaf(self, key: str) -> float:
+        num = sum(r.get(key, 0.0) for r in self.train)
+        den = sum(r.get("cost/leaves", 0.0) for r in self.train)
+        return num / den if den else float("nan")
+
+    def time_share(self, stage: str) -> float:
+        total = sum(r.get("time/iteration", 0.0) for r in self.train)
+        return sum(r.get(f"time/{stage}", 0.0) for r in self.train) / total if total else float("nan")
+
+    def training_seconds(self) -> float:
+        return self.clock()[self.iterations] if self.iterations else 0.0
+
+    def evaluation_seconds(self) -> float:
+        return sum(r.get("time/evaluation", 0.0) for r in self.evals)
+
+
+def main_measures(runs: list[RunSummary]) -> list[tuple[str, str]]:
+    """(set, reward) pairs of every reward's main score, held-out sets first."""
+    found: set[tuple[str, str]] = set()
+    for run in runs:
+        for r in run.evals:
+            for key in r:
+                parts = key.split("/")
+                if len(parts) == 2 and parts[0] not in ("time",) and key != "iteration":
+                    found.add((parts[0], parts[1]))
+    return sorted(found, key=lambda p: (p[0] != "held-out", p[0], p[1]))
+
+
+@dataclass
+class Row:
+    label: str
+    seeds: list[int]
+    iterations: float
+    finals: dict[str, tuple[float, float]]  # "set/reward" -> (mean, half-width)
+    gains: dict[str, tuple[float, float]]  # the same, of final − first evaluation
+    interval: str  # how the half-width was computed
+    sec_per_iteration: float
+    forwards_per_leaf: float
+    edges_per_leaf: float
+    training_minutes: float
+    shares: dict[str, float]
+
+
+def summarise(runs: list[RunSummary]) -> tuple[list[Row], list[tuple[str, str]]]:
+    measures = main_measures(runs)
+    groups: dict[str, list[RunSummary]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    rows = []
+    for label, members in groups.items():
+        members.sort(key=lambda r: r.seed)
+        finals, gains = {}, {}
+        for set_name, reward in measures:
+            key = f"{set_name}/{reward}"
+            with_key = [m for m in members if m.evals and key in m.evals[-1]]
+            if not with_key:
+                continue
+            values = [m.evals[-1][key] for m in with_key]
+            deltas = [m.evals[-1][key] - m.evals[0][key] for m in with_key]
+            if len(with_key) == 1:
+                finals[key] = (values[0], with_key[0].evals[-1].get(f"{key}/ci95", 0.0))
+                gains[key] = (deltas[0], float("nan"))
+            else:
+                finals[key] = seed_interval(values)
+                gains[key] = seed_interval(deltas)
+        n = len(members)
+        rows.append(Row(
+            label=label,
+            seeds=[m.seed for m in members],
+            iterations=sum(m.iterations for m in members) / n,
+            finals=finals,
+            gains=gains,
+            interval="over seeds (Student t)" if n > 1 else "image-level (one seed)",
+            sec_per_iteration=sum(m.mean_train("time/iteration") for m in members) / n,
+            forwards_per_leaf=sum(m.per_leaf("cost/rollout_forwards") for m in members) / n,
+            edges_per_leaf=sum(m.per_leaf("cost/trained_edges") for m in members) / n,
+            training_minutes=sum(m.training_seconds() for m in members) / n / 60,
+            shares={s: sum(m.time_share(s) for m in members) / n for s in ("rollout", "reward", "update")},
+        ))
+    return rows, measures
+
+
+def _fmt(pair: tuple[float, float]) -> str:
+    mean, half = pair
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def table_rows(rows: list[Row], measures: list[tuple[str, str]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the comparison table (shared by the markdown and HTML reports)."""
+    keys = [f"{s}/{r}" for s, r in measures]
+    header = ["recipe", "seeds", "iterations", *[f"{k} (final)" for k in keys], *[f"{k} (gain)" for k in keys[:1]],
+              "s / iteration", "rollout forwards / leaf", "trained edges / leaf", "training min",
+              "rollout %", "reward %", "update %"]
+    cells = []
+    for row in rows:
+        cells.append([
+            row.label, ",".join(map(str, row.seeds)), f"{row.iterations:g}",
+            *[_fmt(row.finals[k]) if k in row.finals else "–" for k in keys],
+            *[_fmt(row.gains[k]) if k in row.gains else "–" for k in keys[:1]],
+            f"{row.sec_per_iteration:.1f}", f"{row.forwards_per_leaf:.2f}", f"{row.edges_per_leaf:.2f}",
+            f"{row.training_minutes:.1f}",
+            *[f"{100 * row.shares[s]:.0f}" for s in ("rollout", "reward", "update")],
+        ])
+    return header, cells
+
+
+def markdown(header: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    return "\n".join(lines)
+
+
+# -- figures ---------------------------------------------------------------------------------------
+AXES = {
+    "iteration": ("iteration", lambda run: {i: float(i) for i in run.clock()}),
+    "seconds": ("training seconds (evaluations excluded)", RunSummary.clock),
+    "forwards": ("cumulative model forwards (rollout + update)", RunSummary.forwards),
+}
+
+
+def plot(runs: list[RunSummary], measures: list[tuple[str, str]], x_axis: str, out: Path) -> None:
+    """Evaluation scores of every run against `x_axis`; one colour per recipe, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xlabel, xs_of = AXES[x_axis]
+    labels = list(dict.fromkeys(r.label for r in runs))
+    colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.6 * len(measures), 3.4), squeeze=False)
+    for j, (set_name, reward) in enumerate(measures):
+        ax, key = axes[0][j], f"{set_name}/{reward}"
+        for run in runs:
+            xs_map = xs_of(run)
+            pts = [(xs_map.get(r["iteration"], float("nan")), r[key], r.get(f"{key}/ci95", 0.0))
+                   for r in run.evals if key in r]
+            if not pts:
+                continue
+            xs, ys, cis = zip(*pts, strict=True)
+            seeds = sum(1 for r in runs if r.label == run.label)
+            ax.plot(xs, ys, marker="o", markersize=3, color=colours[run.label],
+                    label=run.label if seeds == 1 else f"{run.label} (seed {run.seed})",
+                    alpha=1.0 if seeds == 1 else 0.6)
+            if seeds == 1:
+                ax.fill_between(xs, [y - c for y, c in zip(ys, cis, strict=True)],
+                                [y + c for y, c in zip(ys, cis, strict=True)], color=colours[run.label], alpha=0.15)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def samples_side_by_side(runs: list[RunSummary], out: Path) -> bool:
+    """The base model's and each recipe's final evaluation grid (first seed), same prompts and noise."""
+    panels: list[tuple[str, Path]] = []
+    firsts = {}
+    for run in sorted(runs, key=lambda r: r.seed):
+        firsts.setdefault(run.label, run)
+    for label, run in firsts.items():
+        grids = sorted((run.run_dir / "samples").glob("eval_*.png"))
+        if not grids:
+            continue
+        if not panels:
+            panels.append(("base model (iteration 0)", grids[0]))
+        panels.append((f"{label}: iteration {int(grids[-1].stem.split('_')[1])}", grids[-1]))
+    if not panels:
+        return False
+    images = [Image.open(p).convert("RGB") for _, p in panels]
+    pad = 24
+    width = sum(im.width for im in images) + pad * (len(images) - 1)
+    canvas = Image.new("RGB", (width, max(im.height for im in images) + pad), (255, 255, 255))
+    draw, font, x = ImageDraw.Draw(canvas), ImageFont.load_default(), 0
+    for (title, _), im in zip(panels, images, strict=True):
+        canvas.paste(im, (x, pad))
+        draw.text((x + 4, 6), title, fill=(0, 0, 0), font=font)
+        x += im.width + pad
+    canvas.save(out)
+    return True
+
+
+def collect_tensorboard(runs: list[RunSummary], out: Path) -> None:
+    """One TensorBoard log directory with every run under its own name."""
+    for run in runs:
+        src = run.run_dir / "tensorboard"
+        if src.is_dir():
+            dest = out / run.name
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(src, dest)
+
+
+# -- the report ------------------------------------------------------------------------------------
+FIGURES = [("curves_iteration.png", "against iteration"), ("curves_seconds.png", "against training seconds"),
+           ("curves_forwards.png", "against cumulative model forwards")]
+
+
+def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison") -> Path:
+    """Write report.md, report.html (self-contained), the plots and tensorboard/ into `out`."""
+    if not runs:
+        raise UserError("no runs to compare", hint="give recipes to run, or --from run directories")
+    if not any(r.evals for r in runs):
+        raise UserError("none of the runs has an evaluation", hint="set [eval] every > 0")
+    out.mkdir(parents=True, exist_ok=True)
+    rows, measures = summarise(runs)
+    header, cells = table_rows(rows, measures)
+    for name, _ in FIGURES:
+        plot(runs, measures, name.removeprefix("curves_").removesuffix(".png"), out / name)
+    has_samples = samples_side_by_side(runs, out / "samples.png")
+    collect_tensorboard(runs, out / "tensorboard")
+    unfinished = [r.name for r in runs if not r.finished]
+    intervals = sorted({row.interval for row in rows})
+    notes = [
+        f"{len(runs)} runs of {len(rows)} recipes. Every run of a seed saw the same training prompts, and every run "
+        "the same evaluation prompts and noise. Final = the last evaluation; gain = last minus first "
+        "(the base model), averaged over seeds. Intervals are 95%, " + " / ".join(intervals) + ".",
+        "Training seconds count rollout, reward, advantage and update (evaluations excluded). A model forward is "
+        "one denoiser call on one sample: rollout forwards plus one update forward per trained edge.",
+    ]
+    if unfinished:
+        notes.append("Unfinished runs (shown as far as they got): " + ", ".join(unfinished) + ".")
+    md = [f"# {title}", "", *[n + "\n" for n in notes], markdown(header, cells), ""]
+    for name, caption in FIGURES:
+        md += [f"Evaluation {caption}:", "", f"![{caption}]({name})", ""]
+    if has_samples:
+        md += ["Evaluation samples (same prompts and noise):", "", "![samples](samples.png)", ""]
+    md += ["Every run's TensorBoard events: `tensorboard --logdir tensorboard`.", ""]
+    (out / "report.md").write_text("\n".join(md))
+    (out / "report.html").write_text(_html(title, notes, header, cells, out, has_samples))
+    (out / "runs.json").write_text(json.dumps(
+        [{"name": r.name, "label": r.label, "seed": r.seed, "run_dir": str(r.run_dir)} for r in runs], indent=1) + "\n")
+    return out
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _html(title: str, notes: list[str], header: list[str], cells: list[list[str]], out: Path, samples: bool) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in cells)
+    figures = "".join(f'<figure><img alt="{esc(c)}" src="{_data_uri(out / n)}"><figcaption>Evaluation {esc(c)}'
+                      "</figcaption></figure>" for n, c in FIGURES)
+    if samples:
+        figures += (f'<figure><img alt="samples" src="{_data_uri(out / "samples.png")}">'
+                    "<figcaption>Evaluation samples (same prompts and noise)</figcaption></figure>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 13px; margin: 1em 0; }}
+th, td {{ border: 1px solid #bbb; padding: 4px 8px; text-align: right; }}
+th {{ background: #eef; }} td:first-child, th:first-child {{ text-align: left; }}
+figure {{ margin: 1em 0; }} img {{ max-width: 100%; }} figcaption {{ font-size: 12px; color: #555; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+{"".join(f"<p>{esc(n)}</p>" for n in notes)}
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+{figures}
+<p>Every run's TensorBoard events: <code>tensorboard --logdir tensorboard</code>.</p>
+</body></html>
+"""

@@ -1,0 +1,150 @@
+"""`grpo compare`: fair runs (same prompts, same evaluation noise), the report, `--from`, bad input."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from grpo.cli.main import app
+from grpo.core.compare import seed_interval, t_quantile_975
+
+COMMON = """
+[model]
+use = "shapes"
+path = "{model}"
+[[reward]]
+use = "shapes-faithfulness"
+[prompts]
+use = "shapes"
+eval_train_samples = 0
+eval_held_out_samples = {held_out}
+[train]
+iterations = 2
+prompts_per_iteration = 2
+micro_batch = 8
+rollout_batch = 16
+checkpoint_every = 1
+[eval]
+every = 1
+grid_images = 4
+"""
+DANCE = '[strategy]\nuse = "dancegrpo"\ngroup_size = 4\ntimestep_fraction = 0.5\n[sampler]\nuse = "dance-sde"\nsteps = 4\n'
+BRANCH = '[strategy]\nuse = "branchgrpo"\nsplit_points = [0, 2]\n[sampler]\nuse = "dance-sde"\nsteps = 4\n'
+
+
+@pytest.fixture(scope="module")
+def recipes(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recipes")
+    for name, head, held_out in (("dance", DANCE, 1), ("branch", BRANCH, 1), ("other", BRANCH, 2)):
+        (folder / f"{name}.toml").write_text(head + COMMON.format(model=tiny_model_dir, held_out=held_out))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def compared(recipes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "out"
+    result = CliRunner().invoke(app, ["compare", str(recipes / "dance.toml"), str(recipes / "branch.toml"),
+                                      "--seeds", "0,1", "--iterations", "1", "--parallel", "2", "--out", str(out),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_compared_runs_share_prompts_and_evaluation_noise(compared):
+    runs = compared / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["branch-seed0", "branch-seed1", "dance-seed0", "dance-seed1"]
+    for seed in (0, 1):
+        a, b = _lines(runs / f"dance-seed{seed}" / "prompts.jsonl"), _lines(runs / f"branch-seed{seed}" / "prompts.jsonl")
+        assert a == b and len(a) == 1 and len(a[0]["prompts"]) == 2
+    fingerprints = {json.loads((runs / n / "eval" / "fingerprint.json").read_text())["held-out"]
+                    for n in ("dance-seed0", "dance-seed1", "branch-seed0", "branch-seed1")}
+    assert len(fingerprints) == 1
+    # the seed changes what is trained on: the training noise of the two seeds differs
+    m0 = [r for r in _lines(runs / "dance-seed0" / "metrics.jsonl") if r["kind"] == "train"][0]
+    m1 = [r for r in _lines(runs / "dance-seed1" / "metrics.jsonl") if r["kind"] == "train"][0]
+    assert m0["update/loss"] != m1["update/loss"]
+
+
+def test_report_files_and_tensorboard(compared):
+    for name in ("report.md", "report.html", "curves_iteration.png", "curves_seconds.png", "curves_forwards.png",
+                 "samples.png"):
+        assert (compared / name).is_file(), name
+    md = (compared / "report.md").read_text()
+    assert "| dance | 0,1 | 1 |" in md and "| branch | 0,1 | 1 |" in md
+    html = (compared / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table>" in html and "src=\"curves" not in html
+    for name in ("dance-seed0", "branch-seed1"):
+        assert list((compared / "tensorboard" / name).glob("events.out.tfevents.*"))
+
+
+def test_rerun_keeps_finished_runs(compared, recipes):
+    before = {p: p.stat().st_mtime_ns for p in (compared / "runs").glob("*/metrics.jsonl")}
+    result = CliRunner().invoke(app, ["compare", str(recipes / "dance.toml"), str(recipes / "branch.toml"),
+                                      "--seeds", "0,1", "--iterations", "1", "--out", str(compared), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert before == {p: p.stat().st_mtime_ns for p in (compared / "runs").glob("*/metrics.jsonl")}
+    # a kept run made with other settings is refused, not silently mixed in
+    result = CliRunner().invoke(app, ["compare", str(recipes / "dance.toml"), "--iterations", "2",
+                                      "--out", str(compared), "--quiet"])
+    assert result.exit_code == 2 and "other settings" in result.output
+
+
+def test_from_reproduces_the_table(compared, tmp_path):
+    runs = [r["run_dir"] for r in json.loads((compared / "runs.json").read_text())]  # the table's row order
+    result = CliRunner().invoke(app, ["compare", *sum([["--from", str(r)] for r in runs], []), "--out",
+                                      str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+
+    def table(path):
+        return [line for line in path.read_text().splitlines() if line.startswith("|")]
+
+    assert table(tmp_path / "report.md") == table(compared / "report.md")
+
+
+def test_seed_interval_against_a_hand_computed_case():
+    # values 0.5, 0.6, 0.7: mean 0.6, sample sd 0.1, t(0.975; 2 df) = 4.303 → 4.303 · 0.1 / √3 = 0.24843
+    mean, half = seed_interval([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6) and half == pytest.approx(0.248434, abs=1e-5)
+    assert seed_interval([0.3]) == (0.3, 0.0)
+    assert t_quantile_975(1) == 12.706 and t_quantile_975(1000) == 1.96
+
+
+@pytest.mark.parametrize("args,message", [
+    (["{r}/dance.toml", "{r}/other.toml"], "differ in [prompts]"),
+    (["{r}/dance.toml", "--iterations", "1", "--time-budget", "1"], "exclusive"),
+    (["{r}/dance.toml", "--seeds", "0,x"], "--seeds"),
+    (["{r}/missing.toml"], "does not exist"),
+    (["--from", "{r}"], "not a finished run directory"),
+])
+def test_bad_input_exits_2(recipes, tmp_path, args, message):
+    args = [a.format(r=recipes) for a in args]
+    result = CliRunner().invoke(app, ["compare", *args, "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a headless Chromium (Debian package chromium)")
+def test_html_report_renders_in_a_headless_browser(compared, tmp_path):
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600", f"--screenshot={shot}",
+                    (compared / "report.html").as_uri()], capture_output=True, timeout=120, check=False)
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 1600)
+    pixels = list(image.getdata())
+    # the table and text are drawn: a good share of the page is not white background ...
+    assert sum(p != (255, 255, 255) for p in pixels) > 0.05 * len(pixels)
+    # ... and so are the embedded plots: matplotlib's second colour (#ff7f0e) only appears in them
+    assert sum(abs(r - 255) < 30 and abs(g - 127) < 30 and b < 60 for r, g, b in pixels) > 200
