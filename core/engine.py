@@ -30,6 +30,7 @@ from .images import caption_grid, pil_to_tensor
 from .policy import Conditioning, Policy
 from .pruner import PruneContext
 from .recipe import Recipe
+from .registry import attributed
 from .reward import RewardModel
 from .rollout import chunked, rollout
 from .runlog import RunLog, truncate_jsonl
@@ -147,8 +148,9 @@ class Trainer:
     def score(self, images: torch.Tensor, prompts: list[str]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Per-reward scores (N,) and every reported component, keyed ``name/component``."""
         scores, report = [], {}
-        for name, _, model in self.c.rewards:
-            out = model.score(images, prompts)
+        for (name, _, model), spec in zip(self.c.rewards, self.recipe.rewards, strict=True):
+            with attributed(spec.entry, "score()"):
+                out = model.score(images, prompts)
             if out.scores.shape != (images.shape[0],):
                 raise RuntimeError(f"reward {name!r} returned shape {tuple(out.scores.shape)} for {images.shape[0]} images")
             scores.append(out.scores.float())
@@ -159,7 +161,12 @@ class Trainer:
 
     def advantages(self, ro: Rollout, scores: list[torch.Tensor]) -> Advantages:
         weights = [w for _, w, _ in self.c.rewards]
-        estimator = self.c.parts.advantage
+        part = f"advantage estimator {type(self.c.parts.advantage).__name__}"
+
+        def estimator(ro: Rollout, rewards: torch.Tensor) -> Advantages:
+            with attributed(self.recipe.strategy.entry, "computing advantages", part):
+                return self.c.parts.advantage(ro, rewards)
+
         if self.recipe.train.reward_aggregation == "sum":
             total = sum(w * s for w, s in zip(weights, scores, strict=True))
             return estimator(ro, total)
@@ -234,7 +241,8 @@ class Trainer:
             edges = EdgeSet.all_stochastic(ro)
             ctx = PruneContext(it, t.iterations, gen)
             for pruner in self.c.parts.pruners:
-                edges = pruner(ro, adv, edges, ctx)
+                with attributed(self.recipe.strategy.entry, "pruning", f"pruner {type(pruner).__name__}"):
+                    edges = pruner(ro, adv, edges, ctx)
             batch = EdgeBatch.gather(ro, adv, edges)
         self.reporter.stage("update")
         with _timer(times, "update"):

@@ -13,7 +13,8 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +139,14 @@ def load_registry(modules: Iterable[str] = (), *, autoload: bool | None = None) 
         known = ", ".join(f"grpo_register_{k}" for k in hookspecs.KINDS)
         raise PluginError(f"{e} (known hooks: {known})") from None
     dists = _distribution_names(pm)
+    hooks = {f"grpo_register_{k}" for k in hookspecs.KINDS}
+    for plugin in pm.get_plugins():
+        for attr in dir(plugin):
+            if attr.startswith("grpo_") and attr not in hooks and callable(getattr(plugin, attr, None)):
+                raise PluginError(
+                    f"plugin {pm.get_name(plugin)!r} ({dists.get(id(plugin), 'local module')}) defines {attr!r}, "
+                    f"which is not a grpo hook: {unknown_name_hint(attr, hooks)}"
+                )
     registry = Registry()
     for kind in hookspecs.KINDS:
         caller = getattr(pm.hook, f"grpo_register_{kind}")
@@ -165,4 +174,22 @@ def instantiate(entry: Entry, kwargs: dict[str, Any], where: str) -> Any:
         raise PluginError(
             f"{entry.kind} {entry.name!r} from plugin {entry.plugin!r} ({entry.distribution}) failed to "
             f"build from [{where}]: {type(e).__name__}: {e}"
+        ).with_traceback(sys.exc_info()[2]) from e
+
+
+@contextmanager
+def attributed(entry: Entry, doing: str, part: str = "") -> Iterator[None]:
+    """Re-raise a failure inside a component as a PluginError naming its plugin and distribution.
+
+    `part` names a sub-component built by `entry` (e.g. a pruner made by a strategy).
+    """
+    try:
+        yield
+    except (UserError, PluginError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        what = f"{part} of " if part else ""
+        raise PluginError(
+            f"{what}{entry.kind} {entry.name!r} from plugin {entry.plugin!r} ({entry.distribution}) failed in "
+            f"{doing}: {type(e).__name__}: {e}"
         ).with_traceback(sys.exc_info()[2]) from e

@@ -1,0 +1,37 @@
+"""Contract tests and tiny fixtures for plugin authors.
+
+Run a component of yours through the checks its interface promises, on CPU, in seconds::
+
+    from grpo.testing import check_reward, tiny_images
+
+    def test_my_reward_keeps_the_contract():
+        check_reward(MyReward(), *tiny_images())
+
+Each ``check_*`` raises ``AssertionError`` with a message saying which promise was broken, and
+returns nothing when the component keeps them all. ``grpo.testing.fixtures`` has pytest fixtures
+(a tiny random shapes model, a policy on it, a small rollout) to import into a ``conftest.py``.
+"""
+
+from .contracts import (
+    check_advantage,
+    check_pruner,
+    check_reward,
+    check_sampler,
+    check_strategy,
+    check_topology,
+)
+from .tiny import run_tiny_recipe, tiny_images, tiny_model, tiny_policy, tiny_rollout
+
+__all__ = [
+    "check_advantage",
+    "check_pruner",
+    "check_reward",
+    "check_sampler",
+    "check_strategy",
+    "check_topology",
+    "run_tiny_recipe",
+    "tiny_images",
+    "tiny_model",
+    "tiny_policy",
+    "tiny_rollout",
+]

@@ -1,0 +1,193 @@
+"""What each component interface promises, checked on tiny inputs.
+
+Every check raises ``AssertionError`` naming the broken promise. They use the tiny random shapes
+model (``grpo.testing.tiny``), so they run on CPU in seconds and need no downloads.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from grpo.core.pruner import PruneContext
+from grpo.core.strategy import StrategyParts
+from grpo.core.tree import Advantages, EdgeSet, Rollout, TreePlan
+
+from .tiny import tiny_images, tiny_rollout
+
+
+def _fail(component: Any, promise: str) -> AssertionError:
+    return AssertionError(f"{type(component).__name__}: {promise}")
+
+
+# -- rewards ---------------------------------------------------------------------------------------
+def check_reward(reward: Any, images: torch.Tensor | None = None, prompts: list[str] | None = None,
+                 *, atol: float = 1e-5) -> None:
+    """A reward model scores (N,) fp32 finite values, with (N,) components, deterministically, and a
+    score does not depend on what else is in the batch (alone, reordered or in a batch: the same)."""
+    if images is None:
+        images, prompts = tiny_images(6)
+    assert prompts is not None and len(prompts) == images.shape[0], "give one prompt per image"
+    if getattr(reward, "media", None) not in ("image", "video"):
+        raise _fail(reward, f"attribute media must be 'image' or 'video', not {getattr(reward, 'media', None)!r}")
+    out = reward.score(images, prompts)
+    n = images.shape[0]
+    if not isinstance(out.scores, torch.Tensor) or out.scores.shape != (n,):
+        raise _fail(reward, f"scores must be a tensor of shape ({n},), got {getattr(out.scores, 'shape', out.scores)}")
+    if out.scores.dtype != torch.float32:
+        raise _fail(reward, f"scores must be float32, got {out.scores.dtype}")
+    if not torch.isfinite(out.scores).all():
+        raise _fail(reward, "scores must be finite on ordinary images")
+    for name, values in out.components.items():
+        if not isinstance(values, torch.Tensor) or values.shape != (n,):
+            raise _fail(reward, f"component {name!r} must have shape ({n},)")
+    again = reward.score(images.clone(), list(prompts))
+    if not torch.allclose(out.scores, again.scores, atol=atol):
+        raise _fail(reward, "the same images and prompts must get the same scores (determinism)")
+    alone = torch.cat([reward.score(images[i : i + 1], [prompts[i]]).scores for i in range(n)])
+    if not torch.allclose(out.scores, alone, atol=atol):
+        worst = int((out.scores - alone).abs().argmax())
+        raise _fail(reward, f"an image's score depends on the rest of the batch (image {worst}: "
+                            f"{float(out.scores[worst]):.6f} in the batch, {float(alone[worst]):.6f} alone)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    shuffled = reward.score(images[perm], [prompts[i] for i in perm.tolist()]).scores
+    if not torch.allclose(out.scores[perm], shuffled, atol=atol):
+        raise _fail(reward, "an image's score depends on its position in the batch")
+
+
+# -- topologies ------------------------------------------------------------------------------------
+def check_topology(topology: Any, steps: int = 6, iterations: int = 3) -> None:
+    """A topology returns a TreePlan of `steps` steps, the same one for the same iteration."""
+    for it in range(iterations):
+        plan = topology.plan(steps, it)
+        if not isinstance(plan, TreePlan):
+            raise _fail(topology, f"plan() must return a TreePlan, got {type(plan).__name__}")
+        if plan.steps != steps:
+            raise _fail(topology, f"plan({steps}) has {plan.steps} steps")
+        if plan != topology.plan(steps, it):
+            raise _fail(topology, f"plan({steps}, {it}) differs between two calls")
+        if plan.leaves < 1 or not any(plan.stochastic):
+            raise _fail(topology, "a plan needs at least one leaf and one stochastic step")
+
+
+# -- advantages ------------------------------------------------------------------------------------
+def _rewards(rollout: Rollout, seed: int = 0) -> torch.Tensor:
+    return torch.rand(rollout.final.shape[0], generator=torch.Generator().manual_seed(seed))
+
+
+def check_advantage(estimator: Any, rollout: Rollout | None = None, *, group_relative: bool = True) -> None:
+    """An estimator returns one finite fp32 advantage per node of every step (aligned with
+    ``states[k + 1]``), deterministically, without changing the rollout. With `group_relative`, equal
+    rewards give zero advantages and adding a constant to the rewards changes nothing."""
+    ro = rollout or tiny_rollout()[0]
+    before = [s.clone() for s in ro.states]
+    rewards = _rewards(ro)
+    adv = estimator(ro, rewards.clone())
+    if not isinstance(adv, Advantages) or len(adv.values) != ro.steps:
+        raise _fail(estimator, f"must return Advantages with {ro.steps} per-step tensors")
+    for k, values in enumerate(adv.values):
+        if values.shape != (ro.states[k + 1].shape[0],):
+            raise _fail(estimator, f"step {k}: advantages of shape {tuple(values.shape)}, nodes "
+                                   f"{ro.states[k + 1].shape[0]}")
+        if values.dtype != torch.float32 or not torch.isfinite(values).all():
+            raise _fail(estimator, f"step {k}: advantages must be finite float32")
+    again = estimator(ro, rewards.clone())
+    if not all(torch.equal(a, b) for a, b in zip(adv.values, again.values, strict=True)):
+        raise _fail(estimator, "the same rollout and rewards must give the same advantages")
+    if not all(torch.equal(a, b) for a, b in zip(before, ro.states, strict=True)):
+        raise _fail(estimator, "must not modify the rollout")
+    if group_relative:
+        flat = estimator(ro, torch.full_like(rewards, 0.7))
+        if any(v.abs().max() > 1e-6 for v in flat.values):
+            raise _fail(estimator, "equal rewards must give zero advantages (group_relative=True)")
+        shifted = estimator(ro, rewards + 3.0)
+        if not all(torch.allclose(a, b, atol=1e-4) for a, b in zip(adv.values, shifted.values, strict=True)):
+            raise _fail(estimator, "adding a constant to every reward must not change advantages (group_relative=True)")
+
+
+# -- pruners ---------------------------------------------------------------------------------------
+def check_pruner(pruner: Any, rollout: Rollout | None = None, *, iterations: int = 3) -> None:
+    """A pruner returns a subset of the edges it is given, deterministically under the iteration's
+    seeded generator, and never changes the rollout or the advantages."""
+    ro = rollout or tiny_rollout()[0]
+    adv = Advantages([torch.randn(s.shape[0], generator=torch.Generator().manual_seed(k))
+                      for k, s in enumerate(ro.states[1:])])
+    def given() -> EdgeSet:  # as if an earlier pruner had already dropped every third edge
+        return EdgeSet([m & (torch.arange(m.numel()) % 3 != 0) for m in EdgeSet.all_stochastic(ro).masks])
+
+    for it in range(iterations):
+        edges = given()
+        states, logp = [s.clone() for s in ro.states], [lp.clone() for lp in ro.log_prob]
+        advs, masks = [a.clone() for a in adv.values], [m.clone() for m in edges.masks]
+        out = pruner(ro, adv, edges, PruneContext(it, iterations, torch.Generator().manual_seed(it)))
+        if not isinstance(out, EdgeSet) or len(out.masks) != len(edges.masks):
+            raise _fail(pruner, "must return an EdgeSet with one mask per step")
+        for k, (m_out, m_in) in enumerate(zip(out.masks, masks, strict=True)):
+            if m_out.shape != m_in.shape or m_out.dtype != torch.bool:
+                raise _fail(pruner, f"step {k}: masks must keep shape {tuple(m_in.shape)} and dtype bool")
+            if (m_out & ~m_in).any():
+                raise _fail(pruner, f"step {k}: selected an edge it was not given")
+        if not all(torch.equal(a, b) for a, b in zip(states, ro.states, strict=True)) or not all(
+                torch.equal(a, b) for a, b in zip(logp, ro.log_prob, strict=True)):
+            raise _fail(pruner, "must not modify the rollout")
+        if not all(torch.equal(a, b) for a, b in zip(advs, adv.values, strict=True)):
+            raise _fail(pruner, "must not modify the advantages")
+        if not all(torch.equal(a, b) for a, b in zip(masks, edges.masks, strict=True)):
+            raise _fail(pruner, "must return a new EdgeSet, not modify the one it was given")
+        again = pruner(ro, adv, given(), PruneContext(it, iterations, torch.Generator().manual_seed(it)))
+        if not all(torch.equal(a, b) for a, b in zip(out.masks, again.masks, strict=True)):
+            raise _fail(pruner, f"iteration {it}: the same generator seed must select the same edges")
+
+
+# -- samplers --------------------------------------------------------------------------------------
+def check_sampler(sampler: Any, *, split_logprob: str = "nominal", tol: float = 1e-5) -> None:
+    """A sampler's σ grid runs from its start down to 0; its steps are Gaussian with finite positive
+    std on stochastic steps; and re-evaluating the log-probability of every stored transition in
+    micro-batches unlike the rollout's gives ratio 1 within `tol` (on-policy)."""
+    from grpo.core.update import EdgeBatch, edge_terms
+
+    sigmas = sampler.sigmas()
+    if sigmas.shape != (sampler.steps + 1,):
+        raise _fail(sampler, f"sigmas() must have steps + 1 = {sampler.steps + 1} values, got {tuple(sigmas.shape)}")
+    if not (sigmas[:-1] > sigmas[1:]).all() or float(sigmas[-1]) != 0.0:
+        raise _fail(sampler, "sigmas() must decrease strictly and end at 0")
+    if not getattr(sampler, "stochastic", True):
+        return
+    ro, cond, policy = tiny_rollout(sampler=sampler, split_logprob=split_logprob)
+    for k, lp in enumerate(ro.log_prob):
+        if lp.numel() and not torch.isfinite(lp).all():
+            raise _fail(sampler, f"step {k}: log-probabilities of the rollout must be finite")
+    adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
+    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    worst = 0.0
+    for part in torch.split(torch.arange(len(batch)), 5):
+        with torch.no_grad():
+            lp, _, _ = edge_terms(policy, sampler, ro, cond, batch.take(part), split_logprob)
+        worst = max(worst, float((torch.exp(lp - batch.old_log_prob[part]) - 1).abs().max()))
+    if worst > tol:
+        raise _fail(sampler, f"on-policy ratio differs from 1 by {worst:.2e} (> {tol:g}): the log-probability of "
+                             "a stored transition must not depend on the micro-batch it is evaluated in")
+
+
+# -- strategies ------------------------------------------------------------------------------------
+def check_strategy(strategy: Any, steps: int = 6) -> StrategyParts:
+    """A strategy builds StrategyParts whose topology, advantage estimator and pruners keep their own
+    contracts on a rollout of its own tree. Returns the parts."""
+    parts = strategy.build()
+    if not isinstance(parts, StrategyParts):
+        raise _fail(strategy, f"build() must return StrategyParts, got {type(parts).__name__}")
+    if parts.clip_range <= 0:
+        raise _fail(strategy, "clip_range must be positive")
+    if parts.split_logprob not in ("nominal", "scaled"):
+        raise _fail(strategy, "split_logprob must be 'nominal' or 'scaled'")
+    check_topology(parts.topology, steps)
+    from grpo.plugins.samplers.flow import DanceSDE
+
+    ro, _, _ = tiny_rollout(parts.topology.plan(steps), sampler=DanceSDE(steps=steps, eta=0.5),
+                            split_logprob=parts.split_logprob)
+    check_advantage(parts.advantage, ro, group_relative=False)
+    for pruner in parts.pruners:
+        check_pruner(copy.deepcopy(pruner), ro)
+    return parts

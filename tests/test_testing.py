@@ -1,0 +1,139 @@
+"""grpo.testing: the contract checks pass on every built-in component and catch broken ones."""
+
+import pytest
+import torch
+
+from grpo.core.reward import RewardOutput
+from grpo.core.tree import EdgeSet
+from grpo.plugins.branchgrpo.advantage import DepthWiseAdvantage
+from grpo.plugins.branchgrpo.pruners import DepthPruner, LastStepPruner, WidthPruner
+from grpo.plugins.branchgrpo.strategy import BranchGRPO, BranchGRPOMix
+from grpo.plugins.dancegrpo.advantage import GroupAdvantage
+from grpo.plugins.dancegrpo.pruners import TimestepFraction
+from grpo.plugins.dancegrpo.strategy import DanceGRPO
+from grpo.plugins.samplers.flow import DanceSDE, FlowSDE
+from grpo.plugins.shapes.rewards import JpegCompressibility, ShapesFaithfulness
+from grpo.plugins.trees.topologies import Fan
+from grpo.testing import (
+    check_advantage,
+    check_pruner,
+    check_reward,
+    check_sampler,
+    check_strategy,
+    check_topology,
+    tiny_images,
+    tiny_rollout,
+)
+
+
+@pytest.fixture(scope="module")
+def tree_rollout(tiny_model_dir):
+    from grpo.testing import tiny_policy
+
+    plan = BranchGRPO(split_points=[0, 2], branch_factor=2).build().topology.plan(4)
+    return tiny_rollout(plan, policy=tiny_policy(tiny_model_dir))[0]
+
+
+@pytest.mark.parametrize("reward", [ShapesFaithfulness(), JpegCompressibility()])
+def test_builtin_rewards_keep_the_contract(reward):
+    check_reward(reward, *tiny_images(5))
+
+
+@pytest.mark.parametrize("sampler", [DanceSDE(steps=4, eta=0.5), FlowSDE(steps=4, noise_level=0.7)])
+def test_builtin_samplers_keep_the_contract(sampler):
+    check_sampler(sampler)
+
+
+@pytest.mark.parametrize("estimator", [GroupAdvantage(), DepthWiseAdvantage(), DepthWiseAdvantage(fusion="path-prob")])
+def test_builtin_advantages_keep_the_contract(estimator, tree_rollout):
+    check_advantage(estimator, tree_rollout)
+
+
+@pytest.mark.parametrize("pruner", [TimestepFraction(fraction=0.5), DepthPruner(depths=[2, 3]), WidthPruner(),
+                                    LastStepPruner()])
+def test_builtin_pruners_keep_the_contract(pruner, tree_rollout):
+    check_pruner(pruner, tree_rollout)
+
+
+@pytest.mark.parametrize("strategy", [DanceGRPO(group_size=3), BranchGRPO(split_points=[0, 2]),
+                                      BranchGRPOMix(split_points=[0, 2])])
+def test_builtin_strategies_keep_the_contract(strategy):
+    check_strategy(strategy, steps=4)
+    check_topology(Fan(group_size=3))
+
+
+# -- broken components are caught --------------------------------------------------------------------
+class BatchDependentReward:
+    media = "image"
+
+    def score(self, images, prompts):
+        s = images.flatten(1).mean(1)
+        return RewardOutput(s - s.mean())  # relative to the batch: breaks batch invariance
+
+
+class Float64Reward:
+    media = "image"
+
+    def score(self, images, prompts):
+        return RewardOutput(images.flatten(1).mean(1).double())
+
+
+class AbsoluteAdvantage:
+    def __call__(self, rollout, rewards):  # no baseline: equal rewards do not give zero
+        return _leaf_values(rollout, rewards)
+
+
+def _leaf_values(rollout, rewards):
+    from grpo.core.tree import Advantages
+
+    return Advantages([rollout.reduce_leaves(rewards.float(), k + 1) for k in range(rollout.steps)])
+
+
+class MutatingPruner:
+    def __call__(self, rollout, advantages, edges, ctx):
+        advantages.values[0].mul_(2)  # changes the advantages: forbidden
+        return EdgeSet([m.clone() for m in edges.masks])
+
+
+class UnseededPruner:
+    def __call__(self, rollout, advantages, edges, ctx):
+        return EdgeSet([m & (torch.rand(m.shape) < 0.5) for m in edges.masks])  # global RNG, not ctx.generator
+
+
+class AddingPruner:
+    def __call__(self, rollout, advantages, edges, ctx):
+        return EdgeSet([torch.ones_like(m) for m in edges.masks])
+
+
+class BatchSensitiveSampler(DanceSDE):
+    """Its std depends on the batch: re-evaluation in other micro-batches breaks ratio = 1."""
+
+    def step(self, x, v, sigma, sigma_next):
+        mean, std = super().step(x, v, sigma, sigma_next)
+        return mean, std * (1 + 0.01 * x.shape[0])
+
+
+@pytest.mark.parametrize("reward,message", [(BatchDependentReward(), "depends on the rest of the batch"),
+                                            (Float64Reward(), "float32")])
+def test_broken_rewards_fail(reward, message):
+    with pytest.raises(AssertionError, match=message):
+        check_reward(reward)
+
+
+def test_advantage_without_baseline_fails(tree_rollout):
+    with pytest.raises(AssertionError, match="equal rewards must give zero"):
+        check_advantage(AbsoluteAdvantage(), tree_rollout)
+    check_advantage(AbsoluteAdvantage(), tree_rollout, group_relative=False)
+
+
+@pytest.mark.parametrize("pruner,message", [(MutatingPruner(), "must not modify the advantages"),
+                                            (UnseededPruner(), "same generator seed"),
+                                            (AddingPruner(), "not given")])
+def test_broken_pruners_fail(pruner, message, tree_rollout):
+    with pytest.raises(AssertionError, match=message):
+        check_pruner(pruner, tree_rollout)
+
+
+def test_batch_sensitive_sampler_fails():
+    with pytest.raises(AssertionError, match="on-policy ratio"):
+        check_sampler(BatchSensitiveSampler(steps=4, eta=0.5))
