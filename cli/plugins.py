@@ -1,8 +1,9 @@
-"""`grpo plugins list|show`."""
+"""`grpo plugins list|show|new`."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,6 +15,7 @@ from grpo.core.registry import load_registry
 from grpo.core.schema import _MISSING
 
 from .common import console, guard
+from .scaffold import scaffold
 
 app = typer.Typer(help="List and describe the registered plugins.", no_args_is_help=True)
 
@@ -59,3 +61,15 @@ def show(name: Annotated[str, typer.Argument(help="a component name, e.g. danceg
             table.add_row(o.name, escape(o.type_name), escape("(required)" if default is None else default),
                           o.range.describe() if o.range else "", escape(o.doc))
         console.print(table)
+
+
+@app.command("new")
+@guard
+def new(
+    kind: Annotated[str, typer.Argument(help="reward, pruner, advantage, strategy, topology or sampler")],
+    name: Annotated[str, typer.Argument(help="the component's name in recipes, e.g. my-reward")],
+    out: Annotated[Path | None, typer.Option("--out", help="folder to create (default grpo-NAME)")] = None,
+) -> None:
+    """Write a ready-to-install plugin package with a working component and a passing test."""
+    folder = scaffold(kind, name, out)
+    console.print(f"[green]written[/]: {folder}\n  next: pip install -e {folder} && (cd {folder} && python -m pytest)")

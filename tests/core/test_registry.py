@@ -100,3 +100,49 @@ def test_misspelled_hook_and_untyped_option(tmp_path, monkeypatch):
         load_registry(["typo_plugin"], autoload=False)
     with pytest.raises(PluginError, match="no type annotation"):
         load_registry(["untyped_plugin"], autoload=False)
+
+
+def test_undecorated_misspelled_hook_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "plain_typo_plugin.py").write_text("def grpo_register_rewrd(registry):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="'grpo_register_rewrd', which is not a grpo hook.*grpo_register_reward"):
+        load_registry(["plain_typo_plugin"], autoload=False)
+
+
+BOOM = """
+from grpo.core.hookspecs import hookimpl
+
+
+class Boom:
+    media = "image"
+
+    def __init__(self, *, after: int = 0) -> None:
+        pass
+
+    def score(self, images, prompts):
+        raise ValueError("the reward server said no")
+
+
+@hookimpl
+def grpo_register_reward(registry):
+    registry.add("boom", Boom)
+"""
+
+
+def test_failure_inside_a_plugin_names_the_plugin(tmp_path, monkeypatch, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from grpo.cli.main import app
+
+    (tmp_path / "boom_plugin.py").write_text(BOOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[plugins]\nmodules = ["boom_plugin"]\n[model]\nuse = "shapes"\npath = "{tiny_model_dir}"\n'
+                      '[strategy]\nuse = "dancegrpo"\ngroup_size = 2\n[sampler]\nuse = "dance-sde"\nsteps = 2\n'
+                      '[[reward]]\nuse = "boom"\n[prompts]\nuse = "shapes"\n[train]\nprompts_per_iteration = 1\n'
+                      '[eval]\nevery = 0\n')
+    result = CliRunner().invoke(app, ["run", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 1
+    assert ("reward 'boom' from plugin 'boom_plugin' (local module) failed in score(): ValueError: the reward "
+            "server said no") in result.output
+    assert "Traceback" not in result.output
