@@ -14,6 +14,9 @@ returns nothing when the component keeps them all. ``grpo.testing.fixtures`` has
 
 from .contracts import (
     check_advantage,
+    check_backend,
+    check_policy,
+    check_prompts,
     check_pruner,
     check_reward,
     check_sampler,
@@ -24,6 +27,9 @@ from .tiny import run_tiny_recipe, tiny_images, tiny_model, tiny_policy, tiny_ro
 
 __all__ = [
     "check_advantage",
+    "check_backend",
+    "check_policy",
+    "check_prompts",
     "check_pruner",
     "check_reward",
     "check_sampler",

@@ -191,3 +191,119 @@ def check_strategy(strategy: Any, steps: int = 6) -> StrategyParts:
     for pruner in parts.pruners:
         check_pruner(copy.deepcopy(pruner), ro)
     return parts
+
+
+# -- models ----------------------------------------------------------------------------------------
+def check_policy(policy: Any, prompts: list[str] | None = None, *, atol: float = 1e-5) -> None:
+    """A policy encodes one conditioning row per prompt, predicts velocities of the latents' shape
+    that do not depend on the rest of the batch, decodes media in [0, 1], exposes trainable
+    parameters of its denoiser, and inside ``reference()`` predicts like the untrained base."""
+    from grpo.core.policy import Conditioning
+
+    from .tiny import PROMPTS
+
+    prompts = prompts or PROMPTS[:3]
+    n = len(prompts)
+    cond = policy.encode_prompts(prompts)
+    if not isinstance(cond, Conditioning):
+        raise _fail(policy, f"encode_prompts must return a Conditioning, got {type(cond).__name__}")
+    for name, value in vars(cond).items():
+        if isinstance(value, torch.Tensor) and value.shape[0] != n:
+            raise _fail(policy, f"conditioning field {name!r} has first dimension {value.shape[0]}, prompts {n}")
+    x = torch.randn(n, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
+    sigma = torch.linspace(0.9, 0.2, n)
+    with torch.no_grad():
+        v = policy.velocity(x, sigma, cond)
+        alone = torch.cat([policy.velocity(x[i : i + 1], sigma[i : i + 1], cond.select(torch.tensor([i])))
+                           for i in range(n)])
+    if v.shape != x.shape or not torch.isfinite(v).all():
+        raise _fail(policy, f"velocity must be finite with the latents' shape {tuple(x.shape)}, got {tuple(v.shape)}")
+    if not torch.allclose(v, alone, atol=atol):
+        raise _fail(policy, "a sample's velocity depends on the rest of the batch")
+    media = policy.decode(x.clamp(-1, 1))
+    expected_rank = 4 if policy.media == "image" else 5
+    if media.dim() != expected_rank or media.shape[0] != n or media.min() < 0 or media.max() > 1:
+        raise _fail(policy, f"decode must give {policy.media}s of rank {expected_rank} in [0, 1]")
+    params = policy.trainable_parameters()
+    denoiser_params = {id(p) for p in policy.denoiser.parameters()}
+    if not params or not all(p.requires_grad and id(p) in denoiser_params for p in params):
+        raise _fail(policy, "trainable_parameters must be non-empty parameters of the denoiser that require grad")
+    if hasattr(policy, "snapshot_reference"):  # the engine takes the snapshot before training with a KL term
+        policy.snapshot_reference()
+    with torch.no_grad(), policy.reference():
+        ref = policy.velocity(x, sigma, cond)
+    if not torch.allclose(ref, v, atol=atol):
+        raise _fail(policy, "before any training, reference() must predict like the policy itself")
+
+
+# -- backends --------------------------------------------------------------------------------------
+def check_backend(make_backend: Any, tmp_dir: Any) -> None:
+    """A backend trains the given parameters (loss goes down), returns finite gradient norms, skips a
+    step whose gradient is not finite, and restores weights and optimizer state from ``save``.
+
+    `make_backend` builds a fresh backend; `tmp_dir` is a folder for the checkpoint.
+    """
+    from pathlib import Path
+
+    from grpo.core.backend import OptimizerConfig
+
+    def fresh():
+        torch.manual_seed(0)
+        module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        backend = make_backend()
+        backend.setup(module, list(module.parameters()), OptimizerConfig(lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
+                                                                   grad_clip=1.0))
+        return module, backend
+
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+    y = x.sum(dim=1, keepdim=True)
+
+    def loss_of(module):
+        return torch.nn.functional.mse_loss(module(x), y)
+
+    module, backend = fresh()
+    first = float(loss_of(module))
+    for _ in range(5):
+        for half in (slice(0, 16), slice(16, 32)):  # two micro-batches per optimizer step
+            backend.backward(0.5 * torch.nn.functional.mse_loss(module(x[half]), y[half]), boundary=half.start == 16)
+        norm = backend.step()
+        if not (norm == norm and norm < float("inf")):
+            raise _fail(backend, f"step() returned a non-finite gradient norm {norm}")
+    if not float(loss_of(module)) < first:
+        raise _fail(backend, "five optimizer steps did not lower a simple regression loss")
+    before = [p.detach().clone() for p in module.parameters()]
+    backend.backward(loss_of(module) * float("nan"), boundary=True)
+    backend.step()
+    if not all(torch.equal(a, p.detach()) for a, p in zip(before, module.parameters(), strict=True)):
+        raise _fail(backend, "a step with a non-finite gradient must be skipped")
+    folder = Path(tmp_dir) / "checkpoint"
+    folder.mkdir(parents=True, exist_ok=True)
+    backend.save(folder)
+    backend.backward(loss_of(module), boundary=True)
+    backend.step()
+    after_a = [p.detach().clone() for p in module.parameters()]
+    backend.close()
+    module2, backend2 = fresh()
+    backend2.load(folder)
+    if not all(torch.equal(a, p.detach()) for a, p in zip(before, module2.parameters(), strict=True)):
+        raise _fail(backend, "load() must restore the saved weights")
+    backend2.backward(loss_of(module2), boundary=True)
+    backend2.step()
+    if not all(torch.allclose(a, p.detach(), atol=1e-6) for a, p in zip(after_a, module2.parameters(), strict=True)):
+        raise _fail(backend, "load() must restore the optimizer state: the next step differs")
+    backend2.close()
+
+
+# -- prompt sources --------------------------------------------------------------------------------
+def check_prompts(source: Any) -> None:
+    """A prompt source gives a non-empty list of training prompts (strings) and named evaluation sets
+    of strings, the same on every call."""
+    train = source.train_prompts()
+    if not isinstance(train, list) or not train or not all(isinstance(p, str) for p in train):
+        raise _fail(source, "train_prompts() must be a non-empty list of strings")
+    sets = source.eval_sets()
+    if not isinstance(sets, dict) or not all(isinstance(v, list) and all(isinstance(p, str) for p in v)
+                                             for v in sets.values()):
+        raise _fail(source, "eval_sets() must map set names to lists of strings")
+    if source.train_prompts() != train or source.eval_sets() != sets:
+        raise _fail(source, "prompts must be the same on every call")

@@ -137,3 +137,65 @@ def test_broken_pruners_fail(pruner, message, tree_rollout):
 def test_batch_sensitive_sampler_fails():
     with pytest.raises(AssertionError, match="on-policy ratio"):
         check_sampler(BatchSensitiveSampler(steps=4, eta=0.5))
+
+
+def test_shapes_policy_keeps_the_contract(tiny_model_dir):
+    from grpo.plugins.shapes.policy import ShapesPolicy
+    from grpo.testing import check_policy
+
+    check_policy(ShapesPolicy(path=str(tiny_model_dir), device="cpu"))
+    check_policy(ShapesPolicy(path=str(tiny_model_dir), device="cpu", lora_rank=2, guidance_scale=2.0))
+
+
+@pytest.mark.parametrize("name", ["torch", "deepspeed"])
+def test_builtin_backends_keep_the_contract(name, tmp_path):
+    from grpo.plugins.backends.deepspeed_backend import DeepSpeedBackend
+    from grpo.plugins.backends.plain import TorchBackend
+    from grpo.testing import check_backend
+
+    make = {"torch": lambda: TorchBackend(device="cpu"), "deepspeed": lambda: DeepSpeedBackend(zero_stage=2)}[name]
+    check_backend(make, tmp_path)
+
+
+def test_builtin_prompt_sources_keep_the_contract(tmp_path):
+    from grpo.plugins.prompts.files import FilePrompts
+    from grpo.plugins.shapes.prompts import ShapesPrompts
+    from grpo.testing import check_prompts
+
+    check_prompts(ShapesPrompts())
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+    check_prompts(FilePrompts(path=str(tmp_path / "p.txt")))
+
+
+class ForgetfulBackend:
+    """Saves nothing: load() cannot restore."""
+
+    def __init__(self):
+        from grpo.plugins.backends.plain import TorchBackend
+
+        self.inner = TorchBackend(device="cpu")
+
+    def setup(self, module, parameters, optim):
+        self.inner.setup(module, parameters, optim)
+
+    def backward(self, loss, *, boundary):
+        self.inner.backward(loss, boundary=boundary)
+
+    def step(self):
+        return self.inner.step()
+
+    def save(self, directory):
+        pass
+
+    def load(self, directory):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_backend_that_does_not_restore_fails(tmp_path):
+    from grpo.testing import check_backend
+
+    with pytest.raises(AssertionError, match="restore the saved weights"):
+        check_backend(ForgetfulBackend, tmp_path)
