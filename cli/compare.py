@@ -143,13 +143,13 @@ def _row(job: Job) -> list[str]:
             keys = [k for k in evals[-1] if k.count("/") == 1 and not k.startswith("time/")]
             keys.sort(key=lambda k: not k.startswith("held-out/"))
             if keys:
-                score = f"{keys[0]} {evals[-1][keys[0]]:.3f} (it {evals[-1]['iteration']})"
+                score = f"{evals[-1][keys[0]]:.3f} @{evals[-1]['iteration']}"
     return [job.name, job.status, it, score, per_it, minutes]
 
 
 def _table(jobs: list[Job]) -> Table:
-    table = Table(title="grpo compare", title_justify="left")
-    for col in ("run", "status", "iterations", "last evaluation", "s / iteration", "training min"):
+    table = Table(title="grpo compare (evaluation: held-out main reward @ iteration)", title_justify="left")
+    for col in ("run", "status", "iterations", "evaluation", "s / iteration", "training min"):
         table.add_column(col)
     colour = {"done": "green", "running": "yellow", "failed": "red", "kept": "green"}
     for job in jobs:
