@@ -83,12 +83,19 @@ def test_time_budget_ends_the_run_with_a_checkpoint_and_an_evaluation(tiny_model
     assert len([r for r in read_metrics(out) if r["kind"] == "train"]) == 1
 
 
+def test_deepspeed_backend_refuses_the_kl_term(tiny_model_dir, tmp_path):
+    extra = ["--set", "backend={use='deepspeed'}", "--set", "train.kl_beta=0.5"]
+    result = CliRunner().invoke(app, ["run", DANCE, *small(tiny_model_dir, 1, extra), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "train.kl_beta" in result.output and "backend.use = 'torch'" in result.output
+
+
 def test_deepspeed_backend_matches_torch_backend(tiny_model_dir, tmp_path):
     """ZeRO-2 in one process takes the same optimizer steps as plain torch."""
     outs = {}
     for backend in ("torch", "deepspeed"):
         out = tmp_path / backend
-        extra = ["--set", f"backend={{use='{backend}'}}", "--set", "eval.every=0", "--set", "train.optimizer_steps=2"]
+        extra = ["--set", f"backend={{use='{backend}'}}", "--set", "eval.every=0", "--set", "train.optimizer_steps=2",
+                 "--set", "train.kl_beta=0"]
         result = CliRunner().invoke(app, ["run", DANCE, *small(tiny_model_dir, 2, extra), "--out", str(out), "--quiet"])
         assert result.exit_code == 0, result.output
         outs[backend] = [r for r in read_metrics(out) if r["kind"] == "train"]
