@@ -18,6 +18,11 @@ from grpo.core.tree import Advantages, EdgeSet, Rollout, TreePlan
 from .tiny import tiny_images, tiny_rollout
 
 
+def _same(xs: Any, ys: Any) -> bool:
+    """Two sequences of tensors, element by element exactly equal."""
+    return all(torch.equal(a, b) for a, b in zip(xs, ys, strict=True))
+
+
 def _fail(component: Any, promise: str) -> AssertionError:
     return AssertionError(f"{type(component).__name__}: {promise}")
 
@@ -94,9 +99,9 @@ def check_advantage(estimator: Any, rollout: Rollout | None = None, *, group_rel
         if values.dtype != torch.float32 or not torch.isfinite(values).all():
             raise _fail(estimator, f"step {k}: advantages must be finite float32")
     again = estimator(ro, rewards.clone())
-    if not all(torch.equal(a, b) for a, b in zip(adv.values, again.values, strict=True)):
+    if not _same(adv.values, again.values):
         raise _fail(estimator, "the same rollout and rewards must give the same advantages")
-    if not all(torch.equal(a, b) for a, b in zip(before, ro.states, strict=True)):
+    if not _same(before, ro.states):
         raise _fail(estimator, "must not modify the rollout")
     if group_relative:
         flat = estimator(ro, torch.full_like(rewards, 0.7))
@@ -129,15 +134,14 @@ def check_pruner(pruner: Any, rollout: Rollout | None = None, *, iterations: int
                 raise _fail(pruner, f"step {k}: masks must keep shape {tuple(m_in.shape)} and dtype bool")
             if (m_out & ~m_in).any():
                 raise _fail(pruner, f"step {k}: selected an edge it was not given")
-        if not all(torch.equal(a, b) for a, b in zip(states, ro.states, strict=True)) or not all(
-                torch.equal(a, b) for a, b in zip(logp, ro.log_prob, strict=True)):
+        if not _same(states, ro.states) or not _same(logp, ro.log_prob):
             raise _fail(pruner, "must not modify the rollout")
-        if not all(torch.equal(a, b) for a, b in zip(advs, adv.values, strict=True)):
+        if not _same(advs, adv.values):
             raise _fail(pruner, "must not modify the advantages")
-        if not all(torch.equal(a, b) for a, b in zip(masks, edges.masks, strict=True)):
+        if not _same(masks, edges.masks):
             raise _fail(pruner, "must return a new EdgeSet, not modify the one it was given")
         again = pruner(ro, adv, given(), PruneContext(it, iterations, torch.Generator().manual_seed(it)))
-        if not all(torch.equal(a, b) for a, b in zip(out.masks, again.masks, strict=True)):
+        if not _same(out.masks, again.masks):
             raise _fail(pruner, f"iteration {it}: the same generator seed must select the same edges")
 
 
@@ -274,7 +278,7 @@ def check_backend(make_backend: Any, tmp_dir: Any) -> None:
     before = [p.detach().clone() for p in module.parameters()]
     backend.backward(loss_of(module) * float("nan"), boundary=True)
     backend.step()
-    if not all(torch.equal(a, p.detach()) for a, p in zip(before, module.parameters(), strict=True)):
+    if not _same(before, (p.detach() for p in module.parameters())):
         raise _fail(backend, "a step with a non-finite gradient must be skipped")
     folder = Path(tmp_dir) / "checkpoint"
     folder.mkdir(parents=True, exist_ok=True)
@@ -285,7 +289,7 @@ def check_backend(make_backend: Any, tmp_dir: Any) -> None:
     backend.close()
     module2, backend2 = fresh()
     backend2.load(folder)
-    if not all(torch.equal(a, p.detach()) for a, p in zip(before, module2.parameters(), strict=True)):
+    if not _same(before, (p.detach() for p in module2.parameters())):
         raise _fail(backend, "load() must restore the saved weights")
     backend2.backward(loss_of(module2), boundary=True)
     backend2.step()
