@@ -9,6 +9,7 @@ Running the same command again resumes: finished runs are kept, interrupted ones
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -108,17 +109,17 @@ def plan_jobs(recipes: list[Path], seeds: list[int], sets: list[str], out: Path)
             run_dir = out / "runs" / name
             job_sets = [*sets, f"train.seed={seed}"]
             if (run_dir / RESOLVED).is_file():
-                _check_same_settings(run_dir, path, job_sets)
+                settings = copy.deepcopy(resolved[path.stem])
+                settings["train"]["seed"] = seed
+                _check_same_settings(run_dir, settings)
             jobs.append(Job(name, path.stem, seed, path, job_sets, run_dir, out / "logs" / f"{name}.log"))
     return jobs
 
 
-def _check_same_settings(run_dir: Path, recipe: Path, sets: list[str]) -> None:
-    """A run kept from an earlier invocation must have been made with the same settings."""
-    now, _ = load_recipe(recipe, sets, env=True)
+def _check_same_settings(run_dir: Path, new: dict[str, Any]) -> None:
+    """A run kept from an earlier invocation must have been made with the same (resolved) settings."""
     before = tomllib.loads((run_dir / RESOLVED).read_text())
     before.pop("provenance", None)
-    new = now.to_dict()
     changed = [k for k in sorted(set(new) | set(before)) if new.get(k) != before.get(k)]
     if changed:
         raise UserError(f"{str(run_dir)!r} was made with other settings ([{', '.join(changed)}] differ)",
