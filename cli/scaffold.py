@@ -218,16 +218,12 @@ RECIPES = {
 }
 RECIPE_TAIL = '\n[model]\nuse = "shapes"\n\n[prompts]\nuse = "shapes"\n'
 
-TEST = '''"""{name}: grpo's contract for a {kind}, its registration, and a recipe that uses it."""
-
-from pathlib import Path
-
+TEST = '''"""{name}: grpo's contract for a {kind}, its registration{and_recipe}."""
+{path_import}
 from grpo.core.registry import load_registry
-from grpo.testing import {check}, run_tiny_recipe
+from grpo.testing import {check}{run_import}
 from {package}.component import {cls}
-
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "{module}.toml"
-
+{recipe_line}
 
 def test_keeps_the_{kind}_contract():
     {check}({ctor})
@@ -245,6 +241,18 @@ def test_a_recipe_uses_it_by_name(tmp_path):
 '''
 
 KINDS = sorted(COMPONENTS)
+
+
+def _test_parts(kind: str, module: str) -> dict[str, str]:
+    """The lines of the test module that only kinds with a recipe need."""
+    if kind not in RECIPES:
+        return {"and_recipe": "", "path_import": "", "run_import": "", "recipe_line": ""}
+    return {
+        "and_recipe": ", and a recipe that uses it",
+        "path_import": "\nfrom pathlib import Path\n",
+        "run_import": ", run_tiny_recipe",
+        "recipe_line": f'\nRECIPE = Path(__file__).resolve().parents[1] / "recipes" / "{module}.toml"\n',
+    }
 
 
 def scaffold(kind: str, name: str, out: Path | None) -> Path:
@@ -268,7 +276,7 @@ def scaffold(kind: str, name: str, out: Path | None) -> Path:
         f"src/{package}/__init__.py": f'"""grpo plugin {name}: a {kind}."""\n',
         f"src/{package}/plugin.py": PLUGIN.format(**fields),
         f"src/{package}/component.py": COMPONENTS[kind].format(**fields),
-        f"tests/test_{module}.py": TEST.format(**fields, check=check, ctor=ctor.format(**fields))
+        f"tests/test_{module}.py": TEST.format(**fields, check=check, ctor=ctor.format(**fields), **_test_parts(kind, module))
         + (RECIPE_TEST if kind in RECIPES else ""),
         "README.md": f"# grpo-{name}\n\nA grpo {kind} plugin. Install it next to grpo and test it:\n\n"
         f"```bash\npip install -e .\npython -m pytest\ngrpo plugins show {name}\n```\n\n"
@@ -276,11 +284,6 @@ def scaffold(kind: str, name: str, out: Path | None) -> Path:
     }
     if kind in RECIPES:
         files[f"recipes/{module}.toml"] = f"# Uses the {kind} {name!r} by name.\n" + RECIPES[kind].format(**fields) + RECIPE_TAIL
-    else:
-        files["tests/test_" + module + ".py"] = files["tests/test_" + module + ".py"].replace(
-            ", run_tiny_recipe", "").replace(
-            'RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "' + module + '.toml"\n', "").replace(
-            "from pathlib import Path\n\n", "")
     for rel, text in files.items():
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
