@@ -26,7 +26,9 @@ COMPONENT_TABLES = [
     ("model", "`[model]`: the policy"),
     ("strategy", "`[strategy]`: the algorithm"),
     ("sampler", "`[sampler]`: the SDE of the rollout (default: the strategy's)"),
-    ("reward", "`[[reward]]`: one table per reward; `weight` (number, default 1.0) is accepted by every reward"),
+    ("reward", "`[[reward]]`: one table per reward; every reward accepts `weight` (number, default 1.0) and "
+                "`name` (the label its scores are logged under; default the plugin's name, and required when "
+                "two rewards use the same plugin)"),
     ("prompts", "`[prompts]`: where prompts come from"),
     ("backend", "`[backend]`: how training runs (default `torch`)"),
 ]

@@ -54,7 +54,7 @@ def run(
             raise UserError(f"run directory {str(run_dir)!r} already exists and is not empty", where="--out",
                             hint=f"continue it with `grpo run --resume {run_dir}`, or choose another --out")
     trainer = Trainer(r, run_dir)
-    keys = [x.entry.name for x in r.rewards]
+    keys = [x.label for x in r.rewards]
     if quiet or not r.logging.progress:
         trainer.run(resume=resume is not None)
     else:

@@ -16,7 +16,7 @@ def validate(
 ) -> None:
     """Check a recipe's tables, keys and values (no weights are read, ${VAR} need not be set)."""
     r, _ = load_recipe(recipe, set_, env=False)
-    rewards = ", ".join(f"{x.entry.name}×{x.weight:g}" for x in r.rewards)
+    rewards = ", ".join(f"{x.label}×{x.weight:g}" for x in r.rewards)
     console.print(
         f"[green]ok[/] {recipe}: model {r.model.entry.name}, strategy {r.strategy.entry.name}, "
         f"sampler {r.sampler.entry.name}, rewards {rewards}, backend {r.backend.entry.name}"

@@ -99,7 +99,7 @@ def build(recipe: Recipe) -> Components:
     sampler = recipe.sampler.create()
     parts = recipe.strategy.create().build()
     plan = parts.topology.plan(sampler.steps)
-    rewards = [(r.entry.name, r.weight, r.create()) for r in recipe.rewards]
+    rewards = [(r.label, r.weight, r.create()) for r in recipe.rewards]
     backend = recipe.backend.create()
     policy = recipe.model.create()
     for name, _, model in rewards:

@@ -109,6 +109,12 @@ class Component:
 @dataclass
 class RewardSpec(Component):
     weight: float = 1.0
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name its scores are logged under: ``name`` when given, else the plugin's name."""
+        return self.name or self.entry.name
 
 
 @dataclass
@@ -139,7 +145,7 @@ class Recipe:
             "model": table(self.model),
             "strategy": table(self.strategy),
             "sampler": table(self.sampler),
-            "reward": [{**table(r), "weight": r.weight} for r in self.rewards],
+            "reward": [{**table(r), "weight": r.weight, **({"name": r.name} if r.name else {})} for r in self.rewards],
             "prompts": table(self.prompts),
             "train": {k: toml_value(v) for k, v in asdict(self.train).items()},
             "eval": asdict(self.eval),
@@ -317,13 +323,24 @@ def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = Non
         reward_tables = []
     for i, table in enumerate(reward_tables):
         where = f"reward.{i}"
-        comp = _component(registry, "reward", table, where, errors, ignore=("weight",))
+        comp = _component(registry, "reward", table, where, errors, ignore=("weight", "name"))
         weight = table.get("weight", 1.0) if isinstance(table, dict) else 1.0
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             errors.append(UserError(f"expected a number, got {weight!r}", where=f"{where}.weight"))
             weight = 1.0
+        name = table.get("name", "") if isinstance(table, dict) else ""
+        if not isinstance(name, str) or (name and not re.fullmatch(r"[A-Za-z0-9_.-]+", name)):
+            errors.append(UserError(f"expected a name of letters, digits, '-', '_' or '.', got {name!r}",
+                                    where=f"{where}.name"))
+            name = ""
         if comp is not None:
-            rewards.append(RewardSpec(comp.entry, comp.options, comp.where, weight=float(weight)))
+            spec = RewardSpec(comp.entry, comp.options, comp.where, weight=float(weight), name=name)
+            taken = [r.label for r in rewards]
+            if spec.label in taken:
+                errors.append(UserError(
+                    f"two rewards are logged as {spec.label!r}", where=f"{where}.name",
+                    hint=f"give this one its own label, e.g. name = \"{spec.entry.name}-{i}\""))
+            rewards.append(spec)
     train = _config(TrainConfig, data.get("train"), "train", errors)
     eval_cfg = _config(EvalConfig, data.get("eval"), "eval", errors)
     logging_cfg = _config(LoggingConfig, data.get("logging"), "logging", errors)

@@ -58,3 +58,37 @@ def test_recipe_reference_is_up_to_date():
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "recipes.md"
     assert doc.read_text() == render(), "regenerate: python -m grpo.cli.reference > docs/recipes.md"
+
+
+def _two_rewards(tmp_path, second: str) -> Path:
+    text = (RECIPES[0].parent / "shapes_dance.toml").read_text()
+    text = text.replace('[prompts]', f'[[reward]]\nuse = "shapes-faithfulness"\ntarget = "exact"\n{second}\n\n[prompts]', 1)
+    path = tmp_path / "two.toml"
+    path.write_text(text)
+    return path
+
+
+def test_two_rewards_of_one_plugin_need_their_own_names(tmp_path):
+    with pytest.raises(UserErrors) as e:
+        load_recipe(_two_rewards(tmp_path, ""), env=False)
+    (err,) = e.value.errors
+    assert err.where == "reward.1.name" and "shapes-faithfulness-1" in err.hint
+    with pytest.raises(UserErrors) as e:
+        load_recipe(_two_rewards(tmp_path, 'name = "a b"'), env=False)
+    assert e.value.errors[0].where == "reward.1.name"
+
+
+def test_reward_names_label_the_logs_and_survive_resolution(tmp_path):
+    from grpo.core.recipe import parse
+    from grpo.core.registry import load_registry
+    from grpo.testing import run_tiny_recipe
+
+    recipe, _ = load_recipe(_two_rewards(tmp_path, 'name = "exact-match"'), env=False)
+    assert [r.label for r in recipe.rewards] == ["shapes-faithfulness", "exact-match"]
+    again = parse(recipe.to_dict(), load_registry([]))
+    assert [r.label for r in again.rewards] == ["shapes-faithfulness", "exact-match"]
+    records = run_tiny_recipe(_two_rewards(tmp_path, 'name = "exact-match"'), tmp_path / "run")
+    train = next(r for r in records if r.get("kind") == "train")
+    # the exact-match reward is the binary component of the faithfulness one, image by image
+    assert train["reward/exact-match/mean"] == pytest.approx(train["reward/shapes-faithfulness/exact/mean"])
+    assert train["reward/shapes-faithfulness/mean"] == pytest.approx(train["reward/shapes-faithfulness/score/mean"])
