@@ -22,6 +22,8 @@ EXIT_USER_ERROR = 2
 def fail(error: Exception) -> None:
     """Print a user or plugin error in one clear block and exit (2 for user errors, 1 for plugins)."""
     if isinstance(error, UserError):
+        if int(os.environ.get("RANK", "0") or 0) > 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SystemExit(EXIT_USER_ERROR)  # rank 0 says it once
         err_console.print(f"[bold red]error:[/] {escape(error.render())}", markup=True)
         raise SystemExit(EXIT_USER_ERROR)
     err_console.print(f"[bold red]plugin error:[/] {escape(str(error))}", markup=True)

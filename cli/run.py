@@ -13,6 +13,7 @@ from grpo.core.engine import RESOLVED, Trainer
 from grpo.core.errors import UserError
 
 from .common import console, guard, load_recipe
+from .launch import launch, launched_rank
 from .progress import RichReporter
 
 
@@ -25,6 +26,29 @@ def _quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
 
 
+def check_ranks(recipe, nproc: int) -> None:
+    """Refuse, before any rank starts, a recipe that cannot run on `nproc` ranks."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE")}
+    os.environ.update(RANK="0", WORLD_SIZE=str(nproc))
+    try:
+        ranks = getattr(recipe.backend.create(), "world_size", 1)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if ranks != nproc:
+        raise UserError(f"backend {recipe.backend.entry.name!r} runs in one process, not {nproc}", where="backend.use",
+                        hint="use backend.use = 'deepspeed' with --nproc, or drop --nproc")
+    per = recipe.train.prompts_per_iteration
+    if per % nproc:
+        raise UserError(f"{per} prompts per iteration do not split evenly over {nproc} ranks",
+                        where="train.prompts_per_iteration", hint=f"use a multiple of {nproc}: each rank samples whole trees")
+
+
 @guard
 def run(
     recipe: Annotated[str | None, typer.Argument(help="path of a .toml recipe")] = None,
@@ -32,10 +56,18 @@ def run(
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<recipe>-<time>)")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="local processes (ranks); needs a multi-process "
+                                                            "backend such as deepspeed")] = 1,
 ) -> None:
     """Train: rollout trees, score leaves, compute advantages, prune, update; log and checkpoint."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
+    rank = launched_rank()
+    if rank is not None and nproc > 1:
+        raise UserError("--nproc given to a process that a launcher already started", where="--nproc",
+                        hint="let either `grpo run --nproc N` or torchrun / deepspeed start the ranks")
+    if rank:
+        quiet = True
     if resume is not None:
         if recipe is not None or out is not None:
             raise UserError("--resume DIR takes no RECIPE or --out", hint="grpo run --resume runs/my-run")
@@ -50,9 +82,14 @@ def run(
             raise UserError("no recipe given", hint="grpo run recipes/shapes_dance.toml")
         r, _ = load_recipe(recipe, set_, env=True)
         run_dir = out or Path("runs") / f"{Path(recipe).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if not rank and run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"run directory {str(run_dir)!r} already exists and is not empty", where="--out",
                             hint=f"continue it with `grpo run --resume {run_dir}`, or choose another --out")
+    if nproc > 1:
+        check_ranks(r, nproc)
+        head = ["run", "--resume", str(run_dir)] if resume is not None else ["run", str(recipe), "--out", str(run_dir)]
+        sets = [a for kv in set_ for a in ("--set", kv)]
+        raise SystemExit(launch([*head, *sets, *(["--quiet"] if quiet else [])], nproc))
     trainer = Trainer(r, run_dir)
     keys = [x.label for x in r.rewards]
     if quiet or not r.logging.progress:

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from .backend import Backend
+from .dist import Group
 
 PREFIX = "iter_"
 
@@ -16,26 +17,35 @@ def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
     return run_dir / "checkpoints" / f"{PREFIX}{iteration:06d}"
 
 
-def save(run_dir: Path, backend: Backend, iteration: int, keep: int, extra: dict | None = None) -> Path:
+def save(run_dir: Path, backend: Backend, iteration: int, keep: int, extra: dict | None = None,
+         group: Group | None = None) -> Path:
     """Save the state after `iteration` iterations (the next one to run is `iteration`).
 
     `extra` (JSON values) is kept beside the iteration in ``engine.json``; read it with `engine_state`.
+    With several ranks every rank calls this: each writes its shard into the temporary folder, and
+    rank 0 writes ``engine.json`` and renames the folder once all have finished.
     """
+    group = group or Group()
     final = checkpoint_dir(run_dir, iteration)
     tmp = final.with_name(f".tmp-{final.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    if group.main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    group.barrier()
     backend.save(tmp)
-    with (tmp / "engine.json").open("w") as fh:
-        json.dump({**(extra or {}), "iteration": iteration}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    for old in complete_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    group.barrier()
+    if group.main:
+        with (tmp / "engine.json").open("w") as fh:
+            json.dump({**(extra or {}), "iteration": iteration, "world_size": group.size}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        for old in complete_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    group.barrier()
     return final
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch
 
 from . import checkpoint
 from .backend import Backend, OptimizerConfig
+from .dist import Group
 from .errors import UserError
 from .images import caption_grid, pil_to_tensor
 from .policy import Conditioning, Policy
@@ -54,6 +56,14 @@ class Reporter(Protocol):
     def evaluation(self, iteration: int, metrics: dict[str, float]) -> None: ...
 
 
+class _NoLog:
+    """What ranks other than 0 log: nothing."""
+
+    def write(self, iteration: int, kind: str, values: dict[str, Any]) -> None: ...
+    def image(self, tag: str, image: torch.Tensor, iteration: int) -> None: ...
+    def close(self) -> None: ...
+
+
 class _Silent:
     def start(self, total: int, done: int) -> None: ...
     def stage(self, name: str) -> None: ...
@@ -65,6 +75,12 @@ def iteration_generator(seed: int, iteration: int, stream: int = 0) -> torch.Gen
     """A CPU generator determined by (seed, iteration, stream)."""
     state = np.random.SeedSequence([seed, iteration, stream]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]) >> 1)
+
+
+def tree_generators(seed: int, iteration: int, trees: range) -> list[torch.Generator]:
+    """One generator per tree of the iteration (by its index in the iteration's prompt list): a tree's
+    noise does not depend on which rank samples it or on the other trees beside it."""
+    return [iteration_generator(seed, iteration, 1_000_000 + t) for t in trees]
 
 
 def mean_ci(values: torch.Tensor) -> tuple[float, float]:
@@ -126,6 +142,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self._cond_cache: dict[str, Conditioning] = {}
+        self.group = Group()
 
     # -- prompt embeddings -------------------------------------------------------------------
     def encode(self, prompts: list[str]) -> Conditioning:
@@ -184,32 +201,45 @@ class Trainer:
         grid_images, grid_captions = [], []
         for set_name, prompts in self.c.eval_sets.items():
             noise = self.eval_noise[set_name]
+            # each rank evaluates an equal share (the last shares padded with the first image, so
+            # that every rank runs the same number of forwards); the scores are gathered
+            n, ranks = len(prompts), self.group.size
+            per = -(-n // ranks)
+            own = [i for i in range(self.group.rank * per, (self.group.rank + 1) * per) if i < n]
+            index = own + [0] * (per - len(own))
             finals = []
-            for sl in chunked(len(prompts), cfg.batch):
-                cond = self.encode(prompts[sl])
+            for sl in chunked(per, cfg.batch):
+                part = index[sl]
+                cond = self.encode([prompts[i] for i in part])
                 ro = rollout(self.c.policy, ode, plan, cond, generator=torch.Generator(), max_batch=cfg.batch,
-                             init_noise=noise[sl])
+                             init_noise=noise[part])
                 finals.append(self.c.policy.decode(ro.final))
-            images = torch.cat(finals)
-            _, report = self.score(images, prompts)
+            images = torch.cat(finals) if finals else torch.zeros(0)
+            _, report = self.score(images, [prompts[i] for i in index])
+            valid = self.group.gather(torch.arange(per) < len(own))
+            report = {k: self.group.gather(v)[valid] for k, v in report.items()}
             per_image[set_name] = {k: v.tolist() for k, v in report.items()}
             for key, values in report.items():
                 m, ci = mean_ci(values)
                 metrics[f"{set_name}/{key}"] = m
                 metrics[f"{set_name}/{key}/ci95"] = ci
             if cfg.grid_images:
-                take = np.linspace(0, len(prompts) - 1, min(cfg.grid_images, len(prompts))).round().astype(int)
-                grid_images.append(images[take])
+                take = np.linspace(0, n - 1, min(cfg.grid_images, n)).round().astype(int)
+                mine = [j for j, i in enumerate(own) if i in set(take.tolist())]
+                picked = self.group.gather(images[mine] if mine else images[:0])
+                grid_images.append(picked)
                 grid_captions += [f"[{set_name}] {prompts[i]}" for i in take]
         if grid_images and cfg.grid_images:
             imgs = torch.cat(grid_images)
             sel = np.linspace(0, len(imgs) - 1, min(cfg.grid_images, len(imgs))).round().astype(int)
-            grid = caption_grid(imgs[sel], [grid_captions[i] for i in sel])
-            (self.run_dir / "samples").mkdir(exist_ok=True)
-            grid.save(self.run_dir / "samples" / f"eval_{iteration:06d}.png")
-            self.log.image("eval/samples", pil_to_tensor(grid), iteration)
-        (self.run_dir / "eval").mkdir(exist_ok=True)
-        torch.save(per_image, self.run_dir / "eval" / f"iter_{iteration:06d}.pt")
+            if self.group.main:
+                grid = caption_grid(imgs[sel], [grid_captions[i] for i in sel])
+                (self.run_dir / "samples").mkdir(exist_ok=True)
+                grid.save(self.run_dir / "samples" / f"eval_{iteration:06d}.png")
+                self.log.image("eval/samples", pil_to_tensor(grid), iteration)
+        if self.group.main:
+            (self.run_dir / "eval").mkdir(exist_ok=True)
+            torch.save(per_image, self.run_dir / "eval" / f"iter_{iteration:06d}.pt")
         return metrics
 
     # -- one iteration ---------------------------------------------------------------------------
@@ -222,14 +252,23 @@ class Trainer:
             idx = torch.randperm(n_prompts, generator=gen)[: t.prompts_per_iteration]
         else:
             idx = torch.randint(n_prompts, (t.prompts_per_iteration,), generator=gen)
-        prompts = [self.c.train_prompts[i] for i in idx.tolist()]
-        self._log_prompts(it, prompts)
+        all_prompts = [self.c.train_prompts[i] for i in idx.tolist()]
+        if self.group.main:
+            self._log_prompts(it, all_prompts)
+        # whole trees are this rank's share: a group never spans ranks, so advantages stay local
+        mine = self.group.shard(len(all_prompts))
+        prompts = all_prompts[mine]
         cond = self.encode(prompts)
         self.reporter.stage("rollout")
         with _timer(times, "rollout"):
             plan = self.c.parts.topology.plan(self.c.sampler.steps, it)
-            ro = rollout(self.c.policy, self.c.sampler, plan, cond, generator=gen, max_batch=t.rollout_batch,
-                         init_same_noise=t.init_same_noise, split_logprob=self.c.parts.split_logprob,
+            shared = None
+            if t.init_same_noise:
+                shared = torch.randn((1, *self.c.policy.latent_shape), generator=iteration_generator(t.seed, it, 1))
+                shared = shared.expand(len(prompts), *self.c.policy.latent_shape).clone()
+            ro = rollout(self.c.policy, self.c.sampler, plan, cond, max_batch=t.rollout_batch,
+                         generator=tree_generators(t.seed, it, range(mine.start, mine.stop)), init_noise=shared,
+                         split_logprob=self.c.parts.split_logprob,
                          on_step=lambda k: self.reporter.stage(f"rollout {k + 1}/{plan.steps}"))
         self.reporter.stage("reward")
         with _timer(times, "reward"):
@@ -239,7 +278,9 @@ class Trainer:
         with _timer(times, "advantage"):
             adv = self.advantages(ro, scores)
             edges = EdgeSet.all_stochastic(ro)
-            ctx = PruneContext(it, t.iterations, gen)
+            # the pruners' draws: one stream per rank (on one rank, the same stream every time)
+            ctx = PruneContext(it, t.iterations, iteration_generator(t.seed, it, 2 + self.group.rank),
+                               gather=self.group.gather, rank=self.group.rank)
             for pruner in self.c.parts.pruners:
                 with attributed(self.recipe.strategy.entry, "pruning", f"pruner {type(pruner).__name__}"):
                     edges = pruner(ro, adv, edges, ctx)
@@ -254,17 +295,19 @@ class Trainer:
                 self.reporter.stage(f"update {done_edges[0]}/{total_edges}")
 
             stats = update(self.c.policy, self.c.sampler, self.c.backend, ro, cond, batch, self.update_cfg, gen,
-                           on_micro_batch=on_micro_batch)
+                           on_micro_batch=on_micro_batch, group=self.group)
         metrics: dict[str, float] = {}
+        report = {key: self.group.gather(values) for key, values in report.items()}
         for key, values in report.items():
             metrics[f"reward/{key}/mean"] = float(values.mean())
             if "/" not in key:
                 metrics[f"reward/{key}/std"] = float(values.std()) if values.numel() > 1 else 0.0
         metrics.update({f"update/{k}": float(v) for k, v in vars(stats).items()})
         metrics["update/lr"] = self.recipe.train.lr
-        metrics["cost/rollout_forwards"] = float(sum(s.shape[0] for s in ro.states[:-1]))
-        metrics["cost/trained_edges"] = float(len(batch))
-        metrics["cost/leaves"] = float(ro.states[-1].shape[0])
+        # costs of the whole iteration (every rank's trees)
+        metrics["cost/rollout_forwards"] = float(sum(s.shape[0] for s in ro.states[:-1])) * self.group.size
+        metrics["cost/trained_edges"] = float(stats.trained_edges)
+        metrics["cost/leaves"] = float(ro.states[-1].shape[0]) * self.group.size
         for k, v in times.items():
             metrics[f"time/{k}"] = v
         metrics["time/iteration"] = sum(times.values())
@@ -309,25 +352,45 @@ class Trainer:
                             hint="check model.freeze / model.lora_rank")
         if t.kl_beta > 0 and hasattr(self.c.policy, "snapshot_reference"):
             self.c.policy.snapshot_reference()
+        ranks = getattr(self.c.backend, "world_size", 1)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and ranks != launched:
+            raise UserError(f"started as {launched} ranks, but backend {self.recipe.backend.entry.name!r} runs in one "
+                            "process", where="backend.use", hint="use backend.use = 'deepspeed' for several ranks")
+        if t.prompts_per_iteration % ranks:
+            raise UserError(f"{t.prompts_per_iteration} prompts per iteration do not split evenly over {ranks} ranks",
+                            where="train.prompts_per_iteration",
+                            hint=f"use a multiple of {ranks}: each rank samples whole trees")
         self.c.policy.denoiser.eval()  # no dropout: the rollout and the update see the same policy
         self.c.backend.setup(self.c.policy.denoiser, params, OptimizerConfig(
             lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]), eps=t.eps, grad_clip=t.grad_clip))
+        self.group = Group(getattr(self.c.backend, "rank", 0), ranks)
+        main = self.group.main
         start, elapsed = 0, 0.0
         if resume:
             found = checkpoint.latest(self.run_dir)
             if found is not None:
+                saved_ranks = int(checkpoint.engine_state(found[0]).get("world_size", 1))
+                if saved_ranks != ranks:
+                    raise UserError(f"the checkpoint was written by {saved_ranks} rank(s); this run has {ranks}",
+                                    where="--resume", hint=f"resume with --nproc {saved_ranks}")
                 self.c.backend.load(found[0])
                 start = found[1]
                 elapsed = float(checkpoint.engine_state(found[0]).get("elapsed", 0.0))
                 log.info("resuming at iteration %d from %s", start, found[0])
-            (self.run_dir / FINISHED).unlink(missing_ok=True)
-        else:
+            self.group.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+            if main:
+                (self.run_dir / FINISHED).unlink(missing_ok=True)
+        elif main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             resolved = self.recipe.to_dict()
             resolved["provenance"] = self.recipe.provenance()
             (self.run_dir / RESOLVED).write_text(tomli_w.dumps(resolved))
-        self.log = RunLog(self.run_dir, tensorboard=self.recipe.logging.tensorboard, start_iteration=start)
-        truncate_jsonl(self.run_dir / "prompts.jsonl", start)
+        self.group.barrier()
+        self.log = (RunLog(self.run_dir, tensorboard=self.recipe.logging.tensorboard, start_iteration=start)
+                    if main else _NoLog())
+        if main:
+            truncate_jsonl(self.run_dir / "prompts.jsonl", start)
         eval_gen = torch.Generator().manual_seed(self.recipe.eval.seed)
         self.eval_noise = {name: torch.randn((len(p), *self.c.policy.latent_shape), generator=eval_gen)
                            for name, p in self.c.eval_sets.items()}
@@ -335,7 +398,8 @@ class Trainer:
         self.log.write(start, "plan", {"leaves_per_tree": plan.leaves, "rollout_forwards_per_tree": plan.rollout_forwards,
                                         "edges_per_tree": plan.edges})
         self.reporter.start(t.iterations, start)
-        self._write_eval_fingerprint()
+        if main:
+            self._write_eval_fingerprint()
         budget = t.time_budget * 60.0
         last: dict[str, float] = {}
         done, reason = start, "iterations"
@@ -349,7 +413,8 @@ class Trainer:
                     reason = "time_budget"
                     break
                 last = self.iteration(it)
-                elapsed += last["time/iteration"]
+                # rank 0's clock decides the time budget, so that every rank stops at the same iteration
+                elapsed = self.group.broadcast(elapsed + last["time/iteration"])
                 last["time/elapsed"] = elapsed
                 self.log.write(it, "train", last)
                 self.reporter.iteration(it, last)
@@ -357,15 +422,17 @@ class Trainer:
                 over = bool(budget) and elapsed >= budget
                 if done % t.checkpoint_every == 0 or done == t.iterations or over:
                     self.reporter.stage("checkpoint")
-                    checkpoint.save(self.run_dir, self.c.backend, done, t.keep_checkpoints, {"elapsed": elapsed})
+                    checkpoint.save(self.run_dir, self.c.backend, done, t.keep_checkpoints, {"elapsed": elapsed},
+                                    group=self.group)
                 self._maybe_evaluate(done, force=over)
                 if over:
                     reason = "time_budget"
                     break
             if start == done and start > 0:  # resumed a finished run: its last evaluation
                 self._maybe_evaluate(start, force=True)
-            (self.run_dir / FINISHED).write_text(json.dumps(
-                {"iterations": done, "reason": reason, "elapsed": elapsed}) + "\n")
+            if main:
+                (self.run_dir / FINISHED).write_text(json.dumps(
+                    {"iterations": done, "reason": reason, "elapsed": elapsed}) + "\n")
         finally:
             self.log.close()
             self.c.backend.close()

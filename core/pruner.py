@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -17,12 +18,18 @@ class PruneContext:
     Attributes:
         iteration: the current iteration (0-based).
         total_iterations: ``train.iterations``.
-        generator: the iteration's seeded CPU generator (use it for any randomness).
+        generator: the iteration's seeded CPU generator (use it for any randomness); with several
+            ranks, each rank has its own stream.
+        gather: concatenates a tensor over every rank's trees, in rank order (the identity on one
+            rank); for a pruner that compares across all trees of the iteration.
+        rank: this process's rank (every rank holds the same number of trees).
     """
 
     iteration: int
     total_iterations: int
     generator: torch.Generator
+    gather: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
+    rank: int = 0
 
 
 @runtime_checkable

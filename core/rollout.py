@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -45,6 +45,17 @@ def edge_log_prob(
     return gaussian_log_prob(x_next, mean, std), mean, std
 
 
+def draw_noise(counts: torch.Tensor, shape: tuple[int, ...],
+               generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+    """Standard normal noise for ``counts[t]`` nodes of each tree t (nodes of a tree are contiguous)."""
+    total = int(counts.sum())
+    if isinstance(generator, torch.Generator):
+        return torch.randn((total, *shape), generator=generator)
+    if len(generator) != counts.numel():
+        raise ValueError(f"{len(generator)} generators for {counts.numel()} trees")
+    return torch.cat([torch.randn((int(c), *shape), generator=g) for c, g in zip(counts, generator, strict=True)])
+
+
 @torch.no_grad()
 def rollout(
     policy: Policy,
@@ -52,7 +63,7 @@ def rollout(
     plan: TreePlan,
     cond: Conditioning,
     *,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     max_batch: int,
     init_noise: torch.Tensor | None = None,
     init_same_noise: bool = False,
@@ -62,7 +73,9 @@ def rollout(
     """Sample one tree per prompt of `cond`.
 
     Noise is drawn on the CPU from `generator` in node order, so the result does not depend on
-    `max_batch`. Children of a node are contiguous in the next frontier.
+    `max_batch`. Children of a node are contiguous in the next frontier. With one generator per
+    tree, each tree's noise comes from its own generator: a tree is then the same whichever other
+    trees are sampled with it (how ranks share a batch).
 
     Args:
         cond: embeddings of P prompts (one tree each).
@@ -74,8 +87,11 @@ def rollout(
     sigmas = sampler.sigmas()
     shape = tuple(policy.latent_shape)
     if init_noise is None:
-        n0 = 1 if init_same_noise else num_trees
-        init_noise = torch.randn((n0, *shape), generator=generator).expand(num_trees, *shape).clone()
+        if init_same_noise:
+            first = generator if isinstance(generator, torch.Generator) else generator[0]
+            init_noise = torch.randn((1, *shape), generator=first).expand(num_trees, *shape).clone()
+        else:
+            init_noise = draw_noise(torch.ones(num_trees, dtype=torch.long), shape, generator)
     states = [init_noise.to(device, torch.float32)]
     trees = [torch.arange(num_trees)]
     parents: list[torch.Tensor] = []
@@ -92,7 +108,8 @@ def rollout(
         if plan.stochastic[k]:
             mean, std = sampler.step(x, v, sigma, sigma_next)
             mean_c, std_c = mean[parent.to(device)], std[parent.to(device)]
-            noise = torch.randn((n * b, *shape), generator=generator).to(device)
+            counts = torch.bincount(tree, minlength=num_trees) * b
+            noise = draw_noise(counts, shape, generator).to(device)
             x_next = mean_c + (lam * std_c).view(-1, *([1] * len(shape))) * noise
             eval_std = std_c * (lam if split_logprob == "scaled" else 1.0)
             log_prob = gaussian_log_prob(x_next, mean_c, eval_std)

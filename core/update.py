@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 
 from .backend import Backend
+from .dist import Group
 from .policy import Conditioning, Policy
 from .rollout import SplitLogProb, chunked, edge_log_prob
 from .sampler import Sampler
@@ -158,6 +159,27 @@ def edge_terms(
     return log_prob, std, kl
 
 
+def _global_layout(rollout: Rollout, batch: EdgeBatch, group: Group) -> tuple[EdgeBatch, torch.Tensor, torch.Tensor]:
+    """Every rank's trained edges in the order one rank holding all trees would list them.
+
+    Every rank holds the same number of trees of the same plan, so rank r's node i at step k is
+    node ``r·n_k + i`` of the whole iteration. Returns (the global edges, with zero advantages and
+    log-probabilities: only their order, steps and chains matter), each global edge's rank, and its
+    index in its rank's local batch.
+    """
+    sizes = torch.tensor([s.shape[0] for s in rollout.states[1:]])
+    leaves = rollout.states[-1].shape[0]
+    gstep = group.gather(batch.step)
+    gchild = group.gather(batch.child + group.rank * sizes[batch.step])
+    gchain = group.gather(batch.chain + group.rank * leaves)
+    owner = group.gather(torch.full_like(batch.step, group.rank))
+    local = group.gather(torch.arange(len(batch)))
+    order = torch.argsort(gstep * (int(sizes.max()) * group.size + 1) + gchild, stable=True)
+    zeros = torch.zeros(order.numel())
+    every = EdgeBatch(gstep[order], gchild[order], gchain[order], zeros, zeros)
+    return every, owner[order], local[order]
+
+
 def update(
     policy: Policy,
     sampler: Sampler,
@@ -168,17 +190,34 @@ def update(
     config: UpdateConfig,
     generator: torch.Generator,
     on_micro_batch: Callable[[int], None] | None = None,
+    group: Group | None = None,
 ) -> UpdateStats:
-    """Train on `batch` for ``config.epochs`` passes of ``config.optimizer_steps`` optimizer steps."""
-    stats = UpdateStats(trained_edges=len(batch))
+    """Train on `batch` for ``config.epochs`` passes of ``config.optimizer_steps`` optimizer steps.
+
+    With several ranks, `batch` is this rank's share and `generator` is in the same state on every
+    rank: the optimizer steps are drawn over every rank's edges, exactly as one rank holding all
+    trees would draw them, and each rank trains its members of each step. Every rank runs the same
+    number of micro-batches (a rank short of edges runs a zero-weight one) so that the backend's
+    collectives pair up, and each loss is divided by the step's global edge count times the number
+    of ranks the backend averages gradients over.
+    """
+    group = group or Group()
+    every, owner, local_index = _global_layout(rollout, batch, group)
+    stats = UpdateStats(trained_edges=len(every))
     ratios, losses, kls, approx_kls, norms = [], [], [], [], []
     clipped = 0
     for _ in range(config.epochs):
-        for step_edges in partition(batch, config.optimizer_steps, config.accumulation_unit, generator):
+        for step_edges in partition(every, config.optimizer_steps, config.accumulation_unit, generator):
             n_step = step_edges.numel()
-            slices = chunked(n_step, config.micro_batch)
-            for i, sl in enumerate(slices):
-                mb = batch.take(step_edges[sl])
+            mine = local_index[step_edges[owner[step_edges] == group.rank]]
+            counts = torch.bincount(owner[step_edges], minlength=group.size)
+            n_micro = max(1, max(math.ceil(int(c) / config.micro_batch) for c in counts))
+            slices = chunked(mine.numel(), config.micro_batch)
+            for i in range(n_micro):
+                if i < len(slices):
+                    mb, weight = batch.take(mine[slices[i]]), 1.0
+                else:  # keeps the ranks' collectives paired; contributes no gradient
+                    mb, weight = (batch if len(batch) else _any_edge(rollout)).take(torch.tensor([0])), 0.0
                 log_prob, _, kl = edge_terms(
                     policy, sampler, rollout, cond, mb, config.split_logprob, with_reference=config.kl_beta > 0
                 )
@@ -188,10 +227,12 @@ def update(
                 if kl is not None:
                     loss_e = loss_e + config.kl_beta * kl
                 finite = torch.isfinite(ratio) & torch.isfinite(adv) & torch.isfinite(loss_e)
-                stats.skipped_edges += int((~finite).sum())
                 # Non-finite edges contribute no gradient (they are masked before the sum).
-                loss = torch.where(finite, loss_e, torch.zeros_like(loss_e)).sum() / n_step
-                backend.backward(loss, boundary=i == len(slices) - 1)
+                loss = torch.where(finite, loss_e, torch.zeros_like(loss_e)).sum() * (weight * group.size / n_step)
+                backend.backward(loss, boundary=i == n_micro - 1)
+                if weight == 0.0:
+                    continue
+                stats.skipped_edges += int((~finite).sum())
                 if finite.any():
                     r = ratio.detach()[finite]
                     ratios.append(r.cpu())
@@ -201,21 +242,30 @@ def update(
                     if kl is not None:
                         kls.append(kl.detach()[finite].cpu())
                 if on_micro_batch is not None:
-                    on_micro_batch(len(mb))
+                    on_micro_batch(len(mb) * group.size)
             norm = backend.step()
             norms.append(norm)
             if math.isfinite(norm):
                 stats.optimizer_steps += 1
             else:
                 stats.skipped_steps += 1
-    if ratios:
-        r = torch.cat(ratios)
-        stats.ratio_mean, stats.ratio_min, stats.ratio_max = float(r.mean()), float(r.min()), float(r.max())
-        stats.clip_fraction = clipped / r.numel()
-        stats.loss = float(torch.cat(losses).mean())
-        stats.approx_kl = float(torch.cat(approx_kls).mean())
-        stats.kl = float(torch.cat(kls).mean()) if kls else 0.0
+    ratio_all = group.gather(torch.cat(ratios) if ratios else torch.zeros(0))
+    if ratio_all.numel():
+        stats.ratio_mean, stats.ratio_min = float(ratio_all.mean()), float(ratio_all.min())
+        stats.ratio_max = float(ratio_all.max())
+        stats.clip_fraction = int(group.gather(torch.tensor([clipped])).sum()) / ratio_all.numel()
+        stats.loss = float(group.gather(torch.cat(losses) if losses else torch.zeros(0)).mean())
+        stats.approx_kl = float(group.gather(torch.cat(approx_kls) if approx_kls else torch.zeros(0)).mean())
+        kl_all = group.gather(torch.cat(kls) if kls else torch.zeros(0))
+        stats.kl = float(kl_all.mean()) if kl_all.numel() else 0.0
+    stats.skipped_edges = int(group.gather(torch.tensor([stats.skipped_edges])).sum())
     finite_norms = [n for n in norms if math.isfinite(n)]
     stats.grad_norm = sum(finite_norms) / len(finite_norms) if finite_norms else float("nan")
     return stats
 
+
+def _any_edge(rollout: Rollout) -> EdgeBatch:
+    """One stochastic edge of `rollout` (for a rank that trains no edge in an optimizer step)."""
+    k = next(i for i, s in enumerate(rollout.plan.stochastic) if s)
+    z = torch.zeros(1, dtype=torch.long)
+    return EdgeBatch(z + k, z, z, torch.zeros(1), rollout.log_prob[k][:1].float())

@@ -1,23 +1,43 @@
-"""DeepSpeed ZeRO backend (one process here; multi-process launch comes with the launcher).
+"""DeepSpeed ZeRO backend: stages 0-3, CPU offload, one process or many.
 
 On a CPU it uses DeepSpeed's CPU accelerator with the gloo backend and a client AdamW, so that
-no C++ op is compiled. Gradient accumulation boundaries are set by the engine's update loop.
+no C++ op is compiled (offload keeps the client optimizer too). The process group comes from the
+launcher's environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``); without one
+it is a group of one. Gradient accumulation boundaries are set by the engine's update loop.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
+import math
 import os
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 
 from grpo.core.backend import OptimizerConfig
+from grpo.core.errors import UserError
 from grpo.core.schema import Doc, Range
 
 from .plain import resolve_device
+
+Preset = Literal["none", "zero2", "zero3", "zero3-offload"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "zero2": {"zero_stage": 2},
+    "zero3": {"zero_stage": 3},
+    "zero3-offload": {"zero_stage": 3, "offload_optimizer": True, "offload_param": True},
+}
+
+# Keys of a user's DeepSpeed JSON that the engine owns: the batch is set per optimizer step by the
+# update loop and the optimizer is the engine's AdamW.
+OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
+              "scheduler")
 
 
 def _free_port() -> int:
@@ -26,22 +46,74 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 class DeepSpeedBackend:
-    """DeepSpeed ZeRO stages 0-2 with fp32 weights (bf16 when asked), gloo on CPU, NCCL on GPU."""
+    """DeepSpeed ZeRO 0-3 with optional CPU offload, fp32 / bf16 / fp16 weights, gloo on CPU, NCCL on GPU."""
 
     def __init__(
         self,
         *,
-        zero_stage: Annotated[int, Range(ge=0, le=2), Doc("ZeRO stage (3 comes with multi-process)")] = 2,
-        precision: Literal["fp32", "bf16"] = "fp32",
+        preset: Annotated[Preset, Doc("named settings: zero2, zero3, zero3-offload (explicit keys win)")] = "none",
+        zero_stage: Annotated[int | None, Range(ge=0, le=3), Doc("ZeRO stage; default the preset's, else 2")] = None,
+        offload_optimizer: Annotated[bool | None, Doc("keep optimizer state in CPU memory (stages 1-3)")] = None,
+        offload_param: Annotated[bool | None, Doc("keep parameters in CPU memory (stage 3)")] = None,
+        precision: Annotated[Literal["fp32", "bf16", "fp16"], Doc("weight precision; log-probabilities are fp32")] = "fp32",
+        gradient_checkpointing: Annotated[bool, Doc("recompute activations in the backward pass")] = False,
+        config_file: Annotated[str, Doc("a DeepSpeed JSON merged over the generated config")] = "",
+        timeout: Annotated[float, Range(gt=0), Doc("minutes a collective waits for the other ranks")] = 10.0,
         device: Literal["auto", "cpu", "cuda"] = "auto",
     ) -> None:
-        self.zero_stage, self.precision = zero_stage, precision
+        chosen = PRESETS[preset]
+        self.preset = preset
+        self.zero_stage = zero_stage if zero_stage is not None else chosen.get("zero_stage", 2)
+        self.offload_optimizer = bool(offload_optimizer if offload_optimizer is not None
+                                      else chosen.get("offload_optimizer", False))
+        self.offload_param = bool(offload_param if offload_param is not None else chosen.get("offload_param", False))
+        if self.offload_param and self.zero_stage != 3:
+            raise UserError(f"parameter offload needs ZeRO stage 3, not {self.zero_stage}", where="backend.offload_param",
+                            hint="set backend.zero_stage = 3, or backend.offload_param = false")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise UserError("optimizer offload needs ZeRO stage 1-3", where="backend.offload_optimizer",
+                            hint="set backend.zero_stage = 2 or 3, or backend.offload_optimizer = false")
+        self.precision, self.gradient_checkpointing, self.timeout = precision, gradient_checkpointing, timeout
+        self.user_config = self._read_config(config_file) if config_file else {}
+        self.config_file = config_file
         self.device = resolve_device(device)
+        if self.device.type == "cpu" and precision == "fp16":
+            raise UserError("fp16 is not supported on a CPU", where="backend.precision", hint="use 'bf16' or 'fp32'")
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.local_rank)
         self.engine = None
 
+    @staticmethod
+    def _read_config(path: str) -> dict[str, Any]:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"no such file: {path!r}", where="backend.config_file",
+                            hint="give the path of a DeepSpeed JSON config, or leave config_file empty")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})", where="backend.config_file") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a JSON object", where="backend.config_file")
+        owned = [k for k in OWNED_KEYS if k in data]
+        if owned:
+            raise UserError(f"{path}: {', '.join(owned)} are set by grpo", where="backend.config_file",
+                            hint="remove them: batch sizes come from [train] (micro_batch, optimizer_steps) and the "
+                                 "optimizer is AdamW with the [train] settings")
+        return data
+
+    # -- process group ---------------------------------------------------------------------------
     def _init_distributed(self) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu" if self.device.type == "cpu" else "cuda")
         for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
@@ -53,47 +125,141 @@ class DeepSpeedBackend:
         if comm_torch is not None and self.device.type == "cpu":
             # The shared-memory collective op would be JIT-compiled (minutes); gloo needs none.
             comm_torch.build_shm_op = lambda: None
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         if not torch.distributed.is_initialized():
-            deepspeed.init_distributed("gloo" if self.device.type == "cpu" else "nccl")
+            deepspeed.init_distributed("gloo" if self.device.type == "cpu" else "nccl", auto_mpi_discovery=False,
+                                       timeout=datetime.timedelta(minutes=self.timeout), verbose=False)
+
+    def config(self, optim: OptimizerConfig) -> dict[str, Any]:
+        """The DeepSpeed config this backend runs with (the user's JSON merged last)."""
+        zero: dict[str, Any] = {"stage": self.zero_stage}
+        if self.offload_optimizer:
+            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": self.device.type == "cuda"}
+        if self.offload_param:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": self.device.type == "cuda"}
+        if self.zero_stage == 3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": optim.grad_clip,
+            "zero_optimization": zero,
+            "bf16": {"enabled": self.precision == "bf16"},
+            "fp16": {"enabled": self.precision == "fp16"},
+            "zero_allow_untested_optimizer": True,
+            "zero_force_ds_cpu_optimizer": False,
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        return _merge(config, self.user_config)
 
     def setup(self, module: torch.nn.Module, parameters: list[torch.nn.Parameter], optim: OptimizerConfig) -> None:
         self._init_distributed()
         import deepspeed
 
+        if self.gradient_checkpointing:
+            if not hasattr(module, "enable_gradient_checkpointing"):
+                raise UserError(f"{type(module).__name__} has no gradient checkpointing",
+                                where="backend.gradient_checkpointing", hint="set it to false for this model")
+            module.enable_gradient_checkpointing()
+        trained = {id(p) for p in parameters}
+        for p in module.parameters():
+            p.requires_grad_(id(p) in trained)
         self.parameters = parameters
         self.names = {id(p): n for n, p in module.named_parameters()}
         optimizer = torch.optim.AdamW(
             parameters, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps
         )
-        config = {
-            "train_micro_batch_size_per_gpu": 1,
-            "gradient_accumulation_steps": 1,
-            "gradient_clipping": optim.grad_clip,
-            "zero_optimization": {"stage": self.zero_stage},
-            "bf16": {"enabled": self.precision == "bf16"},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-            "wall_clock_breakdown": False,
-        }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=module.to(self.device), optimizer=optimizer, config=config
+            model=module.to(self.device), optimizer=optimizer, config=self.config(optim)
         )
+        self.grad_clip = optim.grad_clip
 
     def backward(self, loss: torch.Tensor, *, boundary: bool) -> None:
+        # The policy calls the module itself, not the engine's forward, which would start a new
+        # micro-step here: without it ZeRO-3 overwrites the previous micro-batches' gradients
+        # instead of adding to them.
+        clear = getattr(self.engine.optimizer, "clear_backward_seen_flag", None)
+        if clear is not None:
+            clear()
         self.engine.set_gradient_accumulation_boundary(boundary)
         self.engine.backward(loss)
 
+    def _stage0_norm(self) -> float:
+        """Stage 0 reports no norm: the gradients are already averaged over ranks at the boundary."""
+        grads = [p.grad.detach().float() for p in self.parameters if p.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
     def step(self) -> float:
         self.engine.set_gradient_accumulation_boundary(True)
+        if self.zero_stage == 0:
+            norm = self._stage0_norm()
+            if not math.isfinite(norm):  # fp32 stage 0 has no overflow check: drop the step ourselves
+                self.engine.optimizer.zero_grad(set_to_none=True)
+                self.engine.zero_grad()
+                return norm
+            self.engine.step()
+            return norm
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        if norm is None:
+            return float("nan")
+        norm = float(norm)
+        return norm
 
     def save(self, directory: Path) -> None:
+        """Every rank writes its shard into `directory` (ZeRO's layout, tag ``backend``)."""
         self.engine.save_checkpoint(str(directory), tag="backend")
 
     def load(self, directory: Path) -> None:
-        self.engine.load_checkpoint(str(directory), tag="backend")
+        path, _ = self.engine.load_checkpoint(str(directory), tag="backend")
+        if path is None:
+            raise UserError(f"{directory} holds no DeepSpeed checkpoint", where="--resume",
+                            hint="was the run made with another backend?")
+
+    def trained_state(self, directory: Path) -> dict[str, torch.Tensor]:
+        """Full fp32 trained weights from a checkpoint folder, in one process, without a process group."""
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="backend")
+        return {k: v.float().contiguous() for k, v in state.items()}
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this rank holds of parameters, gradients, fp32 master weights and optimizer state."""
+        opt = self.engine.optimizer
+        params = 0
+        for p in self.engine.module.parameters():
+            held = getattr(p, "ds_tensor", None)
+            params += (held if held is not None else p).numel() * p.element_size()
+        grads = master = 0
+        if self.zero_stage == 0:
+            grads = sum(p.grad.numel() * p.grad.element_size() for p in self.parameters if p.grad is not None)
+            inner = opt
+        elif self.zero_stage in (1, 2):
+            flats = opt.single_partition_of_fp32_groups
+            master = sum(t.numel() * t.element_size() for t in flats)
+            grads = sum(t.numel() * t.element_size() for t in getattr(opt, "averaged_gradients", {}).values()
+                        for t in (t if isinstance(t, list) else [t]))
+            grads = grads or master  # after a step ZeRO-1/2 keep one fp32 gradient partition per group
+            inner = opt.optimizer
+        else:
+            flats = opt.fp32_partitioned_groups_flat
+            master = sum(t.numel() * t.element_size() for t in flats)
+            grads = master
+            inner = opt.optimizer
+        state = sum(v.numel() * v.element_size() for s in inner.state.values() for v in s.values()
+                    if isinstance(v, torch.Tensor) and v.dim() > 0)
+        if self.precision == "fp32" and self.zero_stage in (1, 2):
+            master = 0  # in fp32 the partition of the weights is the master copy itself
+        return {"parameters": params, "gradients": grads, "master_weights": master, "optimizer_state": state}
+
+    def barrier(self) -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
 
     def close(self) -> None:
-        pass
+        if self.engine is not None and hasattr(self.engine, "destroy"):
+            self.engine.destroy()

@@ -54,7 +54,8 @@ class WidthPruner:
     """After the last split, train only whole chains of the best and worst leaves by advantage:
     ``keep = max(2, ⌊ratio·L⌋)`` of the L leaves, half from the top and the rest from the bottom.
 
-    Leaves are ranked within each tree (default) or pooled over every tree of the iteration.
+    Leaves are ranked within each tree (default) or pooled over this rank's trees; with
+    `across_ranks` the pool is every tree of the iteration on every rank (one gather per iteration).
     Split edges and every edge up to the last split are always kept.
     """
 
@@ -64,8 +65,10 @@ class WidthPruner:
         ratio: Annotated[float, Range(gt=0, le=1), Doc("share of chains kept after the last split")] = 0.5,
         pooled: Annotated[bool, Doc("rank leaves over all trees of the iteration, not per tree")] = False,
         active_fraction: Annotated[float, Range(ge=0, le=1), Doc("prune during this share of training")] = 1.0,
+        across_ranks: Annotated[bool, Doc("with pooled: pool over every rank's trees")] = False,
     ) -> None:
         self.ratio, self.pooled, self.active_fraction = ratio, pooled, active_fraction
+        self.across_ranks = across_ranks
 
     def kept_leaves(self, rollout: Rollout, leaf_advantage: torch.Tensor) -> torch.Tensor:
         """Boolean (N_T,) of leaves whose chains are trained."""
@@ -85,7 +88,13 @@ class WidthPruner:
         if not splits or not _active(ctx, self.active_fraction):
             return edges
         last = splits[-1]
-        kept = self.kept_leaves(rollout, advantages.values[-1])
+        leaf_adv = advantages.values[-1]
+        if self.pooled and self.across_ranks:
+            everyone = ctx.gather(leaf_adv)
+            n = leaf_adv.numel()
+            kept = self.kept_leaves(rollout, everyone)[ctx.rank * n : (ctx.rank + 1) * n]
+        else:
+            kept = self.kept_leaves(rollout, leaf_adv)
         masks = []
         for k, m in enumerate(edges.masks):
             if k <= last:

@@ -47,7 +47,8 @@ class BranchGRPO:
         depth_slide_every: Annotated[int, Range(ge=0), Doc("iterations between depth-set slides (0 = fixed)")] = 0,
         depth_stop: Annotated[int, Range(ge=-1), Doc("shallowest depth of a sliding set (-1 = last split)")] = -1,
         width_pruning: Annotated[float, Range(ge=0, le=1), Doc("share of chains kept after the last split (0 = off)")] = 0.0,
-        width_pooled: Annotated[bool, Doc("rank chains over all trees of the iteration")] = False,
+        width_pooled: Annotated[bool, Doc("rank chains over all of this rank's trees, not per tree")] = False,
+        width_pooled_across_ranks: Annotated[bool, Doc("with width_pooled: over every rank's trees")] = False,
         pruning_fraction: Annotated[float, Range(ge=0, le=1), Doc("prune during this share of training")] = 1.0,
         train_last_step: Annotated[bool, Doc("train the last step's edges (the reference does)")] = True,
     ) -> None:
@@ -60,7 +61,8 @@ class BranchGRPO:
             self.pruners.append(DepthPruner(depths=depth_pruning, slide_every=depth_slide_every, stop_depth=depth_stop,
                                             active_fraction=pruning_fraction))
         if width_pruning > 0:
-            self.pruners.append(WidthPruner(ratio=width_pruning, pooled=width_pooled, active_fraction=pruning_fraction))
+            self.pruners.append(WidthPruner(ratio=width_pruning, pooled=width_pooled, active_fraction=pruning_fraction,
+                                            across_ranks=width_pooled_across_ranks))
         if not train_last_step:
             self.pruners.append(LastStepPruner())
 
