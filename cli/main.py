@@ -8,6 +8,7 @@ import sys
 import typer
 
 from . import compare as compare_cmd
+from . import export as export_cmd
 from . import plan as plan_cmd
 from . import plugins as plugins_cmd
 from . import report as report_cmd
@@ -26,6 +27,7 @@ app.command("validate")(validate_cmd.validate)
 app.command("plan")(plan_cmd.plan)
 app.command("report")(report_cmd.report)
 app.command("compare")(compare_cmd.compare)
+app.command("export")(export_cmd.export)
 app.add_typer(plugins_cmd.app, name="plugins")
 
 

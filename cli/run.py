@@ -98,4 +98,5 @@ def run(
         with RichReporter(keys) as reporter:
             trainer.reporter = reporter
             trainer.run(resume=resume is not None)
-    console.print(f"[green]done[/]: {run_dir}")
+    if not rank:
+        console.print(f"[green]done[/]: {run_dir}")

@@ -365,6 +365,9 @@ class Trainer:
         self.c.backend.setup(self.c.policy.denoiser, params, OptimizerConfig(
             lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]), eps=t.eps, grad_clip=t.grad_clip))
         self.group = Group(getattr(self.c.backend, "rank", 0), ranks)
+        place = getattr(self.c.backend, "place_frozen", None)
+        if t.kl_beta > 0 and place is not None and hasattr(self.c.policy, "place_reference"):
+            self.c.policy.place_reference(place)
         main = self.group.main
         start, elapsed = 0, 0.0
         if resume:

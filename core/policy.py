@@ -61,5 +61,11 @@ class Policy(Protocol):
         ...
 
     def reference(self) -> AbstractContextManager[None]:
-        """A context in which ``velocity`` is the frozen base policy (for a KL penalty)."""
+        """A context in which ``velocity`` is the frozen base policy (for a KL penalty).
+
+        Two optional methods serve a policy that keeps a frozen copy for it: ``snapshot_reference()``
+        (called before the backend wraps the denoiser) takes the copy, and
+        ``place_reference(place)`` (called after) replaces the copy with ``place(copy)``, which a
+        ZeRO-3 backend partitions over the ranks like the trained model.
+        """
         ...

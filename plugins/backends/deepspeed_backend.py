@@ -82,8 +82,7 @@ class DeepSpeedBackend:
             raise UserError("optimizer offload needs ZeRO stage 1-3", where="backend.offload_optimizer",
                             hint="set backend.zero_stage = 2 or 3, or backend.offload_optimizer = false")
         self.precision, self.gradient_checkpointing, self.timeout = precision, gradient_checkpointing, timeout
-        self.user_config = self._read_config(config_file) if config_file else {}
-        self.config_file = config_file
+        self.config_file = config_file  # read when the run starts (its path may hold ${VARS})
         self.device = resolve_device(device)
         if self.device.type == "cpu" and precision == "fp16":
             raise UserError("fp16 is not supported on a CPU", where="backend.precision", hint="use 'bf16' or 'fp32'")
@@ -152,7 +151,7 @@ class DeepSpeedBackend:
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
-        return _merge(config, self.user_config)
+        return _merge(config, self._read_config(self.config_file) if self.config_file else {})
 
     def setup(self, module: torch.nn.Module, parameters: list[torch.nn.Parameter], optim: OptimizerConfig) -> None:
         self._init_distributed()
@@ -175,6 +174,23 @@ class DeepSpeedBackend:
             model=module.to(self.device), optimizer=optimizer, config=self.config(optim)
         )
         self.grad_clip = optim.grad_clip
+
+    def place_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A frozen module (a KL reference) beside the trained one: under ZeRO-3 it is partitioned
+        over the ranks too and gathered layer by layer in its forward; otherwise it moves to the device."""
+        module = module.to(self.device).requires_grad_(False).eval()
+        if self.zero_stage != 3:
+            return module
+        import deepspeed
+
+        config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
+                  "bf16": {"enabled": self.precision == "bf16"}, "fp16": {"enabled": self.precision == "fp16"},
+                  "steps_per_print": 10**9}
+        if self.offload_param:
+            config["zero_optimization"]["offload_param"] = {"device": "cpu"}
+        engine, *_ = deepspeed.initialize(model=module, config=config)
+        self._frozen = [*getattr(self, "_frozen", []), engine]
+        return engine.module
 
     def backward(self, loss: torch.Tensor, *, boundary: bool) -> None:
         # The policy calls the module itself, not the engine's forward, which would start a new
@@ -220,11 +236,16 @@ class DeepSpeedBackend:
             raise UserError(f"{directory} holds no DeepSpeed checkpoint", where="--resume",
                             hint="was the run made with another backend?")
 
-    def trained_state(self, directory: Path) -> dict[str, torch.Tensor]:
-        """Full fp32 trained weights from a checkpoint folder, in one process, without a process group."""
+    def read_trained(self, directory: Path) -> dict[str, torch.Tensor]:
+        """Full fp32 trained weights, by parameter name, from a checkpoint folder written by any number
+        of ranks; in one process, without a process group."""
+        import contextlib
+        import io
+
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="backend")
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
+            state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="backend")
         return {k: v.float().contiguous() for k, v in state.items()}
 
     def memory(self) -> dict[str, int]:

@@ -56,6 +56,10 @@ class TorchBackend:
         save_file(self.trained_state(), str(directory / "trained.safetensors"))
         torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
 
+    def read_trained(self, directory: Path) -> dict[str, torch.Tensor]:
+        """The trained weights, by parameter name, from a checkpoint folder (no setup needed)."""
+        return load_file(str(directory / "trained.safetensors"))
+
     def load(self, directory: Path) -> None:
         assert self.module is not None and self.optimizer is not None
         state = load_file(str(directory / "trained.safetensors"))

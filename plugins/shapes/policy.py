@@ -138,3 +138,29 @@ class ShapesPolicy:
             import copy
 
             self._base = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+
+    def export(self, directory: Path) -> None:
+        """Write a model folder (tokenizer/, text_encoder/, unet/) that this plugin and diffusers'
+        `UNet2DConditionModel.from_pretrained(directory / "unet")` load; LoRA adapters are merged into
+        the weights and also written alone to ``lora/adapter.safetensors``."""
+        import copy
+
+        from safetensors.torch import save_file
+
+        from .model import save_components
+
+        unet = copy.deepcopy(self.denoiser).cpu()
+        if self.lora_rank > 0:
+            from peft.utils import get_peft_model_state_dict
+
+            (Path(directory) / "lora").mkdir(parents=True, exist_ok=True)
+            adapter = {k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+            save_file(adapter, str(Path(directory) / "lora" / "adapter.safetensors"))
+            unet.fuse_lora()
+            unet.unload_lora()
+        save_components(directory, self.tokenizer, self.text_encoder.cpu(), unet)
+
+    def place_reference(self, place) -> None:
+        """Hand the frozen copy to the backend (`place(module) -> module`), e.g. to be partitioned."""
+        if self._base is not None:
+            self._base = place(self._base)

@@ -110,3 +110,53 @@ def test_real_process_exit_code_and_no_traceback():
     assert proc.returncode == 2
     assert "strategy.group_size" in proc.stderr and "must be >= 2" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    "sets,expected",
+    [
+        (["backend={use='deepspeed', zero_stage=2, offload_param=true}"], ["backend.offload_param", "stage 3"]),
+        (["backend={use='deepspeed', zero_stage=0, offload_optimizer=true}"], ["backend.offload_optimizer"]),
+        (["backend={use='deepspeed', precision='fp16', device='cpu'}"], ["backend.precision", "bf16"]),
+        (["backend={use='deepspeed', preset='zero4'}"], ["backend.preset", "did you mean 'zero3'"]),
+        (["backend={use='deepspeed', zero_stage=4}"], ["backend.zero_stage", "<= 3"]),
+    ],
+)
+def test_bad_deepspeed_settings(sets, expected):
+    code, out = invoke("validate", DANCE, *[x for s in sets for x in ("--set", s)])
+    assert code == 2, out
+    for text in expected:
+        assert text in out, out
+
+
+def test_deepspeed_presets_and_user_config(tmp_path):
+    from grpo.core.backend import OptimizerConfig
+    from grpo.core.errors import UserError
+    from grpo.plugins.backends.deepspeed_backend import DeepSpeedBackend
+
+    optim = OptimizerConfig(lr=1e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0)
+    z3 = DeepSpeedBackend(preset="zero3-offload").config(optim)["zero_optimization"]
+    assert z3["stage"] == 3 and z3["offload_optimizer"]["device"] == "cpu" and z3["offload_param"]["device"] == "cpu"
+    assert DeepSpeedBackend(preset="zero3-offload", offload_param=False).config(optim)["zero_optimization"].get(
+        "offload_param") is None  # an explicit key wins over the preset
+    assert DeepSpeedBackend(preset="zero2", zero_stage=1).config(optim)["zero_optimization"]["stage"] == 1
+    assert DeepSpeedBackend().config(optim)["zero_optimization"]["stage"] == 2
+    mine = tmp_path / "ds.json"
+    mine.write_text('{"zero_optimization": {"overlap_comm": true}, "gradient_clipping": 0.5}')
+    cfg = DeepSpeedBackend(preset="zero3", config_file=str(mine)).config(optim)
+    assert cfg["zero_optimization"] == {"stage": 3, "overlap_comm": True, "stage3_gather_16bit_weights_on_model_save": True}
+    assert cfg["gradient_clipping"] == 0.5
+    mine.write_text('{"train_batch_size": 8}')
+    with pytest.raises(UserError, match="train_batch_size are set by grpo"):
+        DeepSpeedBackend(config_file=str(mine)).config(optim)
+    mine.write_text('{"zero_optimization": ')
+    with pytest.raises(UserError, match="not valid JSON"):
+        DeepSpeedBackend(config_file=str(mine)).config(optim)
+
+
+def test_nproc_needs_a_multi_process_backend_and_whole_trees(tmp_path):
+    code, out = invoke("run", DANCE, "--nproc", "2", "--out", str(tmp_path / "r"))
+    assert code == 2 and "backend.use" in out and "deepspeed" in out
+    code, out = invoke("run", DANCE, "--nproc", "3", "--set", "backend.use='deepspeed'", "--out", str(tmp_path / "r"))
+    assert code == 2 and "train.prompts_per_iteration" in out and "multiple of 3" in out
+    assert not (tmp_path / "r").exists()

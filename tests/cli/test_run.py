@@ -83,26 +83,25 @@ def test_time_budget_ends_the_run_with_a_checkpoint_and_an_evaluation(tiny_model
     assert len([r for r in read_metrics(out) if r["kind"] == "train"]) == 1
 
 
-def test_deepspeed_backend_refuses_the_kl_term(tiny_model_dir, tmp_path):
-    extra = ["--set", "backend={use='deepspeed'}", "--set", "train.kl_beta=0.5"]
-    result = CliRunner().invoke(app, ["run", DANCE, *small(tiny_model_dir, 1, extra), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "train.kl_beta" in result.output and "backend.use = 'torch'" in result.output
-
-
-def test_deepspeed_backend_matches_torch_backend(tiny_model_dir, tmp_path):
-    """ZeRO-2 in one process takes the same optimizer steps as plain torch."""
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_deepspeed_backend_matches_torch_backend(tiny_model_dir, tmp_path, stage):
+    """ZeRO in one process takes the same optimizer steps as plain torch, KL term included, over
+    several micro-batches per optimizer step (ZeRO-3 must add them up, not keep the last)."""
     outs = {}
     for backend in ("torch", "deepspeed"):
         out = tmp_path / backend
-        extra = ["--set", f"backend={{use='{backend}'}}", "--set", "eval.every=0", "--set", "train.optimizer_steps=2",
-                 "--set", "train.kl_beta=0"]
+        table = f"{{use='{backend}'}}" if backend == "torch" else f"{{use='deepspeed', zero_stage={stage}}}"
+        extra = ["--set", f"backend={table}", "--set", "eval.every=0", "--set", "train.optimizer_steps=2",
+                 "--set", "train.kl_beta=0.5", "--set", "train.micro_batch=2", "--set", "train.lr=1e-3"]
         result = CliRunner().invoke(app, ["run", DANCE, *small(tiny_model_dir, 2, extra), "--out", str(out), "--quiet"])
         assert result.exit_code == 0, result.output
         outs[backend] = [r for r in read_metrics(out) if r["kind"] == "train"]
+    assert outs["torch"][1]["update/grad_norm"] > 0 and outs["torch"][1]["update/kl"] > 0
     for a, b in zip(outs["torch"], outs["deepspeed"], strict=True):
         assert a["reward/shapes-faithfulness/mean"] == pytest.approx(b["reward/shapes-faithfulness/mean"], abs=1e-6)
-        assert a["update/loss"] == pytest.approx(b["update/loss"], rel=1e-4, abs=1e-7)
+        assert a["update/loss"] == pytest.approx(b["update/loss"], rel=1e-3, abs=1e-7)
         assert a["update/grad_norm"] == pytest.approx(b["update/grad_norm"], rel=1e-4)
+        assert a["update/kl"] == pytest.approx(b["update/kl"], rel=1e-3, abs=1e-9)
 
 
 def _comparable(records):

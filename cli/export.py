@@ -1,0 +1,64 @@
+"""`grpo export RUN --out DIR`: a run's trained weights as a plain model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from grpo.core import checkpoint
+from grpo.core.engine import RESOLVED
+from grpo.core.errors import UserError
+
+from .common import console, guard, load_recipe
+
+
+@guard
+def export(
+    run: Annotated[Path, typer.Argument(help="a run directory")],
+    out: Annotated[Path, typer.Option("--out", help="folder to write (must not exist or be empty)")],
+    iteration: Annotated[int | None, typer.Option("--iteration", help="checkpoint to export (default the latest)")] = None,
+) -> None:
+    """Write the trained model of a run's checkpoint as a model folder (ZeRO shards gathered, LoRA merged)."""
+    from .run import _quiet_libraries
+
+    _quiet_libraries()
+    if not (run / RESOLVED).is_file():
+        raise UserError(f"{str(run)!r} is not a run directory (no {RESOLVED})", where="RUN",
+                        hint="give the --out directory of a `grpo run`")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{str(out)!r} exists and is not empty", where="--out", hint="choose a new folder")
+    done = checkpoint.complete_checkpoints(run)
+    if not done:
+        raise UserError(f"{str(run)!r} has no complete checkpoint yet", where="RUN",
+                        hint="checkpoints are written every train.checkpoint_every iterations")
+    if iteration is None:
+        folder = done[-1]
+    else:
+        folder = checkpoint.checkpoint_dir(run, iteration)
+        if folder not in done:
+            have = ", ".join(str(int(p.name[len(checkpoint.PREFIX):])) for p in done)
+            raise UserError(f"no checkpoint after iteration {iteration}", where="--iteration", hint=f"available: {have}")
+    recipe, _ = load_recipe(run / RESOLVED, env=True)
+    backend = recipe.backend.create()
+    policy = recipe.model.create()
+    read = getattr(backend, "read_trained", None)
+    save = getattr(policy, "export", None)
+    if read is None or save is None:
+        what = "backend" if read is None else "model"
+        raise UserError(f"the {what} plugin cannot export (it has no {'read_trained' if read is None else 'export'})",
+                        where=f"{what if what == 'model' else 'backend'}.use")
+    state = read(folder)
+    params = dict(policy.denoiser.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise UserError(f"the checkpoint has weights the model lacks, e.g. {unknown[0]!r}", where="RUN",
+                        hint="was the model changed since the run?")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].dtype))
+    out.mkdir(parents=True, exist_ok=True)
+    save(out)
+    console.print(f"[green]exported[/] {folder.name} of {run} ({len(state)} trained tensors) to {out}")
