@@ -308,6 +308,9 @@ class Trainer:
         metrics["cost/rollout_forwards"] = float(sum(s.shape[0] for s in ro.states[:-1])) * self.group.size
         metrics["cost/trained_edges"] = float(stats.trained_edges)
         metrics["cost/leaves"] = float(ro.states[-1].shape[0]) * self.group.size
+        memory = getattr(self.c.backend, "memory", None)
+        if memory is not None:  # this rank's share of the training state, in MiB
+            metrics.update({f"memory/{k}": v / 2**20 for k, v in memory().items()})
         for k, v in times.items():
             metrics[f"time/{k}"] = v
         metrics["time/iteration"] = sum(times.values())

@@ -92,6 +92,7 @@ class DeepSpeedBackend:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.local_rank)
         self.engine = None
+        self._last_gradient_bytes = 0
 
     @staticmethod
     def _read_config(path: str) -> dict[str, Any]:
@@ -178,7 +179,9 @@ class DeepSpeedBackend:
     def place_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
         """A frozen module (a KL reference) beside the trained one: under ZeRO-3 it is partitioned
         over the ranks too and gathered layer by layer in its forward; otherwise it moves to the device."""
-        module = module.to(self.device).requires_grad_(False).eval()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        module = module.to(self.device, dtype).requires_grad_(False).eval()
+        self._frozen_modules = [*getattr(self, "_frozen_modules", []), module]
         if self.zero_stage != 3:
             return module
         import deepspeed
@@ -211,6 +214,7 @@ class DeepSpeedBackend:
 
     def step(self) -> float:
         self.engine.set_gradient_accumulation_boundary(True)
+        self._last_gradient_bytes = self._gradient_bytes()
         if self.zero_stage == 0:
             norm = self._stage0_norm()
             if not math.isfinite(norm):  # fp32 stage 0 has no overflow check: drop the step ourselves
@@ -248,34 +252,55 @@ class DeepSpeedBackend:
             state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="backend")
         return {k: v.float().contiguous() for k, v in state.items()}
 
-    def memory(self) -> dict[str, int]:
-        """Bytes this rank holds of parameters, gradients, fp32 master weights and optimizer state."""
+    def _gradient_bytes(self) -> int:
+        """Bytes of gradients this rank holds at an optimizer step (full at stage 0, a partition above)."""
         opt = self.engine.optimizer
-        params = 0
-        for p in self.engine.module.parameters():
-            held = getattr(p, "ds_tensor", None)
-            params += (held if held is not None else p).numel() * p.element_size()
-        grads = master = 0
+        if hasattr(opt, "fp32_groups_gradients_flat"):  # bf16 at stages 0-1: full fp32 gradient buffers
+            return sum(t.numel() * t.element_size() for t in opt.fp32_groups_gradients_flat)
         if self.zero_stage == 0:
-            grads = sum(p.grad.numel() * p.grad.element_size() for p in self.parameters if p.grad is not None)
-            inner = opt
+            return sum(p.grad.numel() * p.grad.element_size() for p in self.parameters if p.grad is not None)
+        if self.zero_stage == 3:
+            buf = getattr(opt, "grad_partitions_flat_buffer", None)
+            return buf.numel() * buf.element_size() if buf is not None else 0
+        buf = getattr(opt, "grads_in_partition", None)
+        if buf is not None:
+            return buf.numel() * buf.element_size()
+        held = [t for ts in getattr(opt, "averaged_gradients", {}).values() for t in (ts or []) if t is not None]
+        if held:
+            return sum(t.numel() * t.element_size() for t in held)
+        return sum(p.grad.numel() * p.grad.element_size() for p in self.parameters if p.grad is not None)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this rank holds of parameters, gradients (at the last optimizer step), fp32 master
+        weights and optimizer state; ``reference``: the frozen KL reference, if any."""
+        opt = self.engine.optimizer
+        params = sum(self._held(p) for p in self.engine.module.parameters())
+        if hasattr(opt, "fp32_groups_flat_partition"):  # bf16 at stages 0-1: fp32 master partitions
+            master = sum(t.numel() * t.element_size() for t in opt.fp32_groups_flat_partition)
+            inner = opt.optimizer
+        elif hasattr(opt, "fp32_groups"):  # bf16/fp16 at stage 0: an fp32 copy of every weight
+            master = sum(p.numel() * p.element_size() for g in opt.fp32_groups for p in g)
+            inner = opt.optimizer
+        elif self.zero_stage == 0:
+            master, inner = 0, opt
         elif self.zero_stage in (1, 2):
-            flats = opt.single_partition_of_fp32_groups
-            master = sum(t.numel() * t.element_size() for t in flats)
-            grads = sum(t.numel() * t.element_size() for t in getattr(opt, "averaged_gradients", {}).values()
-                        for t in (t if isinstance(t, list) else [t]))
-            grads = grads or master  # after a step ZeRO-1/2 keep one fp32 gradient partition per group
+            master = sum(t.numel() * t.element_size() for t in opt.single_partition_of_fp32_groups)
             inner = opt.optimizer
         else:
-            flats = opt.fp32_partitioned_groups_flat
-            master = sum(t.numel() * t.element_size() for t in flats)
-            grads = master
+            master = sum(t.numel() * t.element_size() for t in opt.fp32_partitioned_groups_flat)
             inner = opt.optimizer
         state = sum(v.numel() * v.element_size() for s in inner.state.values() for v in s.values()
                     if isinstance(v, torch.Tensor) and v.dim() > 0)
-        if self.precision == "fp32" and self.zero_stage in (1, 2):
-            master = 0  # in fp32 the partition of the weights is the master copy itself
-        return {"parameters": params, "gradients": grads, "master_weights": master, "optimizer_state": state}
+        out = {"parameters": params, "gradients": self._last_gradient_bytes, "master_weights": master,
+               "optimizer_state": state}
+        if getattr(self, "_frozen_modules", None):
+            out["reference"] = sum(self._held(p) for m in self._frozen_modules for p in m.parameters())
+        return out
+
+    @staticmethod
+    def _held(p: torch.Tensor) -> int:
+        held = getattr(p, "ds_tensor", None)
+        return (held if held is not None else p).numel() * p.element_size()
 
     def barrier(self) -> None:
         if torch.distributed.is_initialized():

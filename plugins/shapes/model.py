@@ -118,12 +118,15 @@ def encode_text(tokenizer, text_encoder, prompts: list[str]) -> tuple[torch.Tens
 
 
 def unet_velocity(unet, x: torch.Tensor, sigma: torch.Tensor, hidden, mask, pooled) -> torch.Tensor:
-    """Velocity v = ε − x0 predicted at noise level σ (shape (N,)), timestep fed as 1000·σ."""
+    """Velocity v = ε − x0 predicted at noise level σ (shape (N,)), timestep fed as 1000·σ.
+
+    Inputs are cast to the UNet's weight dtype (bf16 under a bf16 backend); the result is fp32."""
+    dtype = unet.dtype
     return unet(
-        x,
+        x.to(dtype),
         timestep=sigma * 1000.0,
-        encoder_hidden_states=hidden,
+        encoder_hidden_states=hidden.to(dtype),
         encoder_attention_mask=mask,
-        class_labels=pooled,
+        class_labels=pooled.to(dtype),
         return_dict=False,
-    )[0]
+    )[0].float()
