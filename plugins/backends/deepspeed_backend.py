@@ -179,8 +179,8 @@ class DeepSpeedBackend:
     def place_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
         """A frozen module (a KL reference) beside the trained one: under ZeRO-3 it is partitioned
         over the ranks too and gathered layer by layer in its forward; otherwise it moves to the device."""
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
-        module = module.to(self.device, dtype).requires_grad_(False).eval()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        module = (module.to(self.device) if dtype is None else module.to(self.device, dtype)).requires_grad_(False).eval()
         self._frozen_modules = [*getattr(self, "_frozen_modules", []), module]
         if self.zero_stage != 3:
             return module
