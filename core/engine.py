@@ -28,7 +28,7 @@ from . import checkpoint
 from .backend import Backend, OptimizerConfig
 from .dist import Group
 from .errors import UserError
-from .images import caption_grid, pil_to_tensor
+from .images import caption_grid, caption_video_grid, gif_bytes, pil_to_tensor
 from .policy import Conditioning, Policy
 from .pruner import PruneContext
 from .recipe import Recipe
@@ -233,8 +233,16 @@ class Trainer:
             imgs = torch.cat(grid_images)
             sel = np.linspace(0, len(imgs) - 1, min(cfg.grid_images, len(imgs))).round().astype(int)
             if self.group.main:
-                grid = caption_grid(imgs[sel], [grid_captions[i] for i in sel])
+                captions = [grid_captions[i] for i in sel]
                 (self.run_dir / "samples").mkdir(exist_ok=True)
+                if imgs.dim() == 5:  # videos: an animated grid, and its middle frame as the still
+                    frames = caption_video_grid(imgs[sel], captions)
+                    gif = gif_bytes(frames, getattr(self.c.policy, "fps", 8))
+                    (self.run_dir / "samples" / f"eval_{iteration:06d}.gif").write_bytes(gif)
+                    self.log.animation("eval/videos", gif, frames[0].width, frames[0].height, iteration)
+                    grid = frames[len(frames) // 2]
+                else:
+                    grid = caption_grid(imgs[sel], captions)
                 grid.save(self.run_dir / "samples" / f"eval_{iteration:06d}.png")
                 self.log.image("eval/samples", pil_to_tensor(grid), iteration)
         if self.group.main:

@@ -31,5 +31,19 @@ def caption_grid(images: torch.Tensor, captions: list[str], *, columns: int = 8,
     return canvas
 
 
+def caption_video_grid(videos: torch.Tensor, captions: list[str], **kwargs) -> list[Image.Image]:
+    """One captioned grid per frame of videos (N, F, 3, H, W) in [0, 1]: the frames of an animation."""
+    return [caption_grid(videos[:, f], captions, **kwargs) for f in range(videos.shape[1])]
+
+
+def gif_bytes(frames: list[Image.Image], fps: float) -> bytes:
+    """An endlessly looping animated GIF of `frames` at `fps`."""
+    import io
+
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=int(round(1000 / fps)), loop=0)
+    return out.getvalue()
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0

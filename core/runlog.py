@@ -56,6 +56,15 @@ class RunLog:
             self.writer.add_image(tag, image, iteration)
             self.writer.flush()
 
+    def animation(self, tag: str, gif: bytes, width: int, height: int, iteration: int) -> None:
+        """Log an animated GIF (TensorBoard shows it in its Images tab, as its own video summaries do)."""
+        if self.writer is not None:
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
+            self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), iteration)
+            self.writer.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

@@ -7,9 +7,13 @@ from grpo.core.hookspecs import hookimpl
 
 @hookimpl
 def grpo_register_model(registry) -> None:
+    from .diffusion.models import FluxPolicy, SD3Policy, WanPolicy
     from .shapes.policy import ShapesPolicy
 
     registry.add("shapes", ShapesPolicy)
+    registry.add("flux", FluxPolicy)
+    registry.add("sd3", SD3Policy)
+    registry.add("wan-t2v", WanPolicy)
 
 
 @hookimpl

@@ -1,0 +1,143 @@
+"""What the diffusers-backed policies (FLUX.1, SD3.5, Wan2.1) share: loading a pipeline folder by
+path, freezing everything but the transformer, LoRA through peft, the KL reference, export.
+
+Each model converts between the engine's convention and its own: the state ``x`` is the latent as
+the transformer sees it (FLUX: packed 2×2 patches), σ ∈ [0, 1] is the flow-matching noise level
+(x = (1 − σ)·x0 + σ·ε) and the velocity is v = ε − x0, which is what these transformers predict.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from grpo.core.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Linear layers of the attention and feed-forward blocks of FLUX, SD3 and Wan transformers.
+DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                        "ff.net.0.proj", "ff.net.2"]
+
+
+def check_folder(path: str, env_hint: str, files: tuple[str, ...] = ("model_index.json",)) -> Path:
+    """The model folder, or a UserError naming `model.path` and the environment variable to set."""
+    if not path:
+        raise UserError("no model folder given", where="model.path",
+                        hint=f"set model.path, e.g. model.path = \"${{{env_hint}}}\" and export {env_hint}=/path/to/model")
+    folder = Path(os.path.expanduser(path))
+    if not folder.is_dir():
+        raise UserError(f"model folder {str(folder)!r} does not exist", where="model.path",
+                        hint=f"download the weights there, or point {env_hint} (or model.path) at them")
+    missing = [f for f in files if not (folder / f).exists()]
+    if missing:
+        raise UserError(f"model folder {str(folder)!r} lacks {', '.join(missing)}", where="model.path",
+                        hint="it must be a diffusers pipeline folder (save_pretrained or a hub snapshot)")
+    return folder
+
+
+class DiffusersPolicy:
+    """Base of the diffusers policies; subclasses set `pipeline_class` and the model-specific parts."""
+
+    pipeline_name = ""  # the diffusers pipeline class that loads the folder
+    env_hint = "MODEL_PATH"
+    media = "image"
+
+    def _load(self, path: str, *, precision: str, device: str, lora_rank: int, lora_alpha: float,
+              lora_targets: list[str], gradient_checkpointing: bool, guidance_scale: float) -> None:
+        folder = check_folder(path, self.env_hint)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.dtype = DTYPES[precision]
+        self.guidance_scale = guidance_scale
+        import diffusers
+
+        pipe = getattr(diffusers, self.pipeline_name).from_pretrained(str(folder), dtype=self.dtype)
+        pipe.set_progress_bar_config(disable=True)
+        for module in pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.to(self.device).requires_grad_(False).eval()
+        self.pipe = pipe
+        self.denoiser = pipe.transformer
+        self.lora_rank = lora_rank
+        if lora_rank > 0:
+            from peft import LoraConfig
+
+            present = {n.rsplit(".", 1)[-1] for n, _ in self.denoiser.named_modules()} | {
+                n for n, _ in self.denoiser.named_modules()}
+            targets = [t for t in lora_targets if any(m == t or m.endswith("." + t) for m in present)]
+            if not targets:
+                raise UserError(f"none of {lora_targets} is a module of {type(self.denoiser).__name__}",
+                                where="model.lora_targets", hint="name Linear layers, e.g. 'to_q', 'to_k'")
+            self.denoiser.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, init_lora_weights="gaussian",
+                                                 target_modules=targets))
+            for n, p in self.denoiser.named_parameters():  # adapters train in fp32 under a bf16 base
+                if "lora_" in n:
+                    p.data = p.data.float()
+        else:
+            self.denoiser.requires_grad_(True)
+        if gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+        self._reference: torch.nn.Module | None = None
+        self._base: torch.nn.Module | None = None
+
+    # -- training surface -------------------------------------------------------------------------
+    def _transformer(self) -> torch.nn.Module:
+        return self._reference if self._reference is not None else self.denoiser
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    @contextmanager
+    def reference(self):
+        """The frozen base model: adapters disabled (LoRA) or the copy taken before training."""
+        if self.lora_rank > 0:
+            self.denoiser.disable_adapters()
+            try:
+                yield
+            finally:
+                self.denoiser.enable_adapters()
+            return
+        if self._base is None:
+            raise RuntimeError("call snapshot_reference() before training with a KL penalty")
+        self._reference = self._base
+        try:
+            yield
+        finally:
+            self._reference = None
+
+    def snapshot_reference(self) -> None:
+        if self.lora_rank == 0 and self._base is None:
+            self._base = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+
+    def place_reference(self, place) -> None:
+        if self._base is not None:
+            self._base = place(self._base)
+
+    def guided(self, run, x: torch.Tensor, sigma: torch.Tensor, cond, negative) -> torch.Tensor:
+        """True classifier-free guidance: `run(x, σ, embeddings)` on the prompt and on `negative`."""
+        if self.guidance_scale == 1.0 or negative is None:
+            return run(x, sigma, cond)
+        v_c = run(x, sigma, cond)
+        v_u = run(x, sigma, negative)
+        return v_u + self.guidance_scale * (v_c - v_u)
+
+    def export(self, directory: Path) -> None:
+        """The whole pipeline folder (diffusers' layout), LoRA merged; adapters also in ``lora/``."""
+        self.pipe.save_pretrained(str(directory))
+        if self.lora_rank > 0:
+            from peft.utils import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            (Path(directory) / "lora").mkdir(parents=True, exist_ok=True)
+            adapter = {k: v.contiguous().cpu() for k, v in get_peft_model_state_dict(self.denoiser).items()}
+            save_file(adapter, str(Path(directory) / "lora" / "adapter.safetensors"))
+            merged = copy.deepcopy(self.denoiser)
+            merged.fuse_lora()
+            merged.unload_lora()
+            merged.save_pretrained(str(Path(directory) / "transformer"))
