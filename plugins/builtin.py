@@ -36,10 +36,15 @@ def grpo_register_topology(registry) -> None:
 
 @hookimpl
 def grpo_register_reward(registry) -> None:
+    from .rewards.clip import AestheticReward, ClipScoreReward, HPSv2Reward, PickScoreReward
     from .shapes.rewards import JpegCompressibility, ShapesFaithfulness
 
     registry.add("shapes-faithfulness", ShapesFaithfulness)
     registry.add("jpeg-compressibility", JpegCompressibility)
+    registry.add("hpsv2", HPSv2Reward)
+    registry.add("pickscore", PickScoreReward)
+    registry.add("clip-score", ClipScoreReward)
+    registry.add("aesthetic", AestheticReward)
 
 
 @hookimpl
