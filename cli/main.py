@@ -8,6 +8,7 @@ import sys
 import typer
 
 from . import compare as compare_cmd
+from . import doctor as doctor_cmd
 from . import export as export_cmd
 from . import plan as plan_cmd
 from . import plugins as plugins_cmd
@@ -28,6 +29,7 @@ app.command("plan")(plan_cmd.plan)
 app.command("report")(report_cmd.report)
 app.command("compare")(compare_cmd.compare)
 app.command("export")(export_cmd.export)
+app.command("doctor")(doctor_cmd.doctor)
 app.add_typer(plugins_cmd.app, name="plugins")
 
 

@@ -30,6 +30,7 @@ from .dist import Group
 from .errors import UserError
 from .images import caption_grid, caption_video_grid, gif_bytes, pil_to_tensor
 from .policy import Conditioning, Policy
+from .preflight import check_paths
 from .pruner import PruneContext
 from .recipe import Recipe
 from .registry import attributed
@@ -107,6 +108,7 @@ class Components:
 
 def build(recipe: Recipe) -> Components:
     """Instantiate every component; the cheap ones first, so that their errors come before weights load."""
+    check_paths(recipe)  # every missing file at once, before anything is read
     source = recipe.prompts.create()
     train_prompts = source.train_prompts()
     if not train_prompts:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from .errors import UserError, UserErrors, closest, unknown_name_hint
 from .registry import Entry, Registry, instantiate
-from .schema import Doc, Range, toml_value, validate
+from .schema import Doc, Range, options_of, toml_value, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -255,10 +255,19 @@ def _component(registry: Registry, kind: str, table: Any, where: str, errors: li
         return None
     opts = {k: v for k, v in table.items() if k != "use" and not _has_env(v)}
     deferred = {k: v for k, v in table.items() if k != "use" and _has_env(v)}
+    known = {o.name for o in options_of(entry.factory)}
+    unknown = [k for k in deferred if k not in known and k not in ignore]
+    for k in unknown:
+        best = closest(k, known)
+        errors.append(UserError(f"unknown key {k!r}", where=f"{where}.{k}",
+                                hint=(f"did you mean {best!r}? " if best else "") + "valid keys: " + ", ".join(sorted(known))))
     try:
-        options = validate(entry.factory, opts, where, ignore=ignore)
+        # a value read from ${VAR} is checked when the run starts; here its key counts as given
+        options = validate(entry.factory, {**opts, **deferred}, where, ignore=(*ignore, *deferred))
     except UserErrors as e:
         errors.extend(e.errors)
+        return None
+    if unknown:
         return None
     options.update({k: v for k, v in deferred.items() if k not in ignore})
     return Component(entry, options, where)

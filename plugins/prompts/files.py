@@ -44,6 +44,11 @@ def read_prompts(path: str, where: str) -> list[str]:
 class FilePrompts:
     """Training prompts from a file; optional evaluation prompts from another."""
 
+    sources = {"path": "HPDv2 training prompts: the prompt column of the ymhao/HPDv2 dataset on the Hugging Face "
+                       "hub, one per line (DanceGRPO ships them as assets/prompts.txt); video prompts: "
+                       "VidProM or your own, one per line",
+               "eval_path": "any prompt file; HPDv2's test prompts for the paper's evaluation"}
+
     def __init__(
         self,
         *,

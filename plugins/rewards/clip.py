@@ -226,6 +226,9 @@ class _ClipReward:
 class HPSv2Reward(_ClipReward):
     """HPS-v2.1: human preference score, the cosine of an open_clip ViT-H-14 fine-tuned on HPDv2."""
 
+    sources = {"path": "huggingface-cli download xswu/HPSv2 HPS_v2.1_compressed.pt --local-dir DIR",
+               "tokenizer": "huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K tokenizer.json tokenizer_config.json vocab.json merges.txt special_tokens_map.json --local-dir DIR"}
+
     def __init__(
         self,
         *,
@@ -274,6 +277,8 @@ class PickScoreReward(_ClipReward):
     flow-grpo (100·cos/26) or mixgrpo ((100·cos − 18)/8)."""
 
     pad_to_max = False
+    sources = {"path": "huggingface-cli download yuvalkirstain/PickScore_v1 --local-dir DIR",
+               "processor": "huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K tokenizer.json tokenizer_config.json vocab.json merges.txt special_tokens_map.json --local-dir DIR"}
 
     def __init__(
         self,
@@ -315,6 +320,9 @@ class ClipScoreReward(_ClipReward):
     loaded as a CLIPModel with quick_gelu, squashed to the input size, raw cosine; the paper weights
     it 1.4 against HPS's 0.7)."""
 
+    sources = {"path": "huggingface-cli download openai/clip-vit-large-patch14 --local-dir DIR "
+                       "(dancegrpo: apple/DFN5B-CLIP-ViT-H-14-378)"}
+
     def __init__(
         self,
         *,
@@ -349,6 +357,9 @@ class ClipScoreReward(_ClipReward):
 class AestheticReward(_ClipReward):
     """LAION aesthetic predictor v2: an affine MLP head (no activations) on the normalised CLIP
     ViT-L/14 image embedding; about 1-10. The prompt is not used."""
+
+    sources = {"path": "huggingface-cli download openai/clip-vit-large-patch14 --local-dir DIR",
+               "head": "sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/improved-aesthetic-predictor"}
 
     def __init__(
         self,

@@ -34,6 +34,8 @@ class ShapesPolicy:
 
     latent_shape = (3, 32, 32)
     media = "image"
+    sources = {"path": "a folder written by `python -m grpo.plugins.shapes.pretrain --export DIR`, "
+                       "or leave model.path empty for the bundled weights"}
 
     def __init__(
         self,

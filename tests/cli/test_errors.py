@@ -68,6 +68,9 @@ def test_missing_environment_variable_at_run_but_not_validate(tmp_path):
 
 def test_missing_weights_folder(tmp_path):
     code, out = invoke("run", DANCE, "--set", f"model.path='{tmp_path / 'none'}'", "--out", str(tmp_path / "r"))
+    assert code == 2 and "model.path" in out and "does not exist" in out and "pretrain" in out
+    (tmp_path / "empty").mkdir()
+    code, out = invoke("run", DANCE, "--set", f"model.path='{tmp_path / 'empty'}'", "--out", str(tmp_path / "r"))
     assert code == 2 and "model.path" in out and "lacks" in out
 
 
