@@ -84,9 +84,29 @@ def tree_generators(seed: int, iteration: int, trees: range) -> list[torch.Gener
     return [iteration_generator(seed, iteration, 1_000_000 + t) for t in trees]
 
 
+def impute_failed(rollout: Rollout, scores: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Leaves a reward could not score (NaN) get the mean of their tree's scored leaves, so that they
+    move no advantage; returns the scores and the (N,) mask of leaves with any failed reward."""
+    tree = rollout.tree[-1]
+    trees = int(tree.max()) + 1 if tree.numel() else 0
+    failed = torch.zeros(tree.shape[0], dtype=torch.bool)
+    out = []
+    for s in scores:
+        bad = ~torch.isfinite(s)
+        if bad.any():
+            failed |= bad
+            total = torch.zeros(trees).index_add(0, tree, torch.where(bad, torch.zeros_like(s), s))
+            count = torch.zeros(trees).index_add(0, tree, (~bad).float())
+            s = torch.where(bad, (total / count.clamp(min=1.0))[tree], s)
+        out.append(s)
+    return out, failed
+
+
 def mean_ci(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and half-width of its 95% normal interval (1.96 standard errors; 0 for n < 2)."""
+    """Mean and half-width of its 95% normal interval (1.96 standard errors; 0 for n < 2).
+    Values that are not finite (a reward that could not score) are left out."""
     v = values.double()
+    v = v[torch.isfinite(v)]
     if v.numel() < 2:
         return float(v.mean()) if v.numel() else float("nan"), 0.0
     return float(v.mean()), float(1.96 * v.std(unbiased=True) / math.sqrt(v.numel()))
@@ -286,6 +306,7 @@ class Trainer:
             leaf_prompts = [prompts[i] for i in ro.tree[-1].tolist()]
             scores, report = self.score(images, leaf_prompts)
         with _timer(times, "advantage"):
+            scores, failed = impute_failed(ro, scores)
             adv = self.advantages(ro, scores)
             edges = EdgeSet.all_stochastic(ro)
             # the pruners' draws: one stream per rank (on one rank, the same stream every time)
@@ -294,6 +315,9 @@ class Trainer:
             for pruner in self.c.parts.pruners:
                 with attributed(self.recipe.strategy.entry, "pruning", f"pruner {type(pruner).__name__}"):
                     edges = pruner(ro, adv, edges, ctx)
+            if failed.any():  # a leaf without a score trains nothing: only edges it shares with scored leaves stay
+                edges = EdgeSet([m & (ro.reduce_leaves(failed.float(), k + 1) < 1.0 - 1e-6)
+                                 for k, m in enumerate(edges.masks)])
             batch = EdgeBatch.gather(ro, adv, edges)
         self.reporter.stage("update")
         with _timer(times, "update"):
@@ -309,9 +333,11 @@ class Trainer:
         metrics: dict[str, float] = {}
         report = {key: self.group.gather(values) for key, values in report.items()}
         for key, values in report.items():
-            metrics[f"reward/{key}/mean"] = float(values.mean())
+            ok = values[torch.isfinite(values)]
+            metrics[f"reward/{key}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
             if "/" not in key:
-                metrics[f"reward/{key}/std"] = float(values.std()) if values.numel() > 1 else 0.0
+                metrics[f"reward/{key}/std"] = float(ok.std()) if ok.numel() > 1 else 0.0
+        metrics["reward/failed"] = float(self.group.gather(failed.float()).sum())
         metrics.update({f"update/{k}": float(v) for k, v in vars(stats).items()})
         metrics["update/lr"] = self.recipe.train.lr
         # costs of the whole iteration (every rank's trees)

@@ -13,7 +13,8 @@ class RewardOutput:
     """Scores of a batch.
 
     Attributes:
-        scores: (N,) fp32, the reward that is optimized.
+        scores: (N,) fp32, the reward that is optimized; NaN where the model could not score a sample
+            (a failed request): the engine trains nothing from that sample and counts it.
         components: named (N,) fp32 tensors reported beside it (e.g. ``exact``, ``colour``).
     """
 

@@ -37,6 +37,7 @@ def grpo_register_topology(registry) -> None:
 @hookimpl
 def grpo_register_reward(registry) -> None:
     from .rewards.clip import AestheticReward, ClipScoreReward, HPSv2Reward, PickScoreReward
+    from .rewards.http import HttpReward
     from .shapes.rewards import JpegCompressibility, ShapesFaithfulness
 
     registry.add("shapes-faithfulness", ShapesFaithfulness)
@@ -45,6 +46,7 @@ def grpo_register_reward(registry) -> None:
     registry.add("pickscore", PickScoreReward)
     registry.add("clip-score", ClipScoreReward)
     registry.add("aesthetic", AestheticReward)
+    registry.add("http", HttpReward)
 
 
 @hookimpl

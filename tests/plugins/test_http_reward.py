@@ -1,0 +1,129 @@
+"""The http reward against a stub OpenAI-compatible server on loopback: ratings parsed, retries,
+timeouts and unreadable answers masked (NaN, counted), and a training run that leaves failed
+samples out of the update."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from grpo.core.errors import UserError
+from grpo.plugins.rewards.http import HttpReward
+from grpo.testing import tiny_images
+
+
+class Judge(BaseHTTPRequestHandler):
+    """Answers by the caption: 'good' → 4, 'bad' → no rating, 'slow' → too late, 'flaky' → a 500
+    first, then 3; anything else → a rating from the image's mean red (1 + 4·red)."""
+
+    calls: dict[str, int] = {}
+    seen: list[dict] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Judge.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        content = body["messages"][0]["content"]
+        text = next(c["text"] for c in content if c["type"] == "text")
+        caption = text.rsplit("Caption: [", 1)[1].rstrip("]")
+        Judge.calls[caption] = Judge.calls.get(caption, 0) + 1
+        if "slow" in caption:
+            time.sleep(1.5)
+        if "flaky" in caption and Judge.calls[caption] == 1:
+            self.send_response(500)
+            self.end_headers()
+            return
+        if "good" in caption:
+            answer = "Looks right.\nFinal Score: 4"
+        elif "bad" in caption:
+            answer = "I cannot tell."
+        elif "flaky" in caption:
+            answer = "Final Score: 3"
+        else:
+            url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
+            image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+            red = float(np.asarray(image.convert("RGB"), dtype=np.float32)[..., 0].mean()) / 255
+            answer = f"Final Score: {1 + 4 * red:.4f}"
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_ratings_retries_and_failures(server, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "sekret")
+    reward = HttpReward(url=server, api_key_env="JUDGE_KEY", timeout=0.5, timeout_step=0.0, retries=1,
+                        image_size=16)
+    images = torch.zeros(5, 3, 8, 8)
+    out = reward.score(images, ["a good dog", "a bad cat", "a flaky fox", "a slow snail", "a plain field"])
+    scores, failed = out.scores, out.components["failed"]
+    assert scores[0] == pytest.approx(0.8) and scores[2] == pytest.approx(0.6) and scores[4] == pytest.approx(0.2)
+    assert math.isnan(scores[1]) and math.isnan(scores[3])  # unreadable answer, timed out twice: not scored
+    assert failed.tolist() == [0.0, 1.0, 0.0, 1.0, 0.0]
+    assert Judge.calls["a flaky fox"] == 2 and Judge.calls["a slow snail"] == 2
+    assert any("no rating" in e for e in reward.errors) and any("timed out" in e.lower() for e in reward.errors)
+    request = Judge.seen[0]
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sekret"
+    assert request["body"]["temperature"] == 0.0 and request["body"]["model"] == "UnifiedReward"
+
+
+def test_scores_follow_the_image_and_do_not_depend_on_the_batch(server):
+    from grpo.testing import check_reward
+
+    images, prompts = tiny_images(6)
+    reward = HttpReward(url=server, image_size=0, concurrency=3)
+    check_reward(reward, images, prompts, atol=1e-4)
+    red = HttpReward(url=server, image_size=0).score(torch.ones(1, 3, 4, 4) * torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1),
+                                                      ["a red square"]).scores
+    assert red.tolist() == pytest.approx([1.0])
+
+
+def test_bad_settings():
+    with pytest.raises(UserError) as e:
+        HttpReward(url="localhost:17140")
+    assert e.value.where == "reward.url"
+    with pytest.raises(UserError) as e:
+        HttpReward(url="http://localhost:1", api_key_env="GRPO_TEST_NO_SUCH_KEY")
+    assert e.value.where == "reward.api_key_env" and "GRPO_TEST_NO_SUCH_KEY" in e.value.hint
+
+
+def test_failed_samples_are_left_out_of_training(server, tmp_path):
+    """Half the prompts get no rating: the run completes, counts them and trains only scored chains."""
+    from grpo.testing import run_tiny_recipe
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a good circle\na bad square\n")
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "shapes_dance.toml"
+    records = run_tiny_recipe(recipe, tmp_path / "run", [
+        f"reward=[{{use='http', url='{server}', image_size=0}}]",
+        f"prompts={{use='file', path='{prompts}', eval_count=1}}",
+        "strategy.group_size=3", "strategy.timestep_fraction=1.0", "strategy.step_window=[]", "train.kl_beta=0",
+    ])
+    train = next(r for r in records if r["kind"] == "train")
+    assert train["reward/failed"] == 3  # the three chains of 'a bad square'
+    assert train["cost/trained_edges"] == 3 * 4  # only the scored tree's three chains, 4 steps each
+    assert train["reward/http/mean"] == pytest.approx(0.8)
