@@ -197,3 +197,21 @@ def test_export_of_a_zero3_run_loads_in_diffusers_and_samples_the_same(tiny_mode
     assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) <= 1.0
     assert torch.load(check / "eval" / "iter_000002.pt", weights_only=False) == torch.load(
         run / "eval" / "iter_000002.pt", weights_only=False)
+
+
+def test_torchrun_starts_the_same_run(tiny_model_dir, tmp_path):
+    """Ranks started by torchrun (as on several machines) train exactly as `--nproc` ranks do."""
+    ours, theirs = tmp_path / "nproc", tmp_path / "torchrun"
+    run_args = ["run", BRANCH, *args(tiny_model_dir, 2, iterations=1)]
+    grpo(*run_args, "--out", str(ours), nproc=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from grpo.cli.launch import free_port
+
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), "-m", "grpo.cli.main", *run_args, "--out", str(theirs),
+                           "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = train_records(ours), train_records(theirs)
+    for key in ("update/loss", "update/grad_norm", "reward/shapes-faithfulness/mean"):
+        assert a[0][key] == b[0][key], key
+    assert done.stdout.count("done:") == 1  # rank 0 alone reports
