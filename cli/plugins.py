@@ -61,6 +61,8 @@ def show(name: Annotated[str, typer.Argument(help="a component name, e.g. danceg
             table.add_row(o.name, escape(o.type_name), escape("(required)" if default is None else default),
                           o.range.describe() if o.range else "", escape(o.doc))
         console.print(table)
+        for key, source in getattr(e.factory, "sources", {}).items():
+            console.print(f"where to get [bold]{escape(key)}[/]: {escape(source)}")
 
 
 @app.command("new")

@@ -82,3 +82,10 @@ def test_doctor_passes_when_everything_is_there(tmp_path, monkeypatch):
     shutil.rmtree(tmp_path / "flux" / "vae")
     code, out = invoke("doctor", str(ROOT / "recipes" / "flux_branch.toml"), "--set", "model.device='cpu'")
     assert code == 2 and "missing vae" in out
+
+
+@pytest.mark.parametrize("name,source", [("hpsv2", "xswu/HPSv2"), ("flux", "black-forest-labs/FLUX.1-dev"),
+                                         ("wan-t2v", "Wan-AI/Wan2.1-T2V"), ("file", "HPDv2")])
+def test_plugins_show_says_where_to_get_the_files(name, source):
+    code, out = invoke("plugins", "show", name)
+    assert code == 0 and "where to get" in out and source in out.replace("\n", "")
