@@ -141,6 +141,8 @@ def build(recipe: Recipe) -> Components:
     backend = recipe.backend.create()
     policy = recipe.model.create()
     for name, _, model in rewards:
+        if getattr(model, "fps", None) == 0 and getattr(policy, "fps", None):
+            model.fps = policy.fps  # a video reward sees frames at the model's real fps
         if model.media != policy.media:
             raise UserError(f"reward {name!r} scores {model.media}s but the model makes {policy.media}s",
                             where="reward", hint="choose a reward for the model's media")

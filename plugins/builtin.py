@@ -38,6 +38,7 @@ def grpo_register_topology(registry) -> None:
 def grpo_register_reward(registry) -> None:
     from .rewards.clip import AestheticReward, ClipScoreReward, HPSv2Reward, PickScoreReward
     from .rewards.http import HttpReward
+    from .rewards.videoalign import VideoAlignReward
     from .shapes.rewards import JpegCompressibility, ShapesFaithfulness
 
     registry.add("shapes-faithfulness", ShapesFaithfulness)
@@ -47,6 +48,7 @@ def grpo_register_reward(registry) -> None:
     registry.add("clip-score", ClipScoreReward)
     registry.add("aesthetic", AestheticReward)
     registry.add("http", HttpReward)
+    registry.add("videoalign", VideoAlignReward)
 
 
 @hookimpl

@@ -14,7 +14,7 @@ from grpo.cli.main import app
 ROOT = Path(__file__).resolve().parents[2]
 REAL = sorted(p for p in (ROOT / "recipes").glob("*.toml") if not p.name.startswith("shapes"))
 VARS = ("FLUX_PATH", "SD35_PATH", "WAN_PATH", "HPS_PATH", "CLIP_TOKENIZER_PATH", "HPD_PROMPTS", "VIDEO_PROMPTS",
-        "VIDEOALIGN_PATH")
+        "VIDEOALIGN_PATH", "QWEN2VL_PATH", "VIDEOALIGN_TEMPLATE")
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +42,15 @@ def test_running_without_weights_names_the_variable(recipe, tmp_path):
     code, out = invoke("run", str(recipe), "--out", str(tmp_path / "run"))
     assert code == 2 and "model.path" in out and "is not set" in out and "Traceback" not in out
     assert not (tmp_path / "run").exists()
+
+
+def test_the_users_first_command_without_weights(tmp_path):
+    code, out = invoke("run", str(ROOT / "recipes" / "wanx_branch.toml"))
+    assert code == 2 and "model.path" in out and "WAN_PATH" in out and "Traceback" not in out
+    code, out = invoke("doctor", str(ROOT / "recipes" / "wanx_branch.toml"))
+    flat = out.replace("\n", "").replace("│", "").replace(" ", "")
+    assert code == 2 and all(v in out for v in ("WAN_PATH", "VIDEOALIGN_PATH", "QWEN2VL_PATH", "VIDEO_PROMPTS"))
+    assert "KlingTeam/VideoReward" in flat and "Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in flat
 
 
 def test_a_missing_folder_names_the_path_and_the_variable(tmp_path, monkeypatch):

@@ -1,0 +1,244 @@
+"""VideoAlign (VideoReward): a Qwen2-VL-2B reward model that rates a video's visual quality (VQ),
+motion quality (MQ) and text alignment (TA), written natively on transformers 5.
+
+The released checkpoint is a PEFT-wrapped state dict in transformers 4.46's key layout: LoRA
+adapters (r 64, α 128) on every Linear of the language model, plus a linear `rm_head` that reads
+the last hidden state at three special tokens. Here the adapters are merged into the weights
+(W += α/r · B·A), the keys are moved to transformers 5's layout, and the forward reproduces the
+reference's: video embeddings scattered into the `<|video_pad|>` slots, and plain 1-D positions
+in all three M-RoPE sections (the reference calls the language model without position ids).
+
+Frames are sampled at 2 per second of the video at its real fps (`fps`, by default the model's),
+resized to multiples of 28 within 448² pixels (bicubic on uint8 frames, re-quantised), and cut
+into 2×14×14 patches as Qwen2-VL's processor does, without torchvision.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+
+from grpo.core.errors import UserError
+from grpo.core.reward import RewardOutput
+from grpo.core.schema import Doc, Range
+
+from .clip import CLIP_MEAN, CLIP_STD
+
+SPECIAL = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
+# Mean and standard deviation of each raw dimension (DanceGRPO's and VideoAlign's normalisation).
+NORMS = {"VQ": (3.6757, 2.2476), "MQ": (1.1646, 1.3811), "TA": (2.8105, 2.5121)}
+SYSTEM = "You are a helpful assistant."
+LLM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# -- frames -----------------------------------------------------------------------------------------
+def frame_indices(total: int, src_fps: float, fps: float = 2.0, min_frames: int = 4, max_frames: int = 768) -> torch.Tensor:
+    """Which of `total` frames recorded at `src_fps` are seen: `fps` per second, an even number
+    between `min_frames` and min(`max_frames`, total), uniformly spaced."""
+    n = total / src_fps * fps
+    top = max(2, (min(max_frames, total) // 2) * 2)
+    n = min(max(n, min_frames), top)
+    n = max(2, int(round(n / 2)) * 2)
+    n = min(n, total)
+    return torch.linspace(0, total - 1, n).round().long()
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 128 * 28 * 28,
+                 max_pixels: int = 448 * 448) -> tuple[int, int]:
+    """Both sides multiples of `factor`, the area within [min_pixels, max_pixels], the aspect kept."""
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def patchify(frames: torch.Tensor, patch: int = 14, temporal: int = 2, merge: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames (T, 3, H, W) in 0-255 → (patches (t·h·w, 3·temporal·patch²), grid [t, h, w]), as
+    Qwen2-VL's processor: rescale, CLIP-normalise, pad T to a multiple of `temporal` with the last
+    frame, and order patches so that each merge×merge block is contiguous."""
+    x = frames.float() / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    if x.shape[0] % temporal:
+        x = torch.cat([x, x[-1:].expand(temporal - x.shape[0] % temporal, -1, -1, -1)])
+    t, c, h, w = x.shape
+    gt, gh, gw = t // temporal, h // patch, w // patch
+    x = x.reshape(gt, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(gt * gh * gw, c * temporal * patch * patch), torch.tensor([gt, gh, gw])
+
+
+# -- weights ----------------------------------------------------------------------------------------
+def convert_checkpoint(state: dict[str, torch.Tensor], scale: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The released PEFT-wrapped, transformers-4.46 state dict → (a transformers-5
+    `Qwen2VLForConditionalGeneration` state dict with the LoRA merged, the rm_head weight)."""
+    state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
+    merged: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_A." in key or ".lora_B." in key:
+            continue
+        if ".base_layer." in key:
+            stem, _, param = key.partition(".base_layer.")
+            if param == "weight":
+                a, b = state.get(f"{stem}.lora_A.default.weight"), state.get(f"{stem}.lora_B.default.weight")
+                if a is not None and b is not None:
+                    value = (value.float() + scale * (b.float() @ a.float())).to(value.dtype)
+            key = f"{stem}.{param}"
+        merged[key] = value
+    rm_head = merged.pop("rm_head.weight", None)
+    if rm_head is None:
+        raise ValueError("no rm_head.weight: not a VideoReward checkpoint")
+    out = {}
+    for key, value in merged.items():
+        if key.startswith("visual."):
+            key = "model." + key
+        elif key.startswith(("model.embed_tokens.", "model.layers.", "model.norm.")):
+            key = "model.language_model." + key[len("model."):]
+        out[key] = value
+    return out, rm_head
+
+
+def _path(value: str, where: str, env: str, what: str) -> Path:
+    if not value:
+        raise UserError(f"no {what} given", where=where, hint=f"set {where} = \"${{{env}}}\" and export {env}=...")
+    p = Path(os.path.expanduser(value))
+    if not p.exists():
+        raise UserError(f"{what} {str(p)!r} does not exist", where=where,
+                        hint=f"download it there, or point {env} (or {where}) at it")
+    return p
+
+
+class VideoAlignReward:
+    """VideoAlign's VQ / MQ / TA scores of a video against its prompt (normalised as DanceGRPO does).
+
+    `dimension` chooses the optimized score (DanceGRPO trains on VQ); all three and their sum
+    (`overall`) are reported.
+    """
+
+    media = "video"
+    sources = {
+        "path": "huggingface-cli download KlingTeam/VideoReward --local-dir DIR (use DIR/checkpoint-11352/model.pth)",
+        "base": "huggingface-cli download Qwen/Qwen2-VL-2B-Instruct --local-dir DIR",
+        "tokenizer": "the VideoReward download's folder (its tokenizer has the three reward tokens)",
+        "template_file": "the `detailed_special` prompt of VideoAlign's prompt_template.py (github.com/KwaiVGI/VideoAlign), "
+                         "saved byte for byte as a text file",
+    }
+
+    def __init__(
+        self,
+        *,
+        path: Annotated[str, Doc("the checkpoint's model.pth (PEFT-wrapped state dict)")] = "",
+        base: Annotated[str, Doc("Qwen2-VL-2B-Instruct folder (config and tokenizer)")] = "",
+        tokenizer: Annotated[str, Doc("tokenizer folder with the three reward tokens (default: base, tokens added)")] = "",
+        template_file: Annotated[str, Doc("text file of the prompt template, with {text_prompt}")] = "",
+        dimension: Annotated[Literal["VQ", "MQ", "TA", "overall"], Doc("the optimized score")] = "VQ",
+        normalize: Annotated[bool, Doc("(raw − mean) / std per dimension, as DanceGRPO")] = True,
+        fps: Annotated[float, Range(ge=0), Doc("frames per second of the videos (0: the model's fps)")] = 0.0,
+        sample_fps: Annotated[float, Range(gt=0), Doc("frames per second the reward looks at")] = 2.0,
+        max_pixels: Annotated[int, Range(ge=784), Doc("frame area cap after resizing")] = 448 * 448,
+        lora_rank: Annotated[int, Range(ge=1), Doc("rank of the checkpoint's adapters")] = 64,
+        lora_alpha: Annotated[float, Range(gt=0), Doc("alpha of the checkpoint's adapters")] = 128.0,
+        precision: Annotated[Literal["fp32", "bf16", "fp16"], Doc("weights (the reference runs bf16)")] = "bf16",
+        device: Literal["auto", "cpu", "cuda"] = "auto",
+    ) -> None:
+        from transformers import AutoConfig, AutoTokenizer, Qwen2VLForConditionalGeneration
+
+        weights = _path(path, "reward.path", "VIDEOALIGN_PATH", "VideoAlign checkpoint")
+        base_dir = _path(base, "reward.base", "QWEN2VL_PATH", "Qwen2-VL folder")
+        template = _path(template_file, "reward.template_file", "VIDEOALIGN_TEMPLATE", "prompt template")
+        self.template = template.read_text(encoding="utf-8")  # byte for byte: trailing spaces matter
+        if "{text_prompt}" not in self.template:
+            raise UserError(f"{template} has no {{text_prompt}}", where="reward.template_file",
+                            hint="it must be VideoAlign's detailed_special template")
+        tok = AutoTokenizer.from_pretrained(str(_path(tokenizer, "reward.tokenizer", "VIDEOALIGN_PATH", "tokenizer")
+                                                if tokenizer else base_dir))
+        missing = [t for t in SPECIAL if t not in tok.get_vocab()]
+        if missing:
+            tok.add_special_tokens({"additional_special_tokens": list(SPECIAL)})
+        self.tokenizer = tok
+        self.special_ids = [tok.convert_tokens_to_ids(t) for t in SPECIAL]
+        config = AutoConfig.from_pretrained(str(base_dir))
+        model = Qwen2VLForConditionalGeneration(config)
+        model.resize_token_embeddings(len(tok))
+        raw = torch.load(str(weights), map_location="cpu", weights_only=True)
+        state, rm_head = convert_checkpoint(raw, lora_alpha / lora_rank)
+        missing_keys, unexpected = model.load_state_dict(state, strict=False)
+        missing_keys = [k for k in missing_keys if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+        if missing_keys or unexpected:
+            raise UserError(f"{weights} does not fit {base_dir}'s architecture (missing {missing_keys[:3]}, "
+                            f"unexpected {unexpected[:3]})", where="reward.path",
+                            hint="use the VideoReward checkpoint with the Qwen2-VL-2B-Instruct config")
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.rm_head = rm_head.to(self.device, torch.float32)
+        self.video_token_id = config.video_token_id
+        vc = config.vision_config
+        self.patch, self.temporal, self.merge = vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size
+        self.dimension, self.normalize, self.fps, self.sample_fps = dimension, normalize, fps, sample_fps
+        self.max_pixels = max_pixels
+
+    def prepare(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A video (F, 3, H, W) in [0, 1] → (patches, grid_thw) as the reference's processor makes them."""
+        if not self.fps:
+            raise UserError("the video's fps is unknown", where="reward.fps", hint="set reward.fps, or use a video model")
+        idx = frame_indices(video.shape[0], self.fps, self.sample_fps)
+        frames = (video[idx].float().clamp(0, 1) * 255).round()
+        factor = self.patch * self.merge
+        h, w = smart_resize(frames.shape[-2], frames.shape[-1], factor, max_pixels=self.max_pixels)
+        frames = F.interpolate(frames, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+        frames = frames.round().clamp(0, 255)  # the reference resizes uint8 frames
+        return patchify(frames, self.patch, self.temporal, self.merge)
+
+    def prompt_ids(self, prompt: str, video_tokens: int) -> torch.Tensor:
+        text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+                + "<|video_pad|>" * video_tokens + "<|vision_end|>" + self.template.replace("{text_prompt}", prompt)
+                + "<|im_end|>\n<|im_start|>assistant\n")
+        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+
+    @torch.no_grad()
+    def raw_scores(self, video: torch.Tensor, prompt: str) -> torch.Tensor:
+        """(VQ, MQ, TA) before normalisation, for one video."""
+        patches, grid = self.prepare(video)
+        ids = self.prompt_ids(prompt, int(grid.prod()) // (self.merge**2)).to(self.device)
+        lm = self.model.model.language_model
+        embeds = lm.embed_tokens(ids[None])
+        vision = self.model.model.visual(patches.to(self.device, self.dtype), grid_thw=grid[None].to(self.device))
+        vision = getattr(vision, "pooler_output", vision)
+        slots = ids[None] == self.video_token_id
+        if int(slots.sum()) != vision.shape[0]:
+            raise RuntimeError(f"{int(slots.sum())} video slots for {vision.shape[0]} video embeddings")
+        embeds = embeds.masked_scatter(slots[..., None].expand_as(embeds), vision.to(embeds.dtype))
+        hidden = lm(inputs_embeds=embeds, attention_mask=torch.ones_like(ids[None]), position_ids=None).last_hidden_state
+        out = []
+        for token in self.special_ids:  # VQ, MQ, TA: each read at its own token
+            where = (ids == token).nonzero()
+            if where.numel() == 0:
+                raise UserError(f"the template has no {self.tokenizer.convert_ids_to_tokens(token)}",
+                                where="reward.template_file", hint="use VideoAlign's detailed_special template")
+            out.append(hidden[0, where[-1, 0]].float() @ self.rm_head[0])
+        return torch.stack(out).cpu()
+
+    def score(self, videos: torch.Tensor, prompts: list[str]) -> RewardOutput:
+        raw = torch.stack([self.raw_scores(v, p) for v, p in zip(videos, prompts, strict=True)])
+        dims = {}
+        for i, name in enumerate(("VQ", "MQ", "TA")):
+            mean, std = NORMS[name]
+            dims[name] = (raw[:, i] - mean) / std if self.normalize else raw[:, i]
+        dims["overall"] = dims["VQ"] + dims["MQ"] + dims["TA"]
+        return RewardOutput(dims[self.dimension].float(), {k: v.float() for k, v in dims.items()})
+
