@@ -21,6 +21,11 @@ def test_wheel_contains_packages_and_weights_and_runs(tmp_path):
                      "grpo/plugins/shapes/weights/base/tokenizer/tokenizer.json"):
         assert required in names, required
     assert not any(n.startswith(("core/", "plugins/", "cli/")) for n in names)  # no generic top-level names
+    for folder, package in (("core", "grpo/core"), ("plugins", "grpo/plugins"), ("cli", "grpo/cli"),
+                            ("testing", "grpo/testing")):  # every module of the code folders is packaged
+        for module in (ROOT / folder).rglob("*.py"):
+            if "weights" not in module.parts:
+                assert f"{package}/{module.relative_to(ROOT / folder).as_posix()}" in names, module
     # unpack it and import from there, with the development install's import hook removed
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
