@@ -38,6 +38,7 @@ def grpo_register_topology(registry) -> None:
 def grpo_register_reward(registry) -> None:
     from .rewards.clip import AestheticReward, ClipScoreReward, HPSv2Reward, PickScoreReward
     from .rewards.http import HttpReward
+    from .rewards.imagereward import ImageRewardReward
     from .rewards.videoalign import VideoAlignReward
     from .shapes.rewards import JpegCompressibility, ShapesFaithfulness
 
@@ -49,6 +50,7 @@ def grpo_register_reward(registry) -> None:
     registry.add("aesthetic", AestheticReward)
     registry.add("http", HttpReward)
     registry.add("videoalign", VideoAlignReward)
+    registry.add("imagereward", ImageRewardReward)
 
 
 @hookimpl

@@ -57,15 +57,19 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def pil_short_side_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """CLIPProcessor: shortest side to `size` (PIL bicubic), centre crop size², rescale 1/255."""
+def pil_short_side_crop(images: torch.Tensor, size: int, *, round_crop: bool = False) -> torch.Tensor:
+    """Shortest side to `size` (PIL bicubic, the long side truncated as both transformers' processor
+    and torchvision compute it), centre crop size², rescale 1/255. The crop offset is floored
+    (CLIPProcessor) or rounded (`round_crop`: torchvision's CenterCrop)."""
     out = []
     for im in to_pil(images):
         w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
         im = im.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
+        if round_crop:
+            left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+        else:
+            left, top = (nw - size) // 2, (nh - size) // 2
         im = im.crop((left, top, left + size, top + size))
         out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1))
     return torch.stack(out)
