@@ -39,3 +39,16 @@ def test_wheel_contains_packages_and_weights_and_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip().splitlines()[-1]) > 1_000_000
+
+
+@pytest.mark.slow
+def test_wan_gpu_benchmark_runs_on_a_small_transformer(tmp_path):
+    """The GPU benchmark's code path, on a CPU with a tiny transformer (its numbers are not results)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wan_gpu" / "run.py"), "--tiny", "--cpu",
+                           "--iterations", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (tmp_path / "results_smoke.md").read_text()
+    assert table.count("| BranchGRPO") == 2 and "| DanceGRPO (G 16, f 0.6) | " in table
+    rows = __import__("json").loads((tmp_path / "results_smoke.json").read_text())["rows"]
+    assert rows["BranchGRPO (splits 0, 3, 6, 9)"]["rollout_forwards"] == 203  # the paper's tree, counted exactly
+    assert rows["DanceGRPO (G 16, f 0.6)"]["rollout_forwards"] == 305

@@ -1,0 +1,190 @@
+"""BranchGRPO vs DanceGRPO on a Wan2.1-T2V-1.3B-sized transformer with random weights, on one GPU:
+seconds per iteration, peak memory and model FLOP utilisation (MFU).
+
+    python benchmarks/wan_gpu/run.py                 # on a GPU: writes results.md / results.json here
+    python benchmarks/wan_gpu/run.py --tiny --cpu    # a small smoke run of the same code on a CPU
+
+The transformer has Wan2.1-T2V-1.3B's configuration (30 layers, width 1536, 12 heads, FFN 8960,
+UMT5 width 4096); the text encoder and VAE are tiny (they are not what the strategies differ in),
+and the reward is the mean brightness of the video (cheap, so the time is the policy's). Both
+strategies sample 16 leaves per prompt over 20 steps, one prompt per iteration, bf16 weights,
+through the same engine and recipe keys a user would write. MFU counts the transformer's FLOPs,
+measured with torch's FlopCounterMode on one forward and one backward at the run's token count:
+(rollout forwards + trained edges × (1 forward + backward)) / time / the card's peak bf16 FLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REWARD_MODULE = '''
+import torch
+from grpo.core.hookspecs import hookimpl
+from grpo.core.reward import RewardOutput
+
+
+class Brightness:
+    """Mean brightness of a video: a reward that costs nothing next to the policy."""
+    media = "video"
+
+    def score(self, videos, prompts):
+        return RewardOutput(videos.float().mean(dim=(1, 2, 3, 4)))
+
+
+@hookimpl
+def grpo_register_reward(registry):
+    registry.add("benchmark-brightness", Brightness)
+'''
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
+
+
+def build_pipeline(folder: Path, tiny: bool) -> None:
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from grpo.testing.tiny_diffusers import t5_tokenizer
+
+    tok = t5_tokenizer()
+    text_dim = 32 if tiny else 4096
+    shape = (dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2) if tiny else
+             dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30))
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=text_dim,
+                                        freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        eps=1e-6, rope_max_seq_len=1024, **shape)
+    pipe = WanPipeline(
+        tokenizer=tok,
+        text_encoder=UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=text_dim, d_ff=64, d_kv=8, num_layers=1,
+                                                 num_heads=4, relative_attention_num_buckets=8)),
+        vae=AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                             temperal_downsample=[False, True, True]),
+        scheduler=FlowMatchEulerDiscreteScheduler(), transformer=transformer)  # fp32 on disk; loaded as bf16
+    pipe.save_pretrained(str(folder))
+
+
+def recipe(strategy: dict, model: Path, prompts: Path, size: dict, device: str, iterations: int) -> dict:
+    return {
+        "model": {"use": "wan-t2v", "path": str(model), "guidance_scale": 1.0, "max_sequence_length": 64,
+                  "precision": "bf16" if device == "cuda" else "fp32", "device": device, **size},
+        "strategy": strategy,
+        "sampler": {"use": "dance-sde", "steps": 20, "shift": 3.0, "eta": 0.3},
+        "reward": [{"use": "benchmark-brightness"}],
+        "prompts": {"use": "file", "path": str(prompts), "eval_count": 0},
+        "train": {"iterations": iterations, "prompts_per_iteration": 1, "micro_batch": 4, "rollout_batch": 16,
+                  "optimizer_steps": 1, "checkpoint_every": 1000, "keep_checkpoints": 1},
+        "eval": {"every": 0},
+        "logging": {"tensorboard": False, "progress": False},
+        "backend": {"use": "torch", "device": device},
+        "plugins": {"modules": ["benchmark_reward"]},
+    }
+
+
+def transformer_flops(policy, device: str) -> tuple[float, float]:
+    """FLOPs of one transformer forward, and of forward + backward, for one sample."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn((1, *policy.latent_shape), device=device)
+    cond = policy.encode_prompts(["a dog runs on a beach"])
+    sigma = torch.full((1,), 0.5, device=device)
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            policy.velocity(x, sigma, cond)
+    with FlopCounterMode(display=False) as both:
+        policy.velocity(x, sigma, cond).float().square().mean().backward()
+    policy.denoiser.zero_grad(set_to_none=True)
+    return float(fwd.get_total_flops()), float(both.get_total_flops())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="a small transformer (smoke test)")
+    ap.add_argument("--cpu", action="store_true", help="run on the CPU")
+    ap.add_argument("--iterations", type=int, default=3, help="iterations per strategy (the first is warm-up)")
+    ap.add_argument("--frames", type=int, default=17)
+    ap.add_argument("--height", type=int, default=320)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--out", type=Path, default=HERE)
+    args = ap.parse_args()
+    device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
+    card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), None)
+    size = dict(frames=5, height=32, width=32) if args.tiny else dict(frames=args.frames, height=args.height,
+                                                                     width=args.width)
+    from grpo.core.engine import Trainer
+    from grpo.core.recipe import parse
+    from grpo.core.registry import load_registry
+    from grpo.core.runlog import read_metrics
+
+    strategies = {
+        "DanceGRPO (G 16, f 0.6)": {"use": "dancegrpo", "group_size": 16, "timestep_fraction": 0.6},
+        "BranchGRPO (splits 0, 3, 6, 9)": {"use": "branchgrpo", "split_points": [0, 3, 6, 9], "branch_factor": 2},
+        "BranchGRPO-Mix (window 4)": {"use": "branchgrpo-mix", "split_points": [0, 3, 6, 9], "branch_factor": 2,
+                                      "window_size": 4},
+    }
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "benchmark_reward.py").write_text(REWARD_MODULE)
+        sys.path.insert(0, str(tmp))
+        (tmp / "prompts.txt").write_text("a dog runs on a beach\na red car drives through rain\n")
+        print(f"building a {'tiny' if args.tiny else 'Wan2.1-1.3B-sized'} pipeline ...", flush=True)
+        build_pipeline(tmp / "wan", args.tiny)
+        registry = load_registry(["benchmark_reward"])
+        flops = None
+        for name, strategy in strategies.items():
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            data = recipe(strategy, tmp / "wan", tmp / "prompts.txt", size, device, args.iterations)
+            trainer = Trainer(parse(data, registry), tmp / name.split()[0])
+            start = time.perf_counter()
+            trainer.run()
+            wall = time.perf_counter() - start
+            if flops is None:
+                flops = transformer_flops(trainer.c.policy, device)
+            train = [r for r in read_metrics(tmp / name.split()[0]) if r["kind"] == "train"][1:] or \
+                [r for r in read_metrics(tmp / name.split()[0]) if r["kind"] == "train"]
+            seconds = sum(r["time/iteration"] for r in train) / len(train)
+            forwards, edges = train[-1]["cost/rollout_forwards"], train[-1]["cost/trained_edges"]
+            work = forwards * flops[0] + edges * flops[1]
+            rows[name] = {
+                "seconds_per_iteration": seconds, "rollout_forwards": forwards, "trained_edges": edges,
+                "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+                "tflops_per_iteration": work / 1e12, "achieved_tflops": work / seconds / 1e12,
+                "mfu": (work / seconds / 1e12) / peak if peak else None, "wall_seconds": wall,
+            }
+            print(name, json.dumps(rows[name]), flush=True)
+    base = rows["DanceGRPO (G 16, f 0.6)"]["seconds_per_iteration"]
+    lines = [f"# Wan2.1-1.3B-sized transformer on one {card}", "",
+             f"Random weights (bf16), {size['frames']} frames at {size['height']}×{size['width']}, 20 steps, 16 leaves "
+             f"per prompt, one prompt per iteration, mean of iterations 2-{args.iterations}. Transformer FLOPs per "
+             f"sample: {flops[0] / 1e12:.2f} TFLOP forward, {flops[1] / 1e12:.2f} TFLOP forward + backward"
+             + (f"; peak {peak:.0f} TFLOP/s bf16." if peak else "."), "",
+             "| strategy | s / iteration | vs DanceGRPO | rollout forwards | trained edges | peak memory (GiB) | TFLOP/s | MFU |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "–"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "–"
+        lines.append(f"| {name} | {r['seconds_per_iteration']:.1f} | {r['seconds_per_iteration'] / base:.2f} | "
+                     f"{r['rollout_forwards']:.0f} | {r['trained_edges']:.0f} | {mem} | {r['achieved_tflops']:.1f} | {mfu} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if device == "cuda" and not args.tiny else "_smoke"
+    (args.out / f"results{suffix}.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"results{suffix}.json").write_text(json.dumps({"card": card, "size": size, "rows": rows}, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
