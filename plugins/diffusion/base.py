@@ -8,14 +8,14 @@ the transformer sees it (FLUX: packed 2×2 patches), σ ∈ [0, 1] is the flow-m
 
 from __future__ import annotations
 
-import copy
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from grpo.core.errors import UserError
+
+from ..policies import FrozenReference, merged_copy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -40,7 +40,7 @@ def check_folder(path: str, env_hint: str, files: tuple[str, ...] = ("model_inde
     return folder
 
 
-class DiffusersPolicy:
+class DiffusersPolicy(FrozenReference):
     """Base of the diffusers policies; subclasses set `pipeline_class` and the model-specific parts."""
 
     pipeline_name = ""  # the diffusers pipeline class that loads the folder
@@ -83,41 +83,10 @@ class DiffusersPolicy:
             self.denoiser.requires_grad_(True)
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
-        self._reference: torch.nn.Module | None = None
-        self._base: torch.nn.Module | None = None
 
     # -- training surface -------------------------------------------------------------------------
-    def _transformer(self) -> torch.nn.Module:
-        return self._reference if self._reference is not None else self.denoiser
-
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.denoiser.parameters() if p.requires_grad]
-
-    @contextmanager
-    def reference(self):
-        """The frozen base model: adapters disabled (LoRA) or the copy taken before training."""
-        if self.lora_rank > 0:
-            self.denoiser.disable_adapters()
-            try:
-                yield
-            finally:
-                self.denoiser.enable_adapters()
-            return
-        if self._base is None:
-            raise RuntimeError("call snapshot_reference() before training with a KL penalty")
-        self._reference = self._base
-        try:
-            yield
-        finally:
-            self._reference = None
-
-    def snapshot_reference(self) -> None:
-        if self.lora_rank == 0 and self._base is None:
-            self._base = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
-
-    def place_reference(self, place) -> None:
-        if self._base is not None:
-            self._base = place(self._base)
 
     def guided(self, run, x: torch.Tensor, sigma: torch.Tensor, cond, negative) -> torch.Tensor:
         """True classifier-free guidance: `run(x, σ, embeddings)` on the prompt and on `negative`."""
@@ -131,13 +100,4 @@ class DiffusersPolicy:
         """The whole pipeline folder (diffusers' layout), LoRA merged; adapters also in ``lora/``."""
         self.pipe.save_pretrained(str(directory))
         if self.lora_rank > 0:
-            from peft.utils import get_peft_model_state_dict
-            from safetensors.torch import save_file
-
-            (Path(directory) / "lora").mkdir(parents=True, exist_ok=True)
-            adapter = {k: v.contiguous().cpu() for k, v in get_peft_model_state_dict(self.denoiser).items()}
-            save_file(adapter, str(Path(directory) / "lora" / "adapter.safetensors"))
-            merged = copy.deepcopy(self.denoiser)
-            merged.fuse_lora()
-            merged.unload_lora()
-            merged.save_pretrained(str(Path(directory) / "transformer"))
+            merged_copy(self.denoiser, self.lora_rank, directory).save_pretrained(str(Path(directory) / "transformer"))

@@ -75,7 +75,7 @@ class FluxPolicy(DiffusersPolicy):
         return FluxConditioning(embeds.to(self.dtype), pooled.to(self.dtype), text_ids.expand(n, -1, -1).clone())
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: FluxConditioning) -> torch.Tensor:
-        model = self._transformer()
+        model = self._active()
         guidance = None
         if model.config.guidance_embeds:
             guidance = torch.full((x.shape[0],), self.guidance, device=x.device, dtype=torch.float32)
@@ -147,7 +147,7 @@ class SD3Policy(DiffusersPolicy):
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: SD3Conditioning) -> torch.Tensor:
         def run(x, sigma, c):
             embeds, pooled = c
-            return self._transformer()(hidden_states=x.to(self.dtype), timestep=(sigma * 1000.0).to(self.dtype),
+            return self._active()(hidden_states=x.to(self.dtype), timestep=(sigma * 1000.0).to(self.dtype),
                                        encoder_hidden_states=embeds, pooled_projections=pooled,
                                        return_dict=False)[0].float()
 
@@ -216,7 +216,7 @@ class WanPolicy(DiffusersPolicy):
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: WanConditioning) -> torch.Tensor:
         def run(x, sigma, embeds):
-            return self._transformer()(hidden_states=x.to(self.dtype), timestep=(sigma * 1000.0).to(self.dtype),
+            return self._active()(hidden_states=x.to(self.dtype), timestep=(sigma * 1000.0).to(self.dtype),
                                        encoder_hidden_states=embeds, return_dict=False)[0].float()
 
         return self.guided(run, x, sigma, cond.embeds, cond.negative_embeds)

@@ -10,7 +10,6 @@ image is preprocessed on its own, so a score never depends on the rest of the ba
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,9 +22,10 @@ from grpo.core.errors import UserError
 from grpo.core.reward import RewardOutput
 from grpo.core.schema import Doc, Range
 
+from .common import placement, require_path
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -167,22 +167,6 @@ def hf_config_from_open_clip(state: dict[str, torch.Tensor], vision_heads: int, 
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=state["visual.proj"].shape[1])
 
 
-def _resolve_device(device: str) -> torch.device:
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                        ("cpu" if device == "auto" else device))
-
-
-def _existing(path: str, where: str, env: str, what: str) -> Path:
-    if not path:
-        raise UserError(f"no {what} given", where=where,
-                        hint=f"set {where} = \"${{{env}}}\" and export {env}=/path/to/it")
-    p = Path(os.path.expanduser(path))
-    if not p.exists():
-        raise UserError(f"{what} {str(p)!r} does not exist", where=where,
-                        hint=f"download it there, or point {env} (or {where}) at it")
-    return p
-
-
 def _tokenizer(path: Path, where: str):
     from transformers import AutoTokenizer
 
@@ -202,8 +186,7 @@ class _ClipReward:
     pad_to_max = True
 
     def _setup(self, model, tokenizer, device: str, precision: str) -> None:
-        self.device = _resolve_device(device)
-        self.dtype = DTYPES[precision]
+        self.device, self.dtype = placement(device, precision)
         self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
 
@@ -245,8 +228,8 @@ class HPSv2Reward(_ClipReward):
     ) -> None:
         from transformers import CLIPModel
 
-        weights = _existing(path, "reward.path", "HPS_PATH", "HPS-v2.1 weights")
-        tok = _tokenizer(_existing(tokenizer or (path if weights.is_dir() else ""), "reward.tokenizer",
+        weights = require_path(path, "reward.path", "HPS_PATH", "HPS-v2.1 weights")
+        tok = _tokenizer(require_path(tokenizer or (path if weights.is_dir() else ""), "reward.tokenizer",
                                    "CLIP_TOKENIZER_PATH", "CLIP tokenizer folder"), "reward.tokenizer")
         if weights.is_dir():
             model = CLIPModel.from_pretrained(str(weights))
@@ -295,8 +278,8 @@ class PickScoreReward(_ClipReward):
     ) -> None:
         from transformers import CLIPModel
 
-        folder = _existing(path, "reward.path", "PICKSCORE_PATH", "PickScore folder")
-        tok = _tokenizer(_existing(processor or str(folder), "reward.processor", "CLIP_TOKENIZER_PATH",
+        folder = require_path(path, "reward.path", "PICKSCORE_PATH", "PickScore folder")
+        tok = _tokenizer(require_path(processor or str(folder), "reward.processor", "CLIP_TOKENIZER_PATH",
                                    "processor folder"), "reward.processor")
         model = CLIPModel.from_pretrained(str(folder))
         self.scaling, self.size = scaling, model.config.vision_config.image_size
@@ -337,7 +320,7 @@ class ClipScoreReward(_ClipReward):
     ) -> None:
         from transformers import CLIPModel
 
-        folder = _existing(path, "reward.path", "CLIP_PATH", "CLIP folder")
+        folder = require_path(path, "reward.path", "CLIP_PATH", "CLIP folder")
         tok = _tokenizer(folder, "reward.path")
         model = CLIPModel.from_pretrained(str(folder))
         self.variant, self.size = variant, model.config.vision_config.image_size
@@ -375,8 +358,8 @@ class AestheticReward(_ClipReward):
     ) -> None:
         from transformers import CLIPModel
 
-        folder = _existing(path, "reward.path", "CLIP_L14_PATH", "CLIP folder")
-        head_file = _existing(head, "reward.head", "AESTHETIC_HEAD_PATH", "aesthetic head")
+        folder = require_path(path, "reward.path", "CLIP_L14_PATH", "CLIP folder")
+        head_file = require_path(head, "reward.head", "AESTHETIC_HEAD_PATH", "aesthetic head")
         state = torch.load(str(head_file), map_location="cpu", weights_only=True)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         names = sorted({k.rsplit(".", 1)[0] for k in state}, key=lambda n: int(n.split(".")[1]))

@@ -6,8 +6,6 @@ to the image, and an affine head on the text's first token; written natively on 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
@@ -17,6 +15,7 @@ from grpo.core.reward import RewardOutput
 from grpo.core.schema import Doc
 
 from .clip import normalize, pil_short_side_crop
+from .common import placement, require_path
 
 # ImageReward's published normalisation of the head's output.
 MEAN, STD = 0.16717362830052426, 1.0333394966054072
@@ -65,16 +64,6 @@ def split_checkpoint(state: dict[str, torch.Tensor]) -> tuple[dict, dict, list[t
     return blip_vision_to_hf(vision), text, layers
 
 
-def _path(value: str, where: str, env: str, what: str) -> Path:
-    if not value:
-        raise UserError(f"no {what} given", where=where, hint=f"set {where} = \"${{{env}}}\" and export {env}=...")
-    p = Path(os.path.expanduser(value))
-    if not p.exists():
-        raise UserError(f"{what} {str(p)!r} does not exist", where=where,
-                        hint=f"download it there, or point {env} (or {where}) at it")
-    return p
-
-
 class ImageRewardReward:
     """ImageReward (THUDM / zai-org): human preference for text-to-image outputs, ≈ N(0, 1) over its
     training pairs."""
@@ -105,8 +94,8 @@ class ImageRewardReward:
             BlipVisionModel,
         )
 
-        weights = _path(path, "reward.path", "IMAGEREWARD_PATH", "ImageReward weights")
-        tok = AutoTokenizer.from_pretrained(str(_path(tokenizer, "reward.tokenizer", "BERT_TOKENIZER_PATH",
+        weights = require_path(path, "reward.path", "IMAGEREWARD_PATH", "ImageReward weights")
+        tok = AutoTokenizer.from_pretrained(str(require_path(tokenizer, "reward.tokenizer", "BERT_TOKENIZER_PATH",
                                                       "tokenizer folder")))
         tok.add_special_tokens({"bos_token": "[DEC]"})
         tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
@@ -137,9 +126,7 @@ class ImageRewardReward:
             if missing or unexpected:  # the reference loads non-strictly; we insist on full coverage
                 raise UserError(f"{weights}: the {what} weights do not fit (missing {missing[:3]}, unexpected "
                                 f"{unexpected[:3]})", where="reward.path", hint="use ImageReward.pt as released")
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.device, self.dtype = placement(device, precision)
         for m in (self.vision, self.text):
             m.to(self.device, self.dtype).eval().requires_grad_(False)
         self.head = [(w.to(self.device), b.to(self.device)) for w, b in self.head]

@@ -16,8 +16,6 @@ into 2×14×14 patches as Qwen2-VL's processor does, without torchvision.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
@@ -28,6 +26,7 @@ from grpo.core.reward import RewardOutput
 from grpo.core.schema import Doc, Range
 
 from .clip import CLIP_MEAN, CLIP_STD
+from .common import placement, require_path
 
 SPECIAL = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
 # Mean and standard deviation of each raw dimension (DanceGRPO's and VideoAlign's normalisation).
@@ -111,16 +110,6 @@ def convert_checkpoint(state: dict[str, torch.Tensor], scale: float) -> tuple[di
     return out, rm_head
 
 
-def _path(value: str, where: str, env: str, what: str) -> Path:
-    if not value:
-        raise UserError(f"no {what} given", where=where, hint=f"set {where} = \"${{{env}}}\" and export {env}=...")
-    p = Path(os.path.expanduser(value))
-    if not p.exists():
-        raise UserError(f"{what} {str(p)!r} does not exist", where=where,
-                        hint=f"download it there, or point {env} (or {where}) at it")
-    return p
-
-
 class VideoAlignReward:
     """VideoAlign's VQ / MQ / TA scores of a video against its prompt (normalised as DanceGRPO does).
 
@@ -156,14 +145,14 @@ class VideoAlignReward:
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer, Qwen2VLForConditionalGeneration
 
-        weights = _path(path, "reward.path", "VIDEOALIGN_PATH", "VideoAlign checkpoint")
-        base_dir = _path(base, "reward.base", "QWEN2VL_PATH", "Qwen2-VL folder")
-        template = _path(template_file, "reward.template_file", "VIDEOALIGN_TEMPLATE", "prompt template")
+        weights = require_path(path, "reward.path", "VIDEOALIGN_PATH", "VideoAlign checkpoint")
+        base_dir = require_path(base, "reward.base", "QWEN2VL_PATH", "Qwen2-VL folder")
+        template = require_path(template_file, "reward.template_file", "VIDEOALIGN_TEMPLATE", "prompt template")
         self.template = template.read_text(encoding="utf-8")  # byte for byte: trailing spaces matter
         if "{text_prompt}" not in self.template:
             raise UserError(f"{template} has no {{text_prompt}}", where="reward.template_file",
                             hint="it must be VideoAlign's detailed_special template")
-        tok = AutoTokenizer.from_pretrained(str(_path(tokenizer, "reward.tokenizer", "VIDEOALIGN_PATH", "tokenizer")
+        tok = AutoTokenizer.from_pretrained(str(require_path(tokenizer, "reward.tokenizer", "VIDEOALIGN_PATH", "tokenizer")
                                                 if tokenizer else base_dir))
         missing = [t for t in SPECIAL if t not in tok.get_vocab()]
         if missing:
@@ -181,9 +170,7 @@ class VideoAlignReward:
             raise UserError(f"{weights} does not fit {base_dir}'s architecture (missing {missing_keys[:3]}, "
                             f"unexpected {unexpected[:3]})", where="reward.path",
                             hint="use the VideoReward checkpoint with the Qwen2-VL-2B-Instruct config")
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.device, self.dtype = placement(device, precision)
         self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
         self.rm_head = rm_head.to(self.device, torch.float32)
         self.video_token_id = config.video_token_id

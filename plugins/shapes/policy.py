@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,6 +13,7 @@ from grpo.core.errors import UserError
 from grpo.core.policy import Conditioning
 from grpo.core.schema import Doc, Range
 
+from ..policies import FrozenReference, merged_copy
 from .model import encode_text, load_components, unet_velocity
 
 BUNDLED = Path(__file__).parent / "weights" / "base"
@@ -29,7 +29,7 @@ class ShapesConditioning(Conditioning):
     null_pooled: torch.Tensor
 
 
-class ShapesPolicy:
+class ShapesPolicy(FrozenReference):
     """The embedded shapes model: a pixel-space UNet2DConditionModel with a tiny CLIP text encoder."""
 
     latent_shape = (3, 32, 32)
@@ -80,8 +80,6 @@ class ShapesPolicy:
             for name, p in unet.named_parameters():
                 p.requires_grad_(not any(fnmatch.fnmatch(name, pat) for pat in freeze))
         self.denoiser = unet
-        self._reference_unet: torch.nn.Module | None = None
-        self._base: torch.nn.Module | None = None
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> ShapesConditioning:
@@ -92,11 +90,8 @@ class ShapesPolicy:
             hidden.float(), mask, pooled.float(), nh.expand(n, -1, -1).float(), nm.expand(n, -1), np_.expand(n, -1).float()
         )
 
-    def _unet(self) -> torch.nn.Module:
-        return self._reference_unet if self._reference_unet is not None else self.denoiser
-
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: ShapesConditioning) -> torch.Tensor:
-        unet = self._unet()
+        unet = self._active()
         if self.guidance_scale == 1.0:
             return unet_velocity(unet, x, sigma, cond.hidden, cond.mask, cond.pooled)
         both = unet_velocity(
@@ -116,53 +111,12 @@ class ShapesPolicy:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.denoiser.parameters() if p.requires_grad]
 
-    @contextmanager
-    def reference(self):
-        """The frozen base model: adapters disabled (LoRA) or a frozen copy taken at first use."""
-        if self.lora_rank > 0:
-            self.denoiser.disable_adapters()
-            try:
-                yield
-            finally:
-                self.denoiser.enable_adapters()
-            return
-        if self._base is None:
-            raise RuntimeError("call snapshot_reference() before training with a KL penalty")
-        self._reference_unet = self._base
-        try:
-            yield
-        finally:
-            self._reference_unet = None
-
-    def snapshot_reference(self) -> None:
-        """Keep a frozen copy of the current denoiser as the KL reference (full fine-tune only)."""
-        if self.lora_rank == 0 and self._base is None:
-            import copy
-
-            self._base = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
-
     def export(self, directory: Path) -> None:
         """Write a model folder (tokenizer/, text_encoder/, unet/) that this plugin and diffusers'
         `UNet2DConditionModel.from_pretrained(directory / "unet")` load; LoRA adapters are merged into
         the weights and also written alone to ``lora/adapter.safetensors``."""
-        import copy
-
-        from safetensors.torch import save_file
-
         from .model import save_components
 
-        unet = copy.deepcopy(self.denoiser).cpu()
-        if self.lora_rank > 0:
-            from peft.utils import get_peft_model_state_dict
-
-            (Path(directory) / "lora").mkdir(parents=True, exist_ok=True)
-            adapter = {k: v.contiguous() for k, v in get_peft_model_state_dict(unet).items()}
-            save_file(adapter, str(Path(directory) / "lora" / "adapter.safetensors"))
-            unet.fuse_lora()
-            unet.unload_lora()
+        unet = merged_copy(self.denoiser, self.lora_rank, directory)
         save_components(directory, self.tokenizer, self.text_encoder.cpu(), unet)
 
-    def place_reference(self, place) -> None:
-        """Hand the frozen copy to the backend (`place(module) -> module`), e.g. to be partitioned."""
-        if self._base is not None:
-            self._base = place(self._base)
