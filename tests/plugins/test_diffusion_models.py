@@ -171,3 +171,16 @@ def test_export_loads_in_the_pipeline_class(name, folders, tmp_path):
     assert not any("lora" in k for k in pipe.transformer.state_dict())
     again = make(name, {name: Path(tmp_path / "out")})
     torch.testing.assert_close(again.velocity(x, sigma, again.encode_prompts(PROMPTS)), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["flux", "wan-t2v"])
+def test_gradient_checkpointing_gives_the_same_gradients(name, folders):
+    grads = []
+    for checkpointing in (False, True):
+        policy = make(name, folders, gradient_checkpointing=checkpointing)
+        policy.denoiser.train()  # some blocks checkpoint only in training mode
+        x = torch.randn((2, *policy.latent_shape), generator=torch.Generator().manual_seed(1))
+        policy.velocity(x, torch.tensor([0.8, 0.4]), policy.encode_prompts(PROMPTS)).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters() if p.grad is not None]))
+        assert policy.denoiser.is_gradient_checkpointing == checkpointing
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
