@@ -37,6 +37,7 @@ def grpo_register_topology(registry) -> None:
 @hookimpl
 def grpo_register_reward(registry) -> None:
     from .rewards.clip import AestheticReward, ClipScoreReward, HPSv2Reward, PickScoreReward
+    from .rewards.hpsv3 import HPSv3Reward
     from .rewards.http import HttpReward
     from .rewards.imagereward import ImageRewardReward
     from .rewards.videoalign import VideoAlignReward
@@ -51,6 +52,7 @@ def grpo_register_reward(registry) -> None:
     registry.add("http", HttpReward)
     registry.add("videoalign", VideoAlignReward)
     registry.add("imagereward", ImageRewardReward)
+    registry.add("hpsv3", HPSv3Reward)
 
 
 @hookimpl

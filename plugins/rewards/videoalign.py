@@ -110,7 +110,77 @@ def convert_checkpoint(state: dict[str, torch.Tensor], scale: float) -> tuple[di
     return out, rm_head
 
 
-class VideoAlignReward:
+class QwenVLReward:
+    """What VideoAlign and HPSv3 share: a Qwen2-VL whose vision embeddings are scattered into the
+    prompt's pad tokens, run with plain 1-D positions, and read at reward tokens."""
+
+    def _setup_model(self, base_dir, tokenizer_dir, special: tuple[str, ...], state: dict[str, torch.Tensor],
+                     weights, device: str, precision: str, hint: str) -> None:
+        from transformers import AutoConfig, AutoTokenizer, Qwen2VLForConditionalGeneration
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir or base_dir))
+        if any(t not in tok.get_vocab() for t in special):
+            tok.add_special_tokens({"additional_special_tokens": list(special)})
+        self.tokenizer = tok
+        self.special_ids = [tok.convert_tokens_to_ids(t) for t in special]
+        config = AutoConfig.from_pretrained(str(base_dir))
+        model = Qwen2VLForConditionalGeneration(config)
+        model.resize_token_embeddings(len(tok))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise UserError(f"{weights} does not fit {base_dir}'s architecture (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})", where="reward.path", hint=hint)
+        self.device, self.dtype = placement(device, precision)
+        self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.config = config
+        vc = config.vision_config
+        self.patch, self.temporal, self.merge = vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size
+
+    @staticmethod
+    def _template(path, required: tuple[str, ...], what: str) -> str:
+        text = path.read_text(encoding="utf-8")  # byte for byte: trailing spaces matter
+        missing = [r for r in ("{text_prompt}", *required) if r not in text]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)}", where="reward.template_file", hint=f"it must be {what}")
+        return text
+
+    def prompt_ids(self, prompt: str, pad: str, tokens: int) -> torch.Tensor:
+        """The chat the reference builds: system message, then the picture's pad tokens and the template."""
+        text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+                + pad * tokens + "<|vision_end|>" + self.template.replace("{text_prompt}", prompt)
+                + "<|im_end|>\n<|im_start|>assistant\n")
+        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+
+    def hidden_states(self, patches: torch.Tensor, grid: torch.Tensor, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+        """Last (normed) hidden states (L, D) of one prompt whose `pad_id` slots hold the vision embeddings."""
+        ids = ids.to(self.device)
+        lm = self.model.model.language_model
+        embeds = lm.embed_tokens(ids[None])
+        vision = self.model.model.visual(patches.to(self.device, self.dtype), grid_thw=grid[None].to(self.device))
+        vision = getattr(vision, "pooler_output", vision)
+        slots = ids[None] == pad_id
+        if int(slots.sum()) != vision.shape[0]:
+            raise RuntimeError(f"{int(slots.sum())} vision slots for {vision.shape[0]} vision embeddings")
+        embeds = embeds.masked_scatter(slots[..., None].expand_as(embeds), vision.to(embeds.dtype))
+        # no position ids: plain 1-D positions in all three M-RoPE sections, as the reference runs it
+        return lm(inputs_embeds=embeds, attention_mask=torch.ones_like(ids[None]), position_ids=None).last_hidden_state[0]
+
+    def at_token(self, hidden: torch.Tensor, ids: torch.Tensor, token: int) -> torch.Tensor:
+        where = (ids.to(hidden.device) == token).nonzero()
+        if where.numel() == 0:
+            raise UserError(f"the template has no {self.tokenizer.convert_ids_to_tokens(token)}",
+                            where="reward.template_file", hint="use the reward model's own template")
+        return hidden[where[-1, 0]].float()
+
+    def resized(self, frames: torch.Tensor, min_pixels: int, max_pixels: int) -> torch.Tensor:
+        """Frames (T, 3, H, W) in 0-255 resized as Qwen2-VL's processor does (bicubic on uint8)."""
+        h, w = smart_resize(frames.shape[-2], frames.shape[-1], self.patch * self.merge, min_pixels, max_pixels)
+        frames = F.interpolate(frames.float(), size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+        return frames.round().clamp(0, 255)
+
+
+class VideoAlignReward(QwenVLReward):
     """VideoAlign's VQ / MQ / TA scores of a video against its prompt (normalised as DanceGRPO does).
 
     `dimension` chooses the optimized score (DanceGRPO trains on VQ); all three and their sum
@@ -143,39 +213,16 @@ class VideoAlignReward:
         precision: Annotated[Literal["fp32", "bf16", "fp16"], Doc("weights (the reference runs bf16)")] = "bf16",
         device: Literal["auto", "cpu", "cuda"] = "auto",
     ) -> None:
-        from transformers import AutoConfig, AutoTokenizer, Qwen2VLForConditionalGeneration
-
         weights = require_path(path, "reward.path", "VIDEOALIGN_PATH", "VideoAlign checkpoint")
         base_dir = require_path(base, "reward.base", "QWEN2VL_PATH", "Qwen2-VL folder")
         template = require_path(template_file, "reward.template_file", "VIDEOALIGN_TEMPLATE", "prompt template")
-        self.template = template.read_text(encoding="utf-8")  # byte for byte: trailing spaces matter
-        if "{text_prompt}" not in self.template:
-            raise UserError(f"{template} has no {{text_prompt}}", where="reward.template_file",
-                            hint="it must be VideoAlign's detailed_special template")
-        tok = AutoTokenizer.from_pretrained(str(require_path(tokenizer, "reward.tokenizer", "VIDEOALIGN_PATH", "tokenizer")
-                                                if tokenizer else base_dir))
-        missing = [t for t in SPECIAL if t not in tok.get_vocab()]
-        if missing:
-            tok.add_special_tokens({"additional_special_tokens": list(SPECIAL)})
-        self.tokenizer = tok
-        self.special_ids = [tok.convert_tokens_to_ids(t) for t in SPECIAL]
-        config = AutoConfig.from_pretrained(str(base_dir))
-        model = Qwen2VLForConditionalGeneration(config)
-        model.resize_token_embeddings(len(tok))
+        self.template = self._template(template, (), "VideoAlign's detailed_special template")
+        tok_dir = require_path(tokenizer, "reward.tokenizer", "VIDEOALIGN_PATH", "tokenizer") if tokenizer else None
         raw = torch.load(str(weights), map_location="cpu", weights_only=True)
         state, rm_head = convert_checkpoint(raw, lora_alpha / lora_rank)
-        missing_keys, unexpected = model.load_state_dict(state, strict=False)
-        missing_keys = [k for k in missing_keys if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-        if missing_keys or unexpected:
-            raise UserError(f"{weights} does not fit {base_dir}'s architecture (missing {missing_keys[:3]}, "
-                            f"unexpected {unexpected[:3]})", where="reward.path",
-                            hint="use the VideoReward checkpoint with the Qwen2-VL-2B-Instruct config")
-        self.device, self.dtype = placement(device, precision)
-        self.model = model.to(self.device, self.dtype).eval().requires_grad_(False)
+        self._setup_model(base_dir, tok_dir, SPECIAL, state, weights, device, precision,
+                          "use the VideoReward checkpoint with the Qwen2-VL-2B-Instruct config")
         self.rm_head = rm_head.to(self.device, torch.float32)
-        self.video_token_id = config.video_token_id
-        vc = config.vision_config
-        self.patch, self.temporal, self.merge = vc.patch_size, vc.temporal_patch_size, vc.spatial_merge_size
         self.dimension, self.normalize, self.fps, self.sample_fps = dimension, normalize, fps, sample_fps
         self.max_pixels = max_pixels
 
@@ -184,41 +231,17 @@ class VideoAlignReward:
         if not self.fps:
             raise UserError("the video's fps is unknown", where="reward.fps", hint="set reward.fps, or use a video model")
         idx = frame_indices(video.shape[0], self.fps, self.sample_fps)
-        frames = (video[idx].float().clamp(0, 1) * 255).round()
-        factor = self.patch * self.merge
-        h, w = smart_resize(frames.shape[-2], frames.shape[-1], factor, max_pixels=self.max_pixels)
-        frames = F.interpolate(frames, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-        frames = frames.round().clamp(0, 255)  # the reference resizes uint8 frames
+        frames = self.resized((video[idx].float().clamp(0, 1) * 255).round(), 128 * 28 * 28, self.max_pixels)
         return patchify(frames, self.patch, self.temporal, self.merge)
-
-    def prompt_ids(self, prompt: str, video_tokens: int) -> torch.Tensor:
-        text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-                + "<|video_pad|>" * video_tokens + "<|vision_end|>" + self.template.replace("{text_prompt}", prompt)
-                + "<|im_end|>\n<|im_start|>assistant\n")
-        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
 
     @torch.no_grad()
     def raw_scores(self, video: torch.Tensor, prompt: str) -> torch.Tensor:
         """(VQ, MQ, TA) before normalisation, for one video."""
         patches, grid = self.prepare(video)
-        ids = self.prompt_ids(prompt, int(grid.prod()) // (self.merge**2)).to(self.device)
-        lm = self.model.model.language_model
-        embeds = lm.embed_tokens(ids[None])
-        vision = self.model.model.visual(patches.to(self.device, self.dtype), grid_thw=grid[None].to(self.device))
-        vision = getattr(vision, "pooler_output", vision)
-        slots = ids[None] == self.video_token_id
-        if int(slots.sum()) != vision.shape[0]:
-            raise RuntimeError(f"{int(slots.sum())} video slots for {vision.shape[0]} video embeddings")
-        embeds = embeds.masked_scatter(slots[..., None].expand_as(embeds), vision.to(embeds.dtype))
-        hidden = lm(inputs_embeds=embeds, attention_mask=torch.ones_like(ids[None]), position_ids=None).last_hidden_state
-        out = []
-        for token in self.special_ids:  # VQ, MQ, TA: each read at its own token
-            where = (ids == token).nonzero()
-            if where.numel() == 0:
-                raise UserError(f"the template has no {self.tokenizer.convert_ids_to_tokens(token)}",
-                                where="reward.template_file", hint="use VideoAlign's detailed_special template")
-            out.append(hidden[0, where[-1, 0]].float() @ self.rm_head[0])
-        return torch.stack(out).cpu()
+        ids = self.prompt_ids(prompt, "<|video_pad|>", int(grid.prod()) // (self.merge**2))
+        hidden = self.hidden_states(patches, grid, ids, self.config.video_token_id)
+        # VQ, MQ, TA: each read at its own token
+        return torch.stack([self.at_token(hidden, ids, t) @ self.rm_head[0] for t in self.special_ids]).cpu()
 
     def score(self, videos: torch.Tensor, prompts: list[str]) -> RewardOutput:
         raw = torch.stack([self.raw_scores(v, p) for v, p in zip(videos, prompts, strict=True)])

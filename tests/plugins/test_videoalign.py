@@ -11,7 +11,6 @@ from grpo.core.errors import UserError
 from grpo.plugins.rewards.clip import CLIP_MEAN, CLIP_STD
 from grpo.plugins.rewards.videoalign import VideoAlignReward, frame_indices, patchify, smart_resize
 
-QWEN_TOKENS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"]
 TEMPLATE = "\nRate this video.  \nPrompt: {text_prompt}\nQuality <|VQ_reward|> motion <|MQ_reward|> text <|TA_reward|> "
 
 
@@ -50,20 +49,6 @@ def test_patchify_orders_patches_as_qwen():
                         row += 1
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk)
-    tok.add_special_tokens({"additional_special_tokens": QWEN_TOKENS})
-    return tok
-
-
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -72,17 +57,13 @@ def files(tmp_path_factory):
     """A Qwen2-VL base folder, and a VideoReward-style checkpoint: PEFT-wrapped LoRA (r 4, α 8) in
     transformers 4.46's key layout, plus an rm_head; returns them with the unmerged peft model."""
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from grpo.testing.tiny_vlm import qwen_tokenizer, tiny_qwen2vl_config
 
     root = tmp_path_factory.mktemp("videoalign")
-    tok = _tokenizer()
-    config = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, patch_size=14, temporal_patch_size=2,
-                           spatial_merge_size=2, mlp_ratio=2),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"), tie_word_embeddings=True)
+    tok = qwen_tokenizer()
+    config = tiny_qwen2vl_config(tok)
     config.save_pretrained(str(root / "base"))
     tok.save_pretrained(str(root / "base"))
     torch.manual_seed(0)
@@ -118,11 +99,11 @@ def video(seed: int, frames: int = 5) -> torch.Tensor:
 def reference(reward, peft, rm_head, clip, prompt, positions=None):
     """The unmerged peft model's forward, scattered and read out by hand."""
     patches, grid = reward.prepare(clip)
-    ids = reward.prompt_ids(prompt, int(grid.prod()) // 4)
+    ids = reward.prompt_ids(prompt, "<|video_pad|>", int(grid.prod()) // 4)
     inner = peft.base_model.model.model
     embeds = inner.language_model.embed_tokens(ids[None])
     vision = inner.visual(patches, grid_thw=grid[None]).pooler_output
-    embeds = embeds.masked_scatter((ids[None] == reward.video_token_id)[..., None].expand_as(embeds), vision)
+    embeds = embeds.masked_scatter((ids[None] == reward.config.video_token_id)[..., None].expand_as(embeds), vision)
     hidden = inner.language_model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids[None]),
                                   position_ids=positions).last_hidden_state[0]
     return ids, hidden, torch.stack([hidden[(ids == t).nonzero()[-1, 0]] @ rm_head[0] for t in reward.special_ids])
