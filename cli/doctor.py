@@ -17,13 +17,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from grpo.core.preflight import PATH_OPTIONS
 from grpo.core.recipe import ENV_PATTERN, apply_overrides, load_toml, parse, plugin_modules
 from grpo.core.registry import load_registry
 
 from .common import EXIT_USER_ERROR, console, guard
 
-# Options that name a file or folder, by the component kind they belong to.
-PATH_OPTIONS = ("path", "tokenizer", "processor", "head", "config_file", "eval_path")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer_config.json")
 
 

@@ -9,7 +9,7 @@ from .errors import UserError, UserErrors
 from .recipe import Recipe
 
 # Options that name a file or folder, whatever the plugin.
-PATH_OPTIONS = ("path", "tokenizer", "processor", "head", "config_file", "eval_path")
+PATH_OPTIONS = ("path", "base", "tokenizer", "processor", "head", "template_file", "config_file", "eval_path")
 
 
 def missing_paths(recipe: Recipe) -> list[UserError]:
