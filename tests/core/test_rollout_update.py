@@ -75,3 +75,17 @@ def test_partition_covers_every_edge_once_and_keeps_chains_together(tiny_policy)
     chains = partition(batch, 3, "chains", gen)
     seen = [set(batch.chain[p].tolist()) for p in chains]
     assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1 :])
+
+
+def test_unscored_leaves_get_their_trees_mean_and_are_marked():
+    from types import SimpleNamespace
+
+    from grpo.core.engine import impute_failed
+
+    nan = float("nan")
+    ro = SimpleNamespace(tree=[torch.tensor([0, 0, 0, 1, 1, 1])])  # two trees of three leaves
+    scores = [torch.tensor([1.0, nan, 3.0, nan, nan, nan]), torch.tensor([0.5, 0.5, nan, 1.0, 2.0, 3.0])]
+    out, failed = impute_failed(ro, scores)
+    assert out[0].tolist() == [1.0, 2.0, 3.0, 0.0, 0.0, 0.0]  # a tree with no score at all: zeros
+    assert out[1].tolist() == [0.5, 0.5, 0.5, 1.0, 2.0, 3.0]
+    assert failed.tolist() == [False, True, True, True, True, True]
