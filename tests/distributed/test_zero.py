@@ -192,8 +192,8 @@ def test_export_of_a_zero3_run_loads_in_diffusers_and_samples_the_same(tiny_mode
     trainer.eval_noise = {n: torch.randn((len(p), *trainer.c.policy.latent_shape), generator=gen)
                           for n, p in trainer.c.eval_sets.items()}
     trainer.evaluate(2)
-    ours = torch.from_numpy(np.asarray(Image.open(check / "samples" / "eval_000002.png"))).float()
-    theirs = torch.from_numpy(np.asarray(Image.open(run / "samples" / "eval_000002.png"))).float()
+    ours = torch.from_numpy(np.array(Image.open(check / "samples" / "eval_000002.png"))).float()
+    theirs = torch.from_numpy(np.array(Image.open(run / "samples" / "eval_000002.png"))).float()
     assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) <= 1.0
     assert torch.load(check / "eval" / "iter_000002.pt", weights_only=False) == torch.load(
         run / "eval" / "iter_000002.pt", weights_only=False)
