@@ -223,12 +223,25 @@ class DeepSpeedBackend:
                 return norm
             self.engine.step()
             return norm
+        if self.zero_stage == 3 and not self._finite_stage3():
+            # fp32 ZeRO-3 would apply a non-finite gradient: drop it on every rank instead
+            self.engine.optimizer.zero_grad(set_to_none=True)
+            return float("nan")
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        if norm is None:
-            return float("nan")
-        norm = float(norm)
-        return norm
+        return float(norm) if norm is not None else float("nan")
+
+    def _finite_stage3(self) -> bool:
+        """Whether every rank's gradient partition is finite (one all-reduce)."""
+        opt = self.engine.optimizer
+        held = [getattr(opt, "grad_partitions_flat_buffer", None)]
+        held += [p.grad for p in getattr(opt, "fp32_partitioned_groups_flat", []) if p.grad is not None]
+        ok = all(bool(torch.isfinite(t).all()) for t in held if t is not None)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            ok = bool(flag.item() > 0)
+        return ok
 
     def save(self, directory: Path) -> None:
         """Every rank writes its shard into `directory` (ZeRO's layout, tag ``backend``)."""
