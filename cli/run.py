@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from grpo.core.engine import RESOLVED, Trainer
+from grpo.core.engine import RESOLVED, Trainer, check_world
 from grpo.core.errors import UserError
 
 from .common import console, guard, load_recipe
@@ -40,13 +40,7 @@ def check_ranks(recipe, nproc: int) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    if ranks != nproc:
-        raise UserError(f"backend {recipe.backend.entry.name!r} runs in one process, not {nproc}", where="backend.use",
-                        hint="use backend.use = 'deepspeed' with --nproc, or drop --nproc")
-    per = recipe.train.prompts_per_iteration
-    if per % nproc:
-        raise UserError(f"{per} prompts per iteration do not split evenly over {nproc} ranks",
-                        where="train.prompts_per_iteration", hint=f"use a multiple of {nproc}: each rank samples whole trees")
+    check_world(recipe, nproc, ranks)
 
 
 @guard

@@ -102,6 +102,18 @@ def impute_failed(rollout: Rollout, scores: list[torch.Tensor]) -> tuple[list[to
     return out, failed
 
 
+def check_world(recipe: Recipe, launched: int, ranks: int) -> None:
+    """Refuse a run that `launched` ranks cannot share: a backend that runs `ranks` ≠ `launched`
+    processes, or prompts per iteration that do not split into whole trees per rank."""
+    if launched > 1 and ranks != launched:
+        raise UserError(f"started as {launched} ranks, but backend {recipe.backend.entry.name!r} runs in one process",
+                        where="backend.use", hint="use backend.use = 'deepspeed' for several ranks, or run one process")
+    per = recipe.train.prompts_per_iteration
+    if per % ranks:
+        raise UserError(f"{per} prompts per iteration do not split evenly over {ranks} ranks",
+                        where="train.prompts_per_iteration", hint=f"use a multiple of {ranks}: each rank samples whole trees")
+
+
 def mean_ci(values: torch.Tensor) -> tuple[float, float]:
     """Mean and half-width of its 95% normal interval (1.96 standard errors; 0 for n < 2).
     Values that are not finite (a reward that could not score) are left out."""
@@ -249,7 +261,8 @@ class Trainer:
                 metrics[f"{set_name}/{key}/ci95"] = ci
             if cfg.grid_images:
                 take = np.linspace(0, n - 1, min(cfg.grid_images, n)).round().astype(int)
-                mine = [j for j, i in enumerate(own) if i in set(take.tolist())]
+                picked_here = set(take.tolist())
+                mine = [j for j, i in enumerate(own) if i in picked_here]
                 picked = self.group.gather(images[mine] if mine else images[:0])
                 grid_images.append(picked)
                 grid_captions += [f"[{set_name}] {prompts[i]}" for i in take]
@@ -394,14 +407,7 @@ class Trainer:
         if t.kl_beta > 0 and hasattr(self.c.policy, "snapshot_reference"):
             self.c.policy.snapshot_reference()
         ranks = getattr(self.c.backend, "world_size", 1)
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched > 1 and ranks != launched:
-            raise UserError(f"started as {launched} ranks, but backend {self.recipe.backend.entry.name!r} runs in one "
-                            "process", where="backend.use", hint="use backend.use = 'deepspeed' for several ranks")
-        if t.prompts_per_iteration % ranks:
-            raise UserError(f"{t.prompts_per_iteration} prompts per iteration do not split evenly over {ranks} ranks",
-                            where="train.prompts_per_iteration",
-                            hint=f"use a multiple of {ranks}: each rank samples whole trees")
+        check_world(self.recipe, int(os.environ.get("WORLD_SIZE", "1")), ranks)
         self.c.policy.denoiser.eval()  # no dropout: the rollout and the update see the same policy
         self.c.backend.setup(self.c.policy.denoiser, params, OptimizerConfig(
             lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]), eps=t.eps, grad_clip=t.grad_clip))

@@ -66,7 +66,6 @@ def rollout(
     generator: torch.Generator | Sequence[torch.Generator],
     max_batch: int,
     init_noise: torch.Tensor | None = None,
-    init_same_noise: bool = False,
     split_logprob: SplitLogProb = "nominal",
     on_step: Callable[[int], None] | None = None,
 ) -> Rollout:
@@ -79,19 +78,15 @@ def rollout(
 
     Args:
         cond: embeddings of P prompts (one tree each).
-        init_noise: optional (P, *latent) root states (evaluation uses fixed noise).
-        init_same_noise: one initial noise shared by all P trees.
+        init_noise: optional (P, *latent) root states (evaluation uses fixed noise; the engine passes one
+            noise for every tree when `train.init_same_noise` is on).
     """
     device = next(policy.denoiser.parameters()).device
     num_trees = int(next(t for t in vars(cond).values() if isinstance(t, torch.Tensor)).shape[0])
     sigmas = sampler.sigmas()
     shape = tuple(policy.latent_shape)
     if init_noise is None:
-        if init_same_noise:
-            first = generator if isinstance(generator, torch.Generator) else generator[0]
-            init_noise = torch.randn((1, *shape), generator=first).expand(num_trees, *shape).clone()
-        else:
-            init_noise = draw_noise(torch.ones(num_trees, dtype=torch.long), shape, generator)
+        init_noise = draw_noise(torch.ones(num_trees, dtype=torch.long), shape, generator)
     states = [init_noise.to(device, torch.float32)]
     trees = [torch.arange(num_trees)]
     parents: list[torch.Tensor] = []

@@ -21,6 +21,22 @@ def qwen_tokenizer(extra: list[str] = ()):
     return tok
 
 
+def tiny_qwen2vl(folder, extra_tokens: int, seed: int = 0):
+    """A base folder (config and tokenizer, as Qwen2-VL-*-Instruct ships) under `folder`, and a random
+    model on it whose embeddings hold `extra_tokens` added reward tokens; returns (model, tokenizer)."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    tok = qwen_tokenizer()
+    config = tiny_qwen2vl_config(tok)
+    config.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    model.resize_token_embeddings(len(tok) + extra_tokens)
+    return model, tok
+
+
 def tiny_qwen2vl_config(tok, hidden: int = 64):
     """Qwen2-VL with 2 text layers (4 heads, 2 KV heads, M-RoPE sections 2+3+3) and a 2-block
     vision tower with Qwen's real patching (14-pixel patches, 2 frames, 2×2 merge)."""

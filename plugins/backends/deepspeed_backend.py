@@ -12,7 +12,6 @@ import datetime
 import json
 import math
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +19,7 @@ from typing import Annotated, Any, Literal
 import torch
 
 from grpo.core.backend import OptimizerConfig
+from grpo.core.dist import free_port
 from grpo.core.errors import UserError
 from grpo.core.schema import Doc, Range
 
@@ -38,12 +38,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 # update loop and the optimizer is the engine's AdamW.
 OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
               "scheduler")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +112,7 @@ class DeepSpeedBackend:
         os.environ.setdefault("DS_ACCELERATOR", "cpu" if self.device.type == "cpu" else "cuda")
         for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
             os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
         import deepspeed
 
         comm_torch = sys.modules.get("deepspeed.comm.torch")

@@ -17,7 +17,7 @@ from grpo.core.reward import RewardOutput
 from grpo.core.schema import Doc, Range
 
 from .common import require_path
-from .videoalign import QwenVLReward, patchify
+from .videoalign import QwenVLReward, patchify, qwen2vl_key
 
 REWARD_TOKEN = "<|Reward|>"
 
@@ -31,11 +31,7 @@ def split_hpsv3(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
             index, _, param = key[len("rm_head."):].partition(".")
             head.setdefault(int(index), {})[param] = value
             continue
-        if key.startswith("visual."):
-            key = "model." + key
-        elif key.startswith(("model.embed_tokens.", "model.layers.", "model.norm.")):
-            key = "model.language_model." + key[len("model."):]
-        model[key] = value
+        model[qwen2vl_key(key)] = value
     if not head:
         raise ValueError("no rm_head.* keys: not an HPSv3 checkpoint")
     return model, [(head[i]["weight"].float(), head[i]["bias"].float()) for i in sorted(head)]

@@ -100,14 +100,16 @@ def convert_checkpoint(state: dict[str, torch.Tensor], scale: float) -> tuple[di
     rm_head = merged.pop("rm_head.weight", None)
     if rm_head is None:
         raise ValueError("no rm_head.weight: not a VideoReward checkpoint")
-    out = {}
-    for key, value in merged.items():
-        if key.startswith("visual."):
-            key = "model." + key
-        elif key.startswith(("model.embed_tokens.", "model.layers.", "model.norm.")):
-            key = "model.language_model." + key[len("model."):]
-        out[key] = value
-    return out, rm_head
+    return {qwen2vl_key(k): v for k, v in merged.items()}, rm_head
+
+
+def qwen2vl_key(key: str) -> str:
+    """A Qwen2-VL state-dict key of transformers < 4.52 in transformers 5's layout (others unchanged)."""
+    if key.startswith("visual."):
+        return "model." + key
+    if key.startswith(("model.embed_tokens.", "model.layers.", "model.norm.")):
+        return "model.language_model." + key[len("model."):]
+    return key
 
 
 class QwenVLReward:

@@ -205,7 +205,7 @@ def test_torchrun_starts_the_same_run(tiny_model_dir, tmp_path):
     run_args = ["run", BRANCH, *args(tiny_model_dir, 2, iterations=1)]
     grpo(*run_args, "--out", str(ours), nproc=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    from grpo.cli.launch import free_port
+    from grpo.core.dist import free_port
 
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-port", str(free_port()), "-m", "grpo.cli.main", *run_args, "--out", str(theirs),

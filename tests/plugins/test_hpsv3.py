@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from grpo.core.errors import UserError
 from grpo.plugins.rewards.hpsv3 import HPSv3Reward
 from grpo.testing import tiny_images
-from grpo.testing.tiny_vlm import qwen_tokenizer, tiny_qwen2vl_config
+from grpo.testing.tiny_vlm import tiny_qwen2vl
 
 TEMPLATE = "You judge images.\nTextual prompt - {text_prompt}\nPlease provide the overall ratings of this image: <|Reward|>\n\nEND\n"
 PIXELS = 4 * 28 * 28  # tiny: 4 merged tokens per image
@@ -18,16 +18,8 @@ PIXELS = 4 * 28 * 28  # tiny: 4 merged tokens per image
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from transformers import Qwen2VLForConditionalGeneration
-
     root = tmp_path_factory.mktemp("hpsv3")
-    tok = qwen_tokenizer()
-    config = tiny_qwen2vl_config(tok)
-    config.save_pretrained(str(root / "base"))
-    tok.save_pretrained(str(root / "base"))
-    torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(config)
-    model.resize_token_embeddings(len(tok) + 1)  # <|Reward|>
+    model, _ = tiny_qwen2vl(root / "base", extra_tokens=1)  # <|Reward|>
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     head = {"rm_head.0.weight": torch.randn(32, 64) * 0.2, "rm_head.0.bias": torch.randn(32) * 0.1,
             "rm_head.3.weight": torch.randn(16, 32) * 0.2, "rm_head.3.bias": torch.randn(16) * 0.1,

@@ -57,18 +57,11 @@ def files(tmp_path_factory):
     """A Qwen2-VL base folder, and a VideoReward-style checkpoint: PEFT-wrapped LoRA (r 4, α 8) in
     transformers 4.46's key layout, plus an rm_head; returns them with the unmerged peft model."""
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2VLForConditionalGeneration
 
-    from grpo.testing.tiny_vlm import qwen_tokenizer, tiny_qwen2vl_config
+    from grpo.testing.tiny_vlm import tiny_qwen2vl
 
     root = tmp_path_factory.mktemp("videoalign")
-    tok = qwen_tokenizer()
-    config = tiny_qwen2vl_config(tok)
-    config.save_pretrained(str(root / "base"))
-    tok.save_pretrained(str(root / "base"))
-    torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(config)
-    model.resize_token_embeddings(len(tok) + 3)  # the three reward tokens, added after the base vocabulary
+    model, _ = tiny_qwen2vl(root / "base", extra_tokens=3)  # the three reward tokens, after the base vocabulary
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, lora_dropout=0.0))
     with torch.no_grad():
         for n, p in peft.named_parameters():
