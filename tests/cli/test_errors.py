@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from grpo.cli.common import load_recipe
 from grpo.cli.main import app
+from grpo.core.engine import check_world
+from grpo.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 DANCE = str(ROOT / "recipes" / "shapes_dance.toml")
@@ -134,7 +137,6 @@ def test_bad_deepspeed_settings(sets, expected):
 
 def test_deepspeed_presets_and_user_config(tmp_path):
     from grpo.core.backend import OptimizerConfig
-    from grpo.core.errors import UserError
     from grpo.plugins.backends.deepspeed_backend import DeepSpeedBackend
 
     optim = OptimizerConfig(lr=1e-4, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, grad_clip=1.0)
@@ -158,8 +160,12 @@ def test_deepspeed_presets_and_user_config(tmp_path):
 
 
 def test_nproc_needs_a_multi_process_backend_and_whole_trees(tmp_path):
-    code, out = invoke("run", DANCE, "--nproc", "2", "--out", str(tmp_path / "r"))
-    assert code == 2 and "backend.use" in out and "deepspeed" in out
-    code, out = invoke("run", DANCE, "--nproc", "3", "--set", "backend.use='deepspeed'", "--out", str(tmp_path / "r"))
-    assert code == 2 and "train.prompts_per_iteration" in out and "multiple of 3" in out
+    for backend in ("torch", "deepspeed"):
+        code, out = invoke("run", DANCE, "--nproc", "3", "--set", f"backend.use='{backend}'", "--out", str(tmp_path / "r"))
+        assert code == 2 and "train.prompts_per_iteration" in out and "multiple of 3" in out
     assert not (tmp_path / "r").exists()
+    # a backend that runs one process whatever it is started as (a third-party one, say) is refused
+    recipe, _ = load_recipe(DANCE, [], env=False)
+    with pytest.raises(UserError, match="runs in one process") as e:
+        check_world(recipe, launched=2, ranks=1)
+    assert e.value.where == "backend.use"

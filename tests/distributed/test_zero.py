@@ -1,5 +1,5 @@
-"""Several ranks on DeepSpeed ZeRO (gloo on the CPU): the same run as one rank, resumable after a
-rank is killed, stopped together when one fails, exportable to a plain diffusers model folder."""
+"""Several ranks, plain torch or DeepSpeed ZeRO (gloo on the CPU): the same run as one rank, resumable
+after a rank is killed, stopped together when one fails, exportable to a plain diffusers model folder."""
 
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 BRANCH = str(ROOT / "recipes" / "shapes_branch.toml")
 
 
-def args(model_dir, stage: int, iterations: int = 2, extra=()) -> list[str]:
+def args(model_dir, stage: int | None, iterations: int = 2, extra=()) -> list[str]:
+    """Overrides for a short run; `stage` None is the plain torch backend, else DeepSpeed's ZeRO stage."""
     sets = [
         f"model.path='{model_dir}'", f"train.iterations={iterations}", "train.prompts_per_iteration=4",
         "sampler.steps=8", "train.micro_batch=6", "train.rollout_batch=16", "train.checkpoint_every=1",
         "train.lr=1e-3", "train.optimizer_steps=3", "eval.every=2", "eval.grid_images=4",
         "prompts.eval_train_samples=0", "prompts.eval_held_out_samples=1",
-        f"backend={{use='deepspeed', zero_stage={stage}}}", *extra,
+        "backend={use='torch'}" if stage is None else f"backend={{use='deepspeed', zero_stage={stage}}}", *extra,
     ]
     return [x for s in sets for x in ("--set", s)]
 
@@ -45,8 +46,11 @@ def grpo(*argv: str, nproc: int = 1, check: bool = True) -> subprocess.Completed
 
 def trained(run: Path, iteration: int) -> dict[str, torch.Tensor]:
     from grpo.plugins.backends.deepspeed_backend import DeepSpeedBackend
+    from grpo.plugins.backends.plain import TorchBackend
 
-    return DeepSpeedBackend().read_trained(run / "checkpoints" / f"iter_{iteration:06d}")
+    folder = run / "checkpoints" / f"iter_{iteration:06d}"
+    plain = (folder / "trained.safetensors").is_file()
+    return (TorchBackend() if plain else DeepSpeedBackend()).read_trained(folder)
 
 
 def train_records(run: Path) -> list[dict]:
@@ -70,11 +74,12 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 
 @pytest.mark.parametrize("stage,extra", [
+    (None, ()),  # plain torch, data-parallel
     (2, ()),
     (3, ()),
     # width pruning pooled over every rank's trees ranks leaves exactly as one rank holding all trees
     (2, ("strategy.width_pruning=0.5", "strategy.width_pooled=true", "strategy.width_pooled_across_ranks=true")),
-], ids=["zero2", "zero3", "zero2-pooled-width"])
+], ids=["torch", "zero2", "zero3", "zero2-pooled-width"])
 def test_two_ranks_train_like_one(tiny_model_dir, tmp_path, stage, extra):
     """Same global batch and seed: 2 ranks give 1 rank's losses, gradient norms and weights.
 
