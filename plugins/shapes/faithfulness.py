@@ -14,6 +14,12 @@ The score is ``0.15·background + 0.25·colour + 0.30·count + 0.30·shape`` in 
 and shape are the fractions of detected objects that are right and count is ``1/(1+|n−N|)``.
 An image is an **exact match** when the background, the count and every object's colour and shape
 are right.
+
+``shape_soft`` grades each object by how close its (fill ratio, top-half share) lies to the target
+shape's prototype, measured on rendered scenes (a Gaussian likeness in [0, 1]; widths about twice
+the spread of rendered objects); ``soft`` is the weighted score with ``shape_soft`` in place of
+``shape``. A graded reward separates the members of a group that the right/wrong classification
+scores alike.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ _COLOURS = np.asarray([COLOURS[c] for c in _COLOUR_NAMES], dtype=np.float32) / 2
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
+# (fill ratio, top-half share) of rendered objects (mean over 324 each) and the likeness widths
+PROTOTYPES = {"circle": (0.787, 0.499), "square": (0.996, 0.501), "triangle": (0.570, 0.277)}
+LIKENESS_WIDTH = (0.08, 0.05)
+
+
 @dataclass(frozen=True)
 class Analysis:
     """Component scores of one image (each in [0, 1]) and the weighted total."""
@@ -44,27 +55,53 @@ class Analysis:
     shape: float
     exact: float
     n_objects: int
+    shape_soft: float = 0.0
 
     @property
     def score(self) -> float:
         return sum(w * getattr(self, k) for k, w in WEIGHTS.items())
 
+    @property
+    def soft(self) -> float:
+        """The score with the graded ``shape_soft`` in place of ``shape``."""
+        return self.score + WEIGHTS["shape"] * (self.shape_soft - self.shape)
 
-def classify_shape(mask: np.ndarray, alpha: np.ndarray) -> str:
-    """Classify one object from its pixel mask and coverage α (both cropped to its box)."""
+
+def shape_features(mask: np.ndarray, alpha: np.ndarray) -> tuple[float, float] | None:
+    """(fill ratio of the bounding box, share of the coverage in the top half) of one object from its
+    pixel mask and coverage α (both cropped to its box); None for an object with no coverage."""
     h, w = mask.shape
     mass = alpha * mask
     total = float(mass.sum())
     if total <= 0:
-        return "circle"
+        return None
     fill = float(mask.sum()) / float(h * w)
     rows = np.arange(h, dtype=np.float32) + 0.5
     top_share = float(mass[rows < h / 2.0].sum()) / total
     if h % 2 == 1:  # the middle row counts half to each side
         top_share += 0.5 * float(mass[h // 2].sum()) / total
+    return fill, top_share
+
+
+def classify_shape(mask: np.ndarray, alpha: np.ndarray) -> str:
+    """Classify one object from its pixel mask and coverage α (both cropped to its box)."""
+    features = shape_features(mask, alpha)
+    if features is None:
+        return "circle"
+    fill, top_share = features
     if top_share < 0.40 and fill < 0.75:
         return "triangle"
     return "square" if fill > 0.89 else "circle"
+
+
+def shape_likeness(mask: np.ndarray, alpha: np.ndarray, shape: str) -> float:
+    """How much one object looks like `shape`: exp(−½·d²), d the distance of its features to the
+    shape's prototype in units of `LIKENESS_WIDTH`."""
+    features = shape_features(mask, alpha)
+    if features is None:
+        return 0.0
+    (fill, top), (f0, t0), (wf, wt) = features, PROTOTYPES[shape], LIKENESS_WIDTH
+    return float(np.exp(-0.5 * (((fill - f0) / wf) ** 2 + ((top - t0) / wt) ** 2)))
 
 
 def analyse(image: np.ndarray, scene: Scene) -> Analysis:
@@ -86,6 +123,7 @@ def analyse(image: np.ndarray, scene: Scene) -> Analysis:
     target_colour = _COLOUR_NAMES.index(scene.colour)
     colour_ok: list[bool] = []
     shape_ok: list[bool] = []
+    likeness: list[float] = []
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         comp = components[box] == index
         if comp.sum() < MIN_AREA:
@@ -93,13 +131,15 @@ def analyse(image: np.ndarray, scene: Scene) -> Analysis:
         labels = label[box][comp]
         colour_ok.append(int(np.bincount(labels, minlength=len(_COLOUR_NAMES)).argmax()) == target_colour)
         shape_ok.append(classify_shape(comp, best_alpha[box]) == scene.shape)
+        likeness.append(shape_likeness(comp, best_alpha[box], scene.shape))
     n = len(colour_ok)
     background = float(_BG_NAMES[bg_index] == scene.background)
     colour = float(np.mean(colour_ok)) if n else 0.0
     shape = float(np.mean(shape_ok)) if n else 0.0
     count = 1.0 / (1.0 + abs(n - scene.count))
     exact = float(background == 1.0 and n == scene.count and all(colour_ok) and all(shape_ok))
-    return Analysis(background, colour, count, shape, exact, n)
+    shape_soft = float(np.mean(likeness)) if n else 0.0
+    return Analysis(background, colour, count, shape, exact, n, shape_soft)
 
 
-__all__ = ["Analysis", "analyse", "classify_shape", "WEIGHTS", "SHAPES"]
+__all__ = ["Analysis", "analyse", "classify_shape", "shape_likeness", "WEIGHTS", "SHAPES"]

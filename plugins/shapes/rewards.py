@@ -25,7 +25,9 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 class ShapesFaithfulness:
     """Does the image show the caption's count, colour, shape and background? (GenEval in miniature)
 
-    Reports ``background``, ``colour``, ``count``, ``shape``, ``score`` and the binary ``exact``.
+    Reports ``background``, ``colour``, ``count``, ``shape``, ``score`` and the binary ``exact``;
+    with ``target = "soft"`` also ``shape_soft`` and ``soft`` (the score with each object's shape
+    graded by its likeness to the target shape instead of right/wrong).
     """
 
     media = "image"
@@ -34,8 +36,8 @@ class ShapesFaithfulness:
         self,
         *,
         target: Annotated[
-            Literal["score", "exact", "background", "colour", "count", "shape"],
-            Doc("which measure is the reward (the others are reported)"),
+            Literal["score", "soft", "exact", "background", "colour", "count", "shape"],
+            Doc("which measure is the reward (the others are reported); 'soft' grades shapes"),
         ] = "score",
     ) -> None:
         self.target = target
@@ -51,6 +53,9 @@ class ShapesFaithfulness:
         results = [analyse(img, scene) for img, scene in zip(pixels, scenes, strict=True)]
         comps = {k: torch.tensor([getattr(r, k) for r in results]) for k in (*WEIGHTS, "exact")}
         comps["score"] = torch.tensor([r.score for r in results])
+        if self.target == "soft":
+            comps["shape_soft"] = torch.tensor([r.shape_soft for r in results])
+            comps["soft"] = torch.tensor([r.soft for r in results])
         return RewardOutput(comps[self.target].float(), {k: v.float() for k, v in comps.items()})
 
 

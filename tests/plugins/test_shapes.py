@@ -73,3 +73,29 @@ def test_jpeg_compressibility_prefers_flat_images():
     noisy = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     r = JpegCompressibility()
     assert float(r.score(flat, [""]).scores) > float(r.score(noisy, [""]).scores)
+
+
+def test_graded_shape_likeness_by_hand():
+    """A hand-drawn 12×12 square has fill 1 and top share ½: its likeness to the square prototype
+    (0.996, 0.501) is exp(−½((0.004/0.08)² + (0.001/0.05)²)) and to the circle's (0.787, 0.499)
+    exp(−½((0.213/0.08)² + (0.001/0.05)²)); the soft score swaps it in for the 0/1 shape."""
+    img = np.zeros((32, 32, 3), dtype=np.float32)
+    img[8:20, 10:22] = np.array([225, 35, 35]) / 255.0
+    square = analyse(img, Scene(1, "red", "square", "black"))
+    assert square.shape_soft == pytest.approx(np.exp(-0.5 * ((0.004 / 0.08) ** 2 + (0.001 / 0.05) ** 2)), rel=1e-4)
+    circle = analyse(img, Scene(1, "red", "circle", "black"))
+    assert circle.shape == 0.0
+    assert circle.shape_soft == pytest.approx(np.exp(-0.5 * ((0.213 / 0.08) ** 2 + (0.001 / 0.05) ** 2)), rel=1e-4)
+    assert circle.soft == pytest.approx(circle.score + 0.30 * circle.shape_soft)
+    # cutting the square's corners moves it towards the circle: graded, where the class is not
+    img[8, 10] = img[8, 21] = img[19, 10] = img[19, 21] = 0.0
+    cut = analyse(img, Scene(1, "red", "circle", "black"))
+    assert cut.shape == 0.0 and cut.shape_soft > circle.shape_soft
+    # rendered scenes score near their prototypes; the reward reports the graded parts when asked
+    rng = np.random.default_rng(3)
+    scenes = all_scenes()
+    images = torch.from_numpy(render_batch(scenes, rng))
+    soft = ShapesFaithfulness(target="soft").score(images, [s.caption for s in scenes])
+    assert {"shape_soft", "soft"} <= set(soft.components)
+    torch.testing.assert_close(soft.scores, soft.components["soft"])
+    assert float(soft.components["shape_soft"].mean()) > 0.8
