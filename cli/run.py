@@ -50,8 +50,8 @@ def run(
     out: Annotated[Path | None, typer.Option("--out", help="run directory (default runs/<recipe>-<time>)")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
-    nproc: Annotated[int, typer.Option("--nproc", min=1, help="local processes (ranks); needs a multi-process "
-                                                            "backend such as deepspeed")] = 1,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="local processes (ranks): data-parallel with "
+                                                            "the torch backend, ZeRO with deepspeed")] = 1,
 ) -> None:
     """Train: rollout trees, score leaves, compute advantages, prune, update; log and checkpoint."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

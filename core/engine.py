@@ -107,7 +107,7 @@ def check_world(recipe: Recipe, launched: int, ranks: int) -> None:
     processes, or prompts per iteration that do not split into whole trees per rank."""
     if launched > 1 and ranks != launched:
         raise UserError(f"started as {launched} ranks, but backend {recipe.backend.entry.name!r} runs in one process",
-                        where="backend.use", hint="use backend.use = 'deepspeed' for several ranks, or run one process")
+                        where="backend.use", hint="use a backend that runs several processes ('torch' or 'deepspeed'), or run one process")
     per = recipe.train.prompts_per_iteration
     if per % ranks:
         raise UserError(f"{per} prompts per iteration do not split evenly over {ranks} ranks",

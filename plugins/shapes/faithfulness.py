@@ -83,9 +83,8 @@ def shape_features(mask: np.ndarray, alpha: np.ndarray) -> tuple[float, float] |
     return fill, top_share
 
 
-def classify_shape(mask: np.ndarray, alpha: np.ndarray) -> str:
-    """Classify one object from its pixel mask and coverage α (both cropped to its box)."""
-    features = shape_features(mask, alpha)
+def classify_shape(features: tuple[float, float] | None) -> str:
+    """Classify one object from its `shape_features` (an object with no coverage counts as a circle)."""
     if features is None:
         return "circle"
     fill, top_share = features
@@ -94,10 +93,9 @@ def classify_shape(mask: np.ndarray, alpha: np.ndarray) -> str:
     return "square" if fill > 0.89 else "circle"
 
 
-def shape_likeness(mask: np.ndarray, alpha: np.ndarray, shape: str) -> float:
-    """How much one object looks like `shape`: exp(−½·d²), d the distance of its features to the
-    shape's prototype in units of `LIKENESS_WIDTH`."""
-    features = shape_features(mask, alpha)
+def shape_likeness(features: tuple[float, float] | None, shape: str) -> float:
+    """How much one object looks like `shape`: exp(−½·d²), d the distance of its `shape_features`
+    to the shape's prototype in units of `LIKENESS_WIDTH` (0 for an object with no coverage)."""
     if features is None:
         return 0.0
     (fill, top), (f0, t0), (wf, wt) = features, PROTOTYPES[shape], LIKENESS_WIDTH
@@ -130,8 +128,9 @@ def analyse(image: np.ndarray, scene: Scene) -> Analysis:
             continue
         labels = label[box][comp]
         colour_ok.append(int(np.bincount(labels, minlength=len(_COLOUR_NAMES)).argmax()) == target_colour)
-        shape_ok.append(classify_shape(comp, best_alpha[box]) == scene.shape)
-        likeness.append(shape_likeness(comp, best_alpha[box], scene.shape))
+        features = shape_features(comp, best_alpha[box])
+        shape_ok.append(classify_shape(features) == scene.shape)
+        likeness.append(shape_likeness(features, scene.shape))
     n = len(colour_ok)
     background = float(_BG_NAMES[bg_index] == scene.background)
     colour = float(np.mean(colour_ok)) if n else 0.0
@@ -142,4 +141,4 @@ def analyse(image: np.ndarray, scene: Scene) -> Analysis:
     return Analysis(background, colour, count, shape, exact, n, shape_soft)
 
 
-__all__ = ["Analysis", "analyse", "classify_shape", "shape_likeness", "WEIGHTS", "SHAPES"]
+__all__ = ["Analysis", "analyse", "classify_shape", "shape_features", "shape_likeness", "WEIGHTS", "SHAPES"]
