@@ -12,20 +12,23 @@ tells where there is room for the alignment to show, and which component it has 
 from __future__ import annotations
 
 import argparse
-import math
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from grpo.cli.common import load_recipe
+from grpo.core.engine import mean_ci
 from grpo.core.report import eval_iterations, load_eval
 from grpo.plugins.shapes.world import parse_caption
 
 
 def breakdown(run_dir: Path, base: int | None, final: int | None, set_name: str = "train") -> str:
     recipe, _ = load_recipe(run_dir / "recipe.resolved.toml", [], env=True)
-    prompts = recipe.prompts.create().eval_sets()[set_name]
+    sets = recipe.prompts.create().eval_sets()
+    if set_name not in sets:
+        raise SystemExit(f"{run_dir} has no evaluation set {set_name!r}; its sets: {', '.join(sets)}")
+    prompts = sets[set_name]
     its = eval_iterations(run_dir)
     b = its[0] if base is None else base
     f = its[-1] if final is None else final
@@ -37,18 +40,18 @@ def breakdown(run_dir: Path, base: int | None, final: int | None, set_name: str 
     for i, caption in enumerate(prompts):
         scene = parse_caption(caption)
         kinds[(scene.count, scene.shape)].append(i)
-    rows = [f"{run_dir}: {set_name} set, iteration {b} → {f}",
-            "| objects | shape | images | exact (base) | shape (base) | count (base) | exact: paired difference |",
-            "|---|---|---|---|---|---|---|"]
+
     def values(d: dict[str, list[float]], measure: str, idx: list[int]) -> torch.Tensor:
         return torch.tensor([d[f"{reward}/{measure}"][i] for i in idx], dtype=torch.float64)
 
+    rows = [f"{run_dir}: {set_name} set, iteration {b} → {f}",
+            "| objects | shape | images | exact (base) | shape (base) | count (base) | exact: paired difference |",
+            "|---|---|---|---|---|---|---|"]
     for (count, shape), idx in sorted(kinds.items()):
-        diff = values(after, "exact", idx) - values(before, "exact", idx)
-        ci = 1.96 * float(diff.std()) / math.sqrt(len(idx)) if len(idx) > 1 else 0.0
+        diff, ci = mean_ci(values(after, "exact", idx) - values(before, "exact", idx))
         base_rates = [float(values(before, m, idx).mean()) for m in ("exact", "shape", "count")]
         rows.append(f"| {count} | {shape} | {len(idx)} | " + " | ".join(f"{r:.2f}" for r in base_rates) + " | "
-                    f"{float(diff.mean()):+.3f} ± {ci:.3f} |")
+                    f"{diff:+.3f} ± {ci:.3f} |")
     return "\n".join(rows)
 
 
