@@ -152,6 +152,12 @@ def build(recipe: Recipe) -> Components:
     rewards = [(r.label, r.weight, r.create()) for r in recipe.rewards]
     backend = recipe.backend.create()
     policy = recipe.model.create()
+    block = getattr(sampler, "noise_block", 1)
+    height, width = tuple(policy.latent_shape)[-2:]
+    if height % block or width % block:
+        divisors = [b for b in range(1, min(height, width) + 1) if height % b == 0 and width % b == 0]
+        raise UserError(f"a {block}×{block} noise block does not tile the model's {height}×{width} latent",
+                        where="sampler.noise_block", hint=f"use one of {divisors}")
     for name, _, model in rewards:
         if getattr(model, "fps", None) == 0 and getattr(policy, "fps", None):
             model.fps = policy.fps  # a video reward sees frames at the model's real fps

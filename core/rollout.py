@@ -42,13 +42,28 @@ def edge_log_prob(
     """(log-prob (N,), mean, std (N,)) of stored transitions x → x_next; std is multiplied by `scale`."""
     mean, std = sampler.step(x, v, sigma, sigma_next)
     std = std * scale
-    return gaussian_log_prob(x_next, mean, std), mean, std
+    return gaussian_log_prob(x_next, mean, std, noise_block(sampler)), mean, std
+
+
+def noise_block(sampler: Sampler) -> int:
+    """The sampler's noise tile size (1 for a sampler without the optional attribute)."""
+    return int(getattr(sampler, "noise_block", 1))
 
 
 def draw_noise(counts: torch.Tensor, shape: tuple[int, ...],
-               generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
-    """Standard normal noise for ``counts[t]`` nodes of each tree t (nodes of a tree are contiguous)."""
+               generator: torch.Generator | Sequence[torch.Generator], block: int = 1) -> torch.Tensor:
+    """Standard normal noise for ``counts[t]`` nodes of each tree t (nodes of a tree are contiguous).
+
+    With ``block`` > 1, one draw per ``block``×``block`` tile of the last two axes, repeated over
+    the tile (each element still has unit variance).
+    """
     total = int(counts.sum())
+    if block > 1:
+        *lead, h, w = shape
+        if h % block or w % block:
+            raise ValueError(f"a {block}×{block} noise block does not tile a {h}×{w} latent")
+        coarse = draw_noise(counts, (*lead, h // block, w // block), generator)
+        return coarse.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
     if isinstance(generator, torch.Generator):
         return torch.randn((total, *shape), generator=generator)
     if len(generator) != counts.numel():
@@ -85,6 +100,7 @@ def rollout(
     num_trees = int(next(t for t in vars(cond).values() if isinstance(t, torch.Tensor)).shape[0])
     sigmas = sampler.sigmas()
     shape = tuple(policy.latent_shape)
+    block = noise_block(sampler)
     if init_noise is None:
         init_noise = draw_noise(torch.ones(num_trees, dtype=torch.long), shape, generator)
     states = [init_noise.to(device, torch.float32)]
@@ -104,10 +120,10 @@ def rollout(
             mean, std = sampler.step(x, v, sigma, sigma_next)
             mean_c, std_c = mean[parent.to(device)], std[parent.to(device)]
             counts = torch.bincount(tree, minlength=num_trees) * b
-            noise = draw_noise(counts, shape, generator).to(device)
+            noise = draw_noise(counts, shape, generator, block).to(device)
             x_next = mean_c + (lam * std_c).view(-1, *([1] * len(shape))) * noise
             eval_std = std_c * (lam if split_logprob == "scaled" else 1.0)
-            log_prob = gaussian_log_prob(x_next, mean_c, eval_std)
+            log_prob = gaussian_log_prob(x_next, mean_c, eval_std, block)
         else:
             if b != 1:
                 raise ValueError(f"step {k} splits but is deterministic; split steps must be stochastic")

@@ -23,20 +23,36 @@ def sigma_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
     return (shift * u / (1.0 + (shift - 1.0) * u)).to(torch.float32)
 
 
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Means of ``x`` (N, ..., H, W) over non-overlapping ``block``×``block`` tiles of its last two axes."""
+    if block == 1:
+        return x
+    h, w = x.shape[-2:]
+    if h % block or w % block:
+        raise ValueError(f"a {block}×{block} noise block does not tile a {h}×{w} latent")
+    flat = x.reshape(x.shape[0], -1, h, w)
+    return torch.nn.functional.avg_pool2d(flat, block).reshape(*x.shape[:-2], h // block, w // block)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, block: int = 1) -> torch.Tensor:
     """Per-sample log-density of ``x`` under N(mean, std²), **averaged** over all non-batch elements.
+
+    With ``block`` > 1 the noise is one draw per ``block``×``block`` tile of the last two axes (see
+    `Sampler.noise_block`): the density is that of the tile means of ``x − mean``, each N(0, std²),
+    averaged over the tiles.
 
     Args:
         x, mean: (N, ...) tensors; computed in fp32.
         std: (N,) or broadcastable to x.
+        block: tile size of the noise (1 = independent noise per element).
     Returns:
         (N,) fp32.
     """
-    x, mean = x.float(), mean.float()
+    residual = block_mean(x.float() - mean.float(), block)
     std = std.float()
-    while std.dim() < x.dim():
+    while std.dim() < residual.dim():
         std = std.unsqueeze(-1)
-    z = (x - mean) / std
+    z = residual / std
     lp = -0.5 * z * z - torch.log(std) - LOG_SQRT_2PI
     return lp.flatten(1).mean(dim=1)
 
@@ -48,6 +64,9 @@ class Sampler(Protocol):
     Attributes:
         steps: number of denoising steps T.
         stochastic: False for a purely deterministic sampler (no step can be trained).
+        noise_block: optional; the exploration noise of a step is one draw per
+            ``noise_block``×``noise_block`` tile of the latent's last two axes (1, the default when
+            the attribute is absent: independent noise per element).
     """
 
     steps: int

@@ -11,6 +11,9 @@ from grpo.core.schema import Doc, Range
 
 Steps = Annotated[int, Range(ge=1, le=1000), Doc("number of denoising steps T")]
 Shift = Annotated[float, Range(gt=0), Doc("σ-grid shift s (1 = none; 3 for FLUX in the reference)")]
+NoiseBlock = Annotated[int, Range(ge=1, le=64), Doc(
+    "exploration noise drawn once per b×b tile of the latent (1 = independent per element): fewer, "
+    "coarser directions for the policy gradient to average over; must divide the latent's height and width")]
 
 
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -20,8 +23,8 @@ def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class _GridSampler:
     stochastic = True
 
-    def __init__(self, steps: int, shift: float) -> None:
-        self.steps, self.shift = steps, shift
+    def __init__(self, steps: int, shift: float, noise_block: int = 1) -> None:
+        self.steps, self.shift, self.noise_block = steps, shift, noise_block
 
     def sigmas(self) -> torch.Tensor:
         return sigma_grid(self.steps, self.shift)
@@ -36,8 +39,9 @@ class DanceSDE(_GridSampler):
         steps: Steps = 16,
         shift: Shift = 1.0,
         eta: Annotated[float, Range(gt=0), Doc("noise level η")] = 0.3,
+        noise_block: NoiseBlock = 1,
     ) -> None:
-        super().__init__(steps, shift)
+        super().__init__(steps, shift, noise_block)
         self.eta = eta
 
     def step(self, x, v, sigma, sigma_next):
@@ -59,8 +63,9 @@ class FlowSDE(_GridSampler):
         steps: Steps = 16,
         shift: Shift = 1.0,
         noise_level: Annotated[float, Range(gt=0), Doc("noise level a")] = 0.7,
+        noise_block: NoiseBlock = 1,
     ) -> None:
-        super().__init__(steps, shift)
+        super().__init__(steps, shift, noise_block)
         self.noise_level = noise_level
 
     def step(self, x, v, sigma, sigma_next):

@@ -30,7 +30,8 @@ def test_rollout_does_not_depend_on_micro_batch(tiny_policy):
     assert a.tree[1].tolist() == [0, 0, 0, 1, 1, 1]
 
 
-@pytest.mark.parametrize("sampler", [DanceSDE(steps=4, eta=0.5), FlowSDE(steps=4, noise_level=0.7)])
+@pytest.mark.parametrize("sampler", [DanceSDE(steps=4, eta=0.5), FlowSDE(steps=4, noise_level=0.7),
+                                     DanceSDE(steps=4, eta=0.5, noise_block=4)], ids=["dance", "flow", "dance-block4"])
 @pytest.mark.parametrize("split_logprob,noise_scale", [("nominal", 1.0), ("scaled", 4.0), ("nominal", 4.0)])
 def test_on_policy_ratio_is_one_for_every_transition(tiny_policy, sampler, split_logprob, noise_scale):
     ro, cond = _rollout(tiny_policy, sampler, max_batch=5, split_logprob=split_logprob, noise_scale=noise_scale)
@@ -43,6 +44,28 @@ def test_on_policy_ratio_is_one_for_every_transition(tiny_policy, sampler, split
         ratios.append(torch.exp(lp - batch.old_log_prob[part]))
     r = torch.cat(ratios)
     assert torch.all((r - 1).abs() < 1e-5), float((r - 1).abs().max())
+
+
+def test_block_noise_is_constant_over_tiles_and_unit_variance(tiny_policy):
+    white = DanceSDE(steps=3, eta=0.5)
+    block = DanceSDE(steps=3, eta=0.5, noise_block=4)
+    ro, cond = _rollout(tiny_policy, block, max_batch=8, group=4)
+    ref, _ = _rollout(tiny_policy, white, max_batch=8, group=4)
+    torch.testing.assert_close(ro.states[0], ref.states[0])  # the initial noise stays white
+    draws = []
+    for k in range(3):
+        x = ro.states[k][ro.parent[k]]
+        sigma, sigma_next = ro.sigmas[k].expand(len(x)), ro.sigmas[k + 1].expand(len(x))
+        with torch.no_grad():
+            v = tiny_policy.velocity(x, sigma, cond.select(ro.tree[k + 1])).float()
+        mean, std = block.step(x, v, sigma, sigma_next)
+        z = (ro.states[k + 1] - mean) / std.view(-1, 1, 1, 1)
+        tiles = z.unflatten(2, (-1, 4)).unflatten(4, (-1, 4))  # (N, C, H/4, 4, W/4, 4)
+        assert float((tiles.amax(dim=(3, 5)) - tiles.amin(dim=(3, 5))).max()) < 1e-3
+        draws.append(z[:, :, ::4, ::4].flatten())
+        assert not torch.allclose(ro.states[k + 1], ref.states[k + 1])
+    draws = torch.cat(draws)  # 3 steps × 8 chains × 3 × 8 × 8 tiles, each one standard normal draw
+    assert abs(float(draws.mean())) < 0.1 and abs(float(draws.std()) - 1.0) < 0.05
 
 
 def test_nominal_split_logprob_differs_from_scaled(tiny_policy):

@@ -31,6 +31,25 @@ def test_log_prob_is_the_element_mean_of_normal_log_density():
     torch.testing.assert_close(gaussian_log_prob(x, mean, std), expected, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 8, 8), (2, 3, 2, 8, 12)])
+def test_block_log_prob_is_the_normal_density_of_tile_means(shape):
+    torch.manual_seed(0)
+    x, mean = torch.randn(shape), torch.randn(shape)
+    std = torch.rand(shape[0]) + 0.1
+    b = 4
+    expected = []
+    for i in range(shape[0]):
+        r = (x[i] - mean[i]).reshape(-1, *shape[-2:])
+        tiles = [r[c, y:y + b, z:z + b].mean() for c in range(r.shape[0])
+                 for y in range(0, shape[-2], b) for z in range(0, shape[-1], b)]
+        expected.append(torch.distributions.Normal(0.0, std[i]).log_prob(torch.stack(tiles)).mean())
+    torch.testing.assert_close(gaussian_log_prob(x, mean, std, block=b), torch.stack(expected), atol=1e-6, rtol=1e-6)
+    # a block of 1 is the element-wise density
+    torch.testing.assert_close(gaussian_log_prob(x, mean, std, block=1), gaussian_log_prob(x, mean, std))
+    with pytest.raises(ValueError, match="does not tile"):
+        gaussian_log_prob(x, mean, std, block=3)
+
+
 def _step_inputs():
     torch.manual_seed(1)
     sig = sigma_grid(10, 3.0)
