@@ -214,10 +214,10 @@ def test_strategy_sampler_defaults_give_the_reference_plan(tmp_path):
     recipe.write_text('[model]\nuse = "shapes"\n[strategy]\nuse = "branchgrpo"\n[[reward]]\nuse = "shapes-faithfulness"\n'
                       '[prompts]\nuse = "shapes"\n')
     r, _ = load_recipe(recipe, env=False)
-    assert (r.sampler.entry.name, r.sampler.options) == ("dance-sde", {"steps": 20, "shift": 3.0, "eta": 0.3})
+    assert (r.sampler.entry.name, r.sampler.options) == ("dance-sde", {"steps": 20, "shift": 3.0, "eta": 0.3, "noise_block": 1})
     report = cost(r)
     assert (report.plan.rollout_forwards, report.trained_edges) == (203, 218)
     r, _ = load_recipe(recipe, ["sampler.steps=16"], env=False)
-    assert r.sampler.options == {"steps": 16, "shift": 3.0, "eta": 0.3}  # the recipe's key wins
+    assert r.sampler.options == {"steps": 16, "shift": 3.0, "eta": 0.3, "noise_block": 1}  # the recipe's key wins
     r, _ = load_recipe(recipe, ["sampler.use=flow-sde"], env=False)
-    assert r.sampler.options == {"steps": 16, "shift": 1.0, "noise_level": 0.7}  # another sampler: its own
+    assert r.sampler.options == {"steps": 16, "shift": 1.0, "noise_level": 0.7, "noise_block": 1}  # another sampler: its own
