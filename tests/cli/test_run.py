@@ -180,7 +180,8 @@ def test_training_raises_a_reward_the_policy_can_move(tmp_path):
     out = tmp_path / "run"
     sets = [f"prompts={{use='file', path='{prompts}', eval_count=0}}", "train.prompts_per_iteration=1",
             "strategy.group_size=16", "train.lr=1e-4", "train.kl_beta=0.0", "train.iterations=10",
-            "eval.every=0", "train.checkpoint_every=100", "reward=[{use='jpeg-compressibility'}]"]
+            "eval.every=0", "train.checkpoint_every=100", "reward=[{use='jpeg-compressibility'}]",
+            "sampler.noise_block=1", "strategy.step_window=[0,10]", "strategy.timestep_fraction=0.8"]
     result = CliRunner().invoke(app, ["run", DANCE, *[x for s in sets for x in ("--set", s)], "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     reward = [r["reward/jpeg-compressibility/mean"] for r in read_metrics(out) if r["kind"] == "train"]
