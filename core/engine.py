@@ -35,9 +35,9 @@ from .pruner import PruneContext
 from .recipe import Recipe
 from .registry import attributed
 from .reward import RewardModel
-from .rollout import chunked, rollout
+from .rollout import chunked, noise_block, rollout
 from .runlog import RunLog, truncate_jsonl
-from .sampler import EulerODE, Sampler
+from .sampler import EulerODE, Sampler, tile_grid
 from .strategy import StrategyParts
 from .tree import Advantages, EdgeSet, Rollout, TreePlan
 from .update import EdgeBatch, UpdateConfig, update
@@ -152,12 +152,12 @@ def build(recipe: Recipe) -> Components:
     rewards = [(r.label, r.weight, r.create()) for r in recipe.rewards]
     backend = recipe.backend.create()
     policy = recipe.model.create()
-    block = getattr(sampler, "noise_block", 1)
     height, width = tuple(policy.latent_shape)[-2:]
-    if height % block or width % block:
+    try:
+        tile_grid(height, width, noise_block(sampler))
+    except ValueError as e:
         divisors = [b for b in range(1, min(height, width) + 1) if height % b == 0 and width % b == 0]
-        raise UserError(f"a {block}×{block} noise block does not tile the model's {height}×{width} latent",
-                        where="sampler.noise_block", hint=f"use one of {divisors}")
+        raise UserError(str(e), where="sampler.noise_block", hint=f"use one of {divisors}") from None
     for name, _, model in rewards:
         if getattr(model, "fps", None) == 0 and getattr(policy, "fps", None):
             model.fps = policy.fps  # a video reward sees frames at the model's real fps

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from .policy import Conditioning, Policy
-from .sampler import Sampler, euler_step, gaussian_log_prob
+from .sampler import Sampler, euler_step, gaussian_log_prob, tile_grid
 from .tree import Rollout, TreePlan
 
 SplitLogProb = Literal["nominal", "scaled"]
@@ -60,9 +60,7 @@ def draw_noise(counts: torch.Tensor, shape: tuple[int, ...],
     total = int(counts.sum())
     if block > 1:
         *lead, h, w = shape
-        if h % block or w % block:
-            raise ValueError(f"a {block}×{block} noise block does not tile a {h}×{w} latent")
-        coarse = draw_noise(counts, (*lead, h // block, w // block), generator)
+        coarse = draw_noise(counts, (*lead, *tile_grid(h, w, block)), generator)
         return coarse.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
     if isinstance(generator, torch.Generator):
         return torch.randn((total, *shape), generator=generator)

@@ -23,15 +23,21 @@ def sigma_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
     return (shift * u / (1.0 + (shift - 1.0) * u)).to(torch.float32)
 
 
+def tile_grid(height: int, width: int, block: int) -> tuple[int, int]:
+    """(rows, columns) of ``block``×``block`` tiles in a height×width plane; ValueError if they do not tile it."""
+    if height % block or width % block:
+        raise ValueError(f"a {block}×{block} noise block does not tile a {height}×{width} latent")
+    return height // block, width // block
+
+
 def block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
     """Means of ``x`` (N, ..., H, W) over non-overlapping ``block``×``block`` tiles of its last two axes."""
     if block == 1:
         return x
     h, w = x.shape[-2:]
-    if h % block or w % block:
-        raise ValueError(f"a {block}×{block} noise block does not tile a {h}×{w} latent")
+    grid = tile_grid(h, w, block)
     flat = x.reshape(x.shape[0], -1, h, w)
-    return torch.nn.functional.avg_pool2d(flat, block).reshape(*x.shape[:-2], h // block, w // block)
+    return torch.nn.functional.avg_pool2d(flat, block).reshape(*x.shape[:-2], *grid)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, block: int = 1) -> torch.Tensor:
