@@ -163,6 +163,35 @@ def test_builtin_backends_keep_the_contract(name, tmp_path):
     check_backend(make, tmp_path)
 
 
+def test_deepspeed_backend_destroys_its_process_group_before_the_interpreter_exits():
+    """A gloo group left to interpreter teardown can abort a finished rank; the group outlives close()
+    (DeepSpeed keeps handles on it for a later backend in the process) and is gone by exit."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import atexit, torch
+atexit.register(lambda: print("at exit:", torch.distributed.is_initialized()))  # runs after later handlers
+from grpo.core.backend import OptimizerConfig
+from grpo.plugins.backends.deepspeed_backend import DeepSpeedBackend
+for _ in range(2):
+    m = torch.nn.Linear(2, 1)
+    b = DeepSpeedBackend(zero_stage=2)
+    b.setup(m, list(m.parameters()), OptimizerConfig(lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
+                                                      grad_clip=1.0))
+    b.backward(m(torch.ones(3, 2)).sum(), boundary=True)
+    b.step()
+    b.close()
+    print("after close:", torch.distributed.is_initialized())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [x for x in done.stdout.splitlines() if x.startswith(("after close", "at exit"))]
+    assert lines == ["after close: True", "after close: True", "at exit: False"]
+
+
 def test_builtin_prompt_sources_keep_the_contract(tmp_path):
     from grpo.plugins.prompts.files import FilePrompts
     from grpo.plugins.shapes.prompts import ShapesPrompts

@@ -8,6 +8,7 @@ it is a group of one. Gradient accumulation boundaries are set by the engine's u
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import math
@@ -38,6 +39,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 # update loop and the optimizer is the engine's AdamW.
 OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "optimizer",
               "scheduler")
+
+
+def _destroy_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +130,11 @@ class DeepSpeedBackend:
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed("gloo" if self.device.type == "cpu" else "nccl", auto_mpi_discovery=False,
                                        timeout=datetime.timedelta(minutes=self.timeout), verbose=False)
+            # DeepSpeed keeps its own handles on this group, so a later backend in the same process reuses it;
+            # it is destroyed when the process exits, before the interpreter tears down: a gloo group left
+            # to the interpreter's teardown can abort the process ("terminate called without an active
+            # exception") while its worker threads still hold tensors.
+            atexit.register(_destroy_group)
 
     def config(self, optim: OptimizerConfig) -> dict[str, Any]:
         """The DeepSpeed config this backend runs with (the user's JSON merged last)."""
