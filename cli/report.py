@@ -1,4 +1,4 @@
-"""`grpo report RUN_DIR`: paired evaluation differences, curves and before/after samples."""
+"""`grpo report RUN_DIR`: paired evaluation differences, curves, paired gains and before/after samples."""
 
 from __future__ import annotations
 

@@ -58,6 +58,16 @@ def paired_differences(run_dir: Path, base: int | None = None, final: int | None
     return out
 
 
+def gain_curve(run_dir: Path, set_name: str, measure: str) -> list[tuple[int, PairedDifference]]:
+    """The paired difference of one measure against the first evaluation, at every evaluation after it."""
+    its = eval_iterations(run_dir)
+    out = []
+    for it in its[1:]:
+        found = [d for d in paired_differences(run_dir, its[0], it) if (d.set_name, d.measure) == (set_name, measure)]
+        out += [(it, d) for d in found]
+    return out
+
+
 def markdown_table(diffs: list[PairedDifference], base: int, final: int) -> str:
     lines = [f"| set | measure | iteration {base} | iteration {final} | paired difference (95% CI) | n |",
              "|---|---|---|---|---|---|"]
@@ -108,6 +118,39 @@ def plot_curves(run_dirs: dict[str, Path], measures: list[str], out: Path, *, x_
     plt.close(fig)
 
 
+def plot_gains(run_dirs: dict[str, Path], measures: list[str], out: Path) -> None:
+    """Each run's paired gain over its first evaluation (same prompts, same noise) against iteration, with
+    its 95% interval: the band answers "did it improve?", where the interval of a level does not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = sorted({name for d in run_dirs.values() for it in eval_iterations(d)[:1] for name in load_eval(d, it)})
+    fig, axes = plt.subplots(len(measures), len(sets), figsize=(4.2 * len(sets), 3.0 * len(measures)), squeeze=False)
+    for label, run_dir in run_dirs.items():
+        for i, measure in enumerate(measures):
+            for j, set_name in enumerate(sets):
+                pts = gain_curve(run_dir, set_name, measure)
+                if not pts:
+                    continue
+                xs = [eval_iterations(run_dir)[0], *(it for it, _ in pts)]
+                ys = [0.0, *(d.diff for _, d in pts)]
+                cis = [0.0, *(d.ci95 for _, d in pts)]
+                ax = axes[i][j]
+                ax.plot(xs, ys, marker="o", label=label)
+                ax.fill_between(xs, [y - c for y, c in zip(ys, cis, strict=True)],
+                                [y + c for y, c in zip(ys, cis, strict=True)], alpha=0.15)
+                ax.axhline(0.0, color="grey", linewidth=0.8)
+                ax.set_title(f"{set_name}: {measure}, paired gain", fontsize=9)
+                ax.set_xlabel("iteration", fontsize=8)
+                ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def before_after(run_dir: Path, base: int, final: int, out: Path) -> None:
     """The evaluation sample grids of two iterations side by side (same prompts, same noise)."""
     a = Image.open(run_dir / "samples" / f"eval_{base:06d}.png").convert("RGB")
@@ -124,7 +167,7 @@ def before_after(run_dir: Path, base: int, final: int, out: Path) -> None:
 
 
 def write_report(run_dir: Path) -> Path:
-    """Write ``run_dir/report/``: summary.md, curves.png, before_after.png."""
+    """Write ``run_dir/report/``: summary.md, curves.png, gains.png, before_after.png."""
     its = eval_iterations(run_dir)
     if not its:
         raise UserError(f"{run_dir} has no evaluations", where="--run", hint="set [eval] every > 0")
@@ -133,6 +176,8 @@ def write_report(run_dir: Path) -> Path:
     diffs = paired_differences(run_dir)
     measures = sorted({d.measure for d in diffs if d.measure.count("/") <= 1 and not d.measure.endswith("/score")})
     plot_curves({run_dir.name: run_dir}, measures, out / "curves.png")
+    if len(its) > 1:
+        plot_gains({run_dir.name: run_dir}, measures, out / "gains.png")
     if (run_dir / "samples" / f"eval_{its[0]:06d}.png").is_file() and len(its) > 1:
         before_after(run_dir, its[0], its[-1], out / "before_after.png")
     train = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
@@ -141,6 +186,7 @@ def write_report(run_dir: Path) -> Path:
             f"{len(train)} iterations, {minutes:.1f} minutes of training (rollout, reward, advantage, update; "
             f"evaluations excluded). Paired differences between the evaluations at iterations {its[0]} and {its[-1]} "
             "(same prompts, same noise); bold where the change exceeds its 95% interval.", "",
-            markdown_table(diffs, its[0], its[-1]), "", "![curves](curves.png)", "", "![before and after](before_after.png)", ""]
+            markdown_table(diffs, its[0], its[-1]), "", "![curves](curves.png)", "",
+            *(["![paired gains](gains.png)", ""] if len(its) > 1 else []), "![before and after](before_after.png)", ""]
     (out / "summary.md").write_text("\n".join(text))
     return out
