@@ -47,8 +47,9 @@ PAPER = {
     "BranchGRPO": (493, 0.363), "BranchGRPO, width pruning": (314, 0.364),
     "BranchGRPO, depth pruning": (314, 0.369), "BranchGRPO-Mix": (148, 0.363),
 }
+# white exploration noise in every row, as the table was measured (shapes_dance.toml now tiles it)
 SHARED = ["prompts.eval_train_samples=0", "prompts.eval_held_out_samples=10", "eval.every=1000",
-          "train.iterations=1000", "eval.grid_images=16"]
+          "train.iterations=1000", "eval.grid_images=16", "sampler.noise_block=1"]
 
 
 def slug(row: str) -> str:
