@@ -58,14 +58,19 @@ def paired_differences(run_dir: Path, base: int | None = None, final: int | None
     return out
 
 
-def gain_curve(run_dir: Path, set_name: str, measure: str) -> list[tuple[int, PairedDifference]]:
-    """The paired difference of one measure against the first evaluation, at every evaluation after it."""
+def gain_curves(run_dir: Path) -> dict[tuple[str, str], list[tuple[int, PairedDifference]]]:
+    """Per (set, measure): the paired difference against the first evaluation at every evaluation after it."""
     its = eval_iterations(run_dir)
-    out = []
+    out: dict[tuple[str, str], list[tuple[int, PairedDifference]]] = {}
     for it in its[1:]:
-        found = [d for d in paired_differences(run_dir, its[0], it) if (d.set_name, d.measure) == (set_name, measure)]
-        out += [(it, d) for d in found]
+        for d in paired_differences(run_dir, its[0], it):
+            out.setdefault((d.set_name, d.measure), []).append((it, d))
     return out
+
+
+def gain_curve(run_dir: Path, set_name: str, measure: str) -> list[tuple[int, PairedDifference]]:
+    """One measure's paired differences against the first evaluation (empty if the run never measured it)."""
+    return gain_curves(run_dir).get((set_name, measure), [])
 
 
 def markdown_table(diffs: list[PairedDifference], base: int, final: int) -> str:
@@ -78,16 +83,41 @@ def markdown_table(diffs: list[PairedDifference], base: int, final: int) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(run_dirs: dict[str, Path], measures: list[str], out: Path, *, x_axis: str = "iteration") -> None:
-    """Evaluation measures (mean ± 95% CI) of one or several runs, against iteration or wall-clock."""
+def _panels(measures: list[str], sets: list[str]):
+    """A figure with one panel per (measure, set): (pyplot, figure, axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(len(measures), len(sets), figsize=(4.2 * len(sets), 3.0 * len(measures)), squeeze=False)
+    return plt, fig, axes
+
+
+def _band(ax, xs: list[float], ys: list[float], cis: list[float], *, label: str, alpha: float, title: str,
+          xlabel: str) -> None:
+    """One run's line with its ±interval band."""
+    ax.plot(xs, ys, marker="o", label=label)
+    ax.fill_between(xs, [y - c for y, c in zip(ys, cis, strict=True)],
+                    [y + c for y, c in zip(ys, cis, strict=True)], alpha=alpha)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _save(plt, fig, axes, out: Path) -> None:
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(run_dirs: dict[str, Path], measures: list[str], out: Path, *, x_axis: str = "iteration") -> None:
+    """Evaluation measures (mean ± 95% CI) of one or several runs, against iteration or wall-clock."""
     sets = sorted({k.split("/")[0] for d in run_dirs.values() for r in read_metrics(d) if r["kind"] == "eval"
                    for k in r if k not in ("iteration", "kind") and not k.startswith("time/")})
-    fig, axes = plt.subplots(len(measures), len(sets), figsize=(4.2 * len(sets), 3.0 * len(measures)), squeeze=False)
+    plt, fig, axes = _panels(measures, sets)
+    xlabel = "training minutes (rollout + reward + update)" if x_axis == "minutes" else "iteration"
     for label, run_dir in run_dirs.items():
         records = read_metrics(run_dir)
         clock, elapsed = {0: 0.0}, 0.0
@@ -103,52 +133,29 @@ def plot_curves(run_dirs: dict[str, Path], measures: list[str], out: Path, *, x_
                 if not pts:
                     continue
                 xs = [clock.get(p[0], float("nan")) / 60 if x_axis == "minutes" else p[0] for p in pts]
-                ys, cis = [p[1] for p in pts], [p[2] for p in pts]
-                ax = axes[i][j]
-                ax.plot(xs, ys, marker="o", label=label)
-                ax.fill_between(xs, [y - c for y, c in zip(ys, cis, strict=True)],
-                                [y + c for y, c in zip(ys, cis, strict=True)], alpha=0.2)
-                ax.set_title(f"{set_name}: {measure}", fontsize=9)
-                ax.set_xlabel("training minutes (rollout + reward + update)" if x_axis == "minutes" else "iteration",
-                              fontsize=8)
-                ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+                _band(axes[i][j], xs, [p[1] for p in pts], [p[2] for p in pts], label=label, alpha=0.2,
+                      title=f"{set_name}: {measure}", xlabel=xlabel)
+    _save(plt, fig, axes, out)
 
 
 def plot_gains(run_dirs: dict[str, Path], measures: list[str], out: Path) -> None:
     """Each run's paired gain over its first evaluation (same prompts, same noise) against iteration, with
     its 95% interval: the band answers "did it improve?", where the interval of a level does not."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sets = sorted({name for d in run_dirs.values() for it in eval_iterations(d)[:1] for name in load_eval(d, it)})
-    fig, axes = plt.subplots(len(measures), len(sets), figsize=(4.2 * len(sets), 3.0 * len(measures)), squeeze=False)
+    plt, fig, axes = _panels(measures, sets)
     for label, run_dir in run_dirs.items():
+        first, curves = eval_iterations(run_dir)[0], gain_curves(run_dir)
         for i, measure in enumerate(measures):
             for j, set_name in enumerate(sets):
-                pts = gain_curve(run_dir, set_name, measure)
+                pts = curves.get((set_name, measure))
                 if not pts:
                     continue
-                xs = [eval_iterations(run_dir)[0], *(it for it, _ in pts)]
-                ys = [0.0, *(d.diff for _, d in pts)]
-                cis = [0.0, *(d.ci95 for _, d in pts)]
                 ax = axes[i][j]
-                ax.plot(xs, ys, marker="o", label=label)
-                ax.fill_between(xs, [y - c for y, c in zip(ys, cis, strict=True)],
-                                [y + c for y, c in zip(ys, cis, strict=True)], alpha=0.15)
+                _band(ax, [first, *(it for it, _ in pts)], [0.0, *(d.diff for _, d in pts)],
+                      [0.0, *(d.ci95 for _, d in pts)], label=label, alpha=0.15,
+                      title=f"{set_name}: {measure}, paired gain", xlabel="iteration")
                 ax.axhline(0.0, color="grey", linewidth=0.8)
-                ax.set_title(f"{set_name}: {measure}, paired gain", fontsize=9)
-                ax.set_xlabel("iteration", fontsize=8)
-                ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, axes, out)
 
 
 def before_after(run_dir: Path, base: int, final: int, out: Path) -> None:
