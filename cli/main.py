@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
@@ -34,7 +33,6 @@ app.add_typer(plugins_cmd.app, name="plugins")
 
 
 def main() -> None:
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if "cuda" not in os.environ.get("DS_ACCELERATOR", "") else "cuda")
     try:
         app(standalone_mode=True)
     except KeyboardInterrupt:  # pragma: no cover

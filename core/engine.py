@@ -443,6 +443,8 @@ class Trainer:
             resolved["provenance"] = self.recipe.provenance()
             (self.run_dir / RESOLVED).write_text(tomli_w.dumps(resolved))
         self.group.barrier()
+        if main:
+            self._write_runtime()
         self.log = (RunLog(self.run_dir, tensorboard=self.recipe.logging.tensorboard, start_iteration=start)
                     if main else _NoLog())
         if main:
@@ -493,6 +495,20 @@ class Trainer:
             self.log.close()
             self.c.backend.close()
         return last
+
+    def _write_runtime(self) -> None:
+        """``runtime.json``: the torch build, the device, and where the backend says training runs."""
+        cuda = torch.cuda.is_available()
+        info: dict[str, Any] = {
+            "torch": torch.__version__, "cuda": torch.version.cuda or "none",
+            "gpu": torch.cuda.get_device_name() if cuda else "none", "ranks": self.group.size,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        }
+        describe = getattr(self.c.backend, "runtime", None)
+        if describe is not None:
+            info["backend"] = describe()
+        (self.run_dir / "runtime.json").write_text(json.dumps(info, indent=1) + "\n")
+        log.info("runtime: %s", json.dumps(info))
 
     def _write_eval_fingerprint(self) -> None:
         """SHA-256 of each evaluation set's prompts and noise, so that runs can be checked for equal evaluations."""

@@ -48,7 +48,28 @@ def test_wan_gpu_benchmark_runs_on_a_small_transformer(tmp_path):
                            "--iterations", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (tmp_path / "results_smoke.md").read_text()
-    assert table.count("| BranchGRPO") == 2 and "| DanceGRPO (G 16, f 0.6) | " in table
+    assert table.count("| BranchGRPO") == 3 and table.count("| DanceGRPO (G 16, f ") == 2
     rows = __import__("json").loads((tmp_path / "results_smoke.json").read_text())["rows"]
     assert rows["BranchGRPO (splits 0, 3, 6, 9)"]["rollout_forwards"] == 203  # the paper's tree, counted exactly
+    assert rows["BranchGRPO (splits 0, 3, 6, 9)"]["trained_edges"] == 218
+    assert rows["BranchGRPO, depth pruning"]["trained_edges"] == 138  # the paper's 8.625 edges per leaf
     assert rows["DanceGRPO (G 16, f 0.6)"]["rollout_forwards"] == 305
+    assert rows["DanceGRPO (G 16, f 1.0)"]["trained_edges"] == 320
+
+
+@pytest.mark.slow
+def test_gpu_checks_run_the_real_recipe_families_on_tiny_models(tmp_path):
+    """The GPU-path checks on a CPU: `grpo run` of a tiny FLUX with its recipe's DeepSpeed backend
+    records where it trained and its on-policy ratios (bf16 rollout and update agree to 1e-3)."""
+    import json
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "wan_gpu" / "gpu_checks.py"), "--cpu",
+                           "--only", "FLUX deepspeed", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "checks_smoke.json").read_text())["rows"]["FLUX deepspeed"]
+    assert row["rc"] == 0, row.get("error")
+    assert row["runtime"]["backend"] == {"device": "cpu", "accelerator": "cpu", "process_group": "gloo",
+                                         "zero_stage": "2", "precision": "bf16"}
+    assert len(row["updates"]) == 2 and all(abs(u["update/ratio_mean"] - 1) < 1e-3 for u in row["updates"])
+    assert "| FLUX deepspeed | 0 | cpu | cpu | gloo | bf16 |" in (tmp_path / "checks_smoke.md").read_text()

@@ -6,11 +6,16 @@ seconds per iteration, peak memory and model FLOP utilisation (MFU).
 
 The transformer has Wan2.1-T2V-1.3B's configuration (30 layers, width 1536, 12 heads, FFN 8960,
 UMT5 width 4096); the text encoder and VAE are tiny (they are not what the strategies differ in),
-and the reward is the mean brightness of the video (cheap, so the time is the policy's). Both
-strategies sample 16 leaves per prompt over 20 steps, one prompt per iteration, bf16 weights,
-through the same engine and recipe keys a user would write. MFU counts the transformer's FLOPs,
-measured with torch's FlopCounterMode on one forward and one backward at the run's token count:
-(rollout forwards + trained edges × (1 forward + backward)) / time / the card's peak bf16 FLOP/s.
+and the reward is the mean brightness of the video (cheap, so the time is the policy's). Every
+strategy samples 16 leaves per prompt over 20 steps (the paper's tree: splits at 0, 3, 6, 9, b = 2),
+one prompt per iteration, bf16 weights, through the same engine and recipe keys a user would write.
+MFU counts the transformer's FLOPs, measured with torch's FlopCounterMode on one forward and one
+backward at the run's token count: (rollout forwards + trained edges × (1 forward + backward)) /
+time / the card's peak bf16 FLOP/s. The same counts predict each strategy's time relative to
+DanceGRPO with f = 1.0, the paper's baseline; the table puts the measured ratio beside that
+prediction and beside the paper's (FLUX.1-dev, seconds per iteration).
+
+Results are written after every strategy, so a run stopped early keeps the rows it finished.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def build_pipeline(folder: Path, tiny: bool) -> None:
                                                  num_heads=4, relative_attention_num_buckets=8)),
         vae=AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                              temperal_downsample=[False, True, True]),
-        scheduler=FlowMatchEulerDiscreteScheduler(), transformer=transformer)  # fp32 on disk; loaded as bf16
+        scheduler=FlowMatchEulerDiscreteScheduler(), transformer=transformer.to(torch.bfloat16))  # loaded as bf16
     pipe.save_pretrained(str(folder))
 
 
@@ -111,7 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a small transformer (smoke test)")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU")
-    ap.add_argument("--iterations", type=int, default=3, help="iterations per strategy (the first is warm-up)")
+    ap.add_argument("--iterations", type=int, default=2, help="iterations per strategy (the first is warm-up)")
     ap.add_argument("--frames", type=int, default=17)
     ap.add_argument("--height", type=int, default=320)
     ap.add_argument("--width", type=int, default=512)
@@ -127,11 +132,14 @@ def main() -> None:
     from grpo.core.registry import load_registry
     from grpo.core.runlog import read_metrics
 
-    strategies = {
-        "DanceGRPO (G 16, f 0.6)": {"use": "dancegrpo", "group_size": 16, "timestep_fraction": 0.6},
-        "BranchGRPO (splits 0, 3, 6, 9)": {"use": "branchgrpo", "split_points": [0, 3, 6, 9], "branch_factor": 2},
-        "BranchGRPO-Mix (window 4)": {"use": "branchgrpo-mix", "split_points": [0, 3, 6, 9], "branch_factor": 2,
-                                      "window_size": 4},
+    tree = {"split_points": [0, 3, 6, 9], "branch_factor": 2}
+    strategies = {  # name: (strategy table, the paper's s/iteration relative to DanceGRPO f = 1.0)
+        "DanceGRPO (G 16, f 1.0)": ({"use": "dancegrpo", "group_size": 16, "timestep_fraction": 1.0}, 1.0),
+        "DanceGRPO (G 16, f 0.6)": ({"use": "dancegrpo", "group_size": 16, "timestep_fraction": 0.6}, 469 / 698),
+        "BranchGRPO (splits 0, 3, 6, 9)": ({"use": "branchgrpo", **tree}, 493 / 698),
+        # five of the 16-node depths untrained: 138 edges per tree, the paper's 8.625 per leaf
+        "BranchGRPO, depth pruning": ({"use": "branchgrpo", **tree, "depth_pruning": [16, 17, 18, 19, 20]}, 314 / 698),
+        "BranchGRPO-Mix (window 4)": ({"use": "branchgrpo-mix", **tree, "window_size": 4}, 148 / 698),
     }
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,19 +151,20 @@ def main() -> None:
         build_pipeline(tmp / "wan", args.tiny)
         registry = load_registry(["benchmark_reward"])
         flops = None
-        for name, strategy in strategies.items():
+        for name, (strategy, paper) in strategies.items():
             if device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             data = recipe(strategy, tmp / "wan", tmp / "prompts.txt", size, device, args.iterations)
-            trainer = Trainer(parse(data, registry), tmp / name.split()[0])
+            run_dir = tmp / "".join(c if c.isalnum() else "-" for c in name)
+            trainer = Trainer(parse(data, registry), run_dir)
             start = time.perf_counter()
             trainer.run()
             wall = time.perf_counter() - start
             if flops is None:
                 flops = transformer_flops(trainer.c.policy, device)
-            train = [r for r in read_metrics(tmp / name.split()[0]) if r["kind"] == "train"][1:] or \
-                [r for r in read_metrics(tmp / name.split()[0]) if r["kind"] == "train"]
+            train = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+            train = train[1:] or train
             seconds = sum(r["time/iteration"] for r in train) / len(train)
             forwards, edges = train[-1]["cost/rollout_forwards"], train[-1]["cost/trained_edges"]
             work = forwards * flops[0] + edges * flops[1]
@@ -163,21 +172,34 @@ def main() -> None:
                 "seconds_per_iteration": seconds, "rollout_forwards": forwards, "trained_edges": edges,
                 "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
                 "tflops_per_iteration": work / 1e12, "achieved_tflops": work / seconds / 1e12,
-                "mfu": (work / seconds / 1e12) / peak if peak else None, "wall_seconds": wall,
+                "mfu": (work / seconds / 1e12) / peak if peak else None, "wall_seconds": wall, "paper_ratio": paper,
             }
             print(name, json.dumps(rows[name]), flush=True)
-    base = rows["DanceGRPO (G 16, f 0.6)"]["seconds_per_iteration"]
+            write_results(args, rows, flops, peak, card, size, device)
+            del trainer
+
+
+def write_results(args, rows: dict, flops: tuple[float, float], peak: float | None, card: str, size: dict,
+                  device: str) -> None:
+    """results.md / results.json for the rows measured so far (ratios against the first row)."""
+    first = next(iter(rows.values()))
+    base, base_work = first["seconds_per_iteration"], first["tflops_per_iteration"]
     lines = [f"# Wan2.1-1.3B-sized transformer on one {card}", "",
              f"Random weights (bf16), {size['frames']} frames at {size['height']}×{size['width']}, 20 steps, 16 leaves "
-             f"per prompt, one prompt per iteration, mean of iterations 2-{args.iterations}. Transformer FLOPs per "
+             f"per prompt, one prompt per iteration, mean of iterations 2-{args.iterations} (the first is warm-up). Transformer FLOPs per "
              f"sample: {flops[0] / 1e12:.2f} TFLOP forward, {flops[1] / 1e12:.2f} TFLOP forward + backward"
              + (f"; peak {peak:.0f} TFLOP/s bf16." if peak else "."), "",
-             "| strategy | s / iteration | vs DanceGRPO | rollout forwards | trained edges | peak memory (GiB) | TFLOP/s | MFU |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Ratios are seconds per iteration relative to the first row; *predicted* is the ratio of the "
+             "transformer FLOPs the row's counts imply; *paper* is the paper's FLUX.1-dev ratio (698 s per "
+             "iteration for DanceGRPO with f = 1.0).", "",
+             "| strategy | s / iteration | ratio | predicted | paper | rollout forwards | trained edges | "
+             "peak memory (GiB) | TFLOP/s | MFU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         mem = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "–"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "–"
         lines.append(f"| {name} | {r['seconds_per_iteration']:.1f} | {r['seconds_per_iteration'] / base:.2f} | "
+                     f"{r['tflops_per_iteration'] / base_work:.2f} | {r['paper_ratio']:.2f} | "
                      f"{r['rollout_forwards']:.0f} | {r['trained_edges']:.0f} | {mem} | {r['achieved_tflops']:.1f} | {mfu} |")
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if device == "cuda" and not args.tiny else "_smoke"

@@ -53,6 +53,35 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def accelerator_for(device: torch.device, requested: str | None) -> str:
+    """DeepSpeed's accelerator for training on `device`: ``cuda`` on a GPU, ``cpu`` otherwise. A
+    ``DS_ACCELERATOR`` the user set (`requested`) must agree with the device."""
+    chosen = "cuda" if device.type == "cuda" else "cpu"
+    if requested and requested != chosen:
+        raise UserError(f"DS_ACCELERATOR={requested} but the backend trains on {device.type}", where="backend.device",
+                        hint=f"unset DS_ACCELERATOR (grpo chooses '{chosen}' itself), or set backend.device to match it")
+    return chosen
+
+
+def process_group_for(device: torch.device) -> str:
+    """The torch.distributed backend for `device`: NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _match_accelerator(device: torch.device) -> None:
+    """Make DeepSpeed's accelerator the one `device` needs, also when an earlier ``import deepspeed``
+    (by another package) already detected one from the machine."""
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if get_accelerator().device_name() == device.type:
+        return
+    if device.type == "cuda":
+        from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+    else:
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+    set_accelerator(Accelerator())
+
+
 class DeepSpeedBackend:
     """DeepSpeed ZeRO 0-3 with optional CPU offload, fp32 / bf16 / fp16 weights, gloo on CPU, NCCL on GPU."""
 
@@ -115,12 +144,13 @@ class DeepSpeedBackend:
 
     # -- process group ---------------------------------------------------------------------------
     def _init_distributed(self) -> None:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu" if self.device.type == "cpu" else "cuda")
+        os.environ["DS_ACCELERATOR"] = accelerator_for(self.device, os.environ.get("DS_ACCELERATOR"))
         for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
             os.environ.setdefault(key, value)
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         import deepspeed
 
+        _match_accelerator(self.device)
         comm_torch = sys.modules.get("deepspeed.comm.torch")
         if comm_torch is not None and self.device.type == "cpu":
             # The shared-memory collective op would be JIT-compiled (minutes); gloo needs none.
@@ -128,7 +158,7 @@ class DeepSpeedBackend:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if not torch.distributed.is_initialized():
-            deepspeed.init_distributed("gloo" if self.device.type == "cpu" else "nccl", auto_mpi_discovery=False,
+            deepspeed.init_distributed(process_group_for(self.device), auto_mpi_discovery=False,
                                        timeout=datetime.timedelta(minutes=self.timeout), verbose=False)
             # DeepSpeed keeps its own handles on this group, so a later backend in the same process reuses it;
             # it is destroyed when the process exits, before the interpreter tears down: a gloo group left
@@ -180,6 +210,14 @@ class DeepSpeedBackend:
             model=module.to(self.device), optimizer=optimizer, config=self.config(optim)
         )
         self.grad_clip = optim.grad_clip
+
+    def runtime(self) -> dict[str, str]:
+        """Where training runs: the device, DeepSpeed's accelerator and the process group's backend."""
+        from deepspeed.accelerator import get_accelerator
+
+        group = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+        return {"device": str(self.device), "accelerator": get_accelerator().device_name(), "process_group": group,
+                "zero_stage": str(self.zero_stage), "precision": self.precision}
 
     def place_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
         """A frozen module (a KL reference) beside the trained one: under ZeRO-3 it is partitioned

@@ -71,6 +71,10 @@ class TorchBackend:
             parameters, lr=optim.lr, weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps
         )
 
+    def runtime(self) -> dict[str, str]:
+        """Where training runs: the device and the process group's backend (``none`` in one process)."""
+        return {"device": str(self.device), "process_group": dist.get_backend() if dist.is_initialized() else "none"}
+
     def backward(self, loss: torch.Tensor, *, boundary: bool) -> None:
         loss.backward()
 

@@ -48,6 +48,9 @@ def test_run_writes_every_output(tiny_model_dir, tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "samples" / "eval_000000.png").is_file() and (out / "samples" / "eval_000002.png").is_file()
     assert (out / "checkpoints" / "iter_000002" / "trained.safetensors").is_file()
+    runtime = json.loads((out / "runtime.json").read_text())
+    assert runtime["backend"] == {"device": "cpu", "process_group": "none"} and runtime["ranks"] == 1
+    assert runtime["torch"] == __import__("torch").__version__ and runtime["tf32_matmul"] is False
     records = read_metrics(out)
     train = [r for r in records if r["kind"] == "train"]
     assert [r["iteration"] for r in train] == [0, 1]
