@@ -24,8 +24,8 @@ from rich.live import Live
 from rich.table import Table
 
 from grpo.core import compare as report
-from grpo.core.engine import FINISHED, RESOLVED
 from grpo.core.errors import UserError
+from grpo.core.rundir import FINISHED, RESOLVED
 from grpo.core.runlog import read_metrics
 
 from .common import console, err_console, guard, load_recipe

@@ -9,8 +9,8 @@ import torch
 import typer
 
 from grpo.core import checkpoint
-from grpo.core.engine import RESOLVED
 from grpo.core.errors import UserError
+from grpo.core.rundir import RESOLVED
 
 from .common import console, guard, load_recipe
 

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from grpo.core.engine import RESOLVED, Trainer, check_world
+from grpo.core.engine import Trainer, check_world
 from grpo.core.errors import UserError
+from grpo.core.rundir import RESOLVED
 
 from .common import console, guard, load_recipe
 from .launch import launch, launched_rank

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from .backend import Backend
 from .dist import Group
+from .rundir import CHECKPOINTS
 
 PREFIX = "iter_"
 
 
 def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
-    return run_dir / "checkpoints" / f"{PREFIX}{iteration:06d}"
+    return run_dir / CHECKPOINTS / f"{PREFIX}{iteration:06d}"
 
 
 def save(run_dir: Path, backend: Backend, iteration: int, keep: int, extra: dict | None = None,
@@ -51,7 +52,7 @@ def save(run_dir: Path, backend: Backend, iteration: int, keep: int, extra: dict
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """Finished checkpoints, oldest first (temporary folders of an interrupted save are ignored)."""
-    root = run_dir / "checkpoints"
+    root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / "engine.json").is_file()]

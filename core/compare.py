@@ -22,8 +22,8 @@ from pathlib import Path
 import tomllib
 from PIL import Image, ImageDraw, ImageFont
 
-from .engine import FINISHED, RESOLVED
 from .errors import UserError
+from .rundir import FINISHED, RESOLVED
 from .runlog import read_metrics
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom

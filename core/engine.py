@@ -36,6 +36,7 @@ from .recipe import Recipe
 from .registry import attributed
 from .reward import RewardModel
 from .rollout import chunked, noise_block, rollout
+from .rundir import FINISHED, RESOLVED
 from .runlog import RunLog, truncate_jsonl
 from .sampler import EulerODE, Sampler, tile_grid
 from .strategy import StrategyParts
@@ -44,8 +45,6 @@ from .update import EdgeBatch, UpdateConfig, update
 
 log = logging.getLogger(__name__)
 
-RESOLVED = "recipe.resolved.toml"
-FINISHED = "finished.json"  # written when a run has ended normally
 
 
 class Reporter(Protocol):

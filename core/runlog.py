@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from .rundir import METRICS, TENSORBOARD
+
 
 def truncate_jsonl(path: Path, start_iteration: int) -> None:
     """Drop the records of iterations >= `start_iteration` from a JSON-lines file (all of them for 0)."""
@@ -32,13 +34,13 @@ class RunLog:
     """
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, start_iteration: int = 0) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         truncate_jsonl(self.path, start_iteration)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_iteration or None)
+            self.writer = SummaryWriter(str(run_dir / TENSORBOARD), purge_step=start_iteration or None)
 
     def write(self, iteration: int, kind: str, values: dict[str, Any]) -> None:
         record = {"iteration": iteration, "kind": kind, **values}
@@ -71,5 +73,5 @@ class RunLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,81 @@
+"""The layout of a run directory: every file a run writes, named in one place.
+
+::
+
+    RUN/
+      recipe.resolved.toml     the recipe with every default filled in, and the parts that ran
+      runtime.json             torch build, device, backend (accelerator, process group)
+      metrics.jsonl            one record per training iteration, evaluation and plan
+      prompts.jsonl            the training prompts of every iteration
+      finished.json            written when the run ended normally
+      checkpoints/iter_NNNNNN/ trained weights, optimizer state, engine state
+      eval/iter_NNNNNN.pt      per-image evaluation scores
+      eval/fingerprint.json    hash of each evaluation set's prompts and noise
+      samples/eval_NNNNNN.png  the evaluation grid (``.gif`` as well for videos)
+      tensorboard/             TensorBoard events
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RESOLVED = "recipe.resolved.toml"
+RUNTIME = "runtime.json"
+METRICS = "metrics.jsonl"
+PROMPTS = "prompts.jsonl"
+FINISHED = "finished.json"
+CHECKPOINTS = "checkpoints"
+EVAL = "eval"
+FINGERPRINT = "fingerprint.json"
+SAMPLES = "samples"
+TENSORBOARD = "tensorboard"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    @property
+    def resolved(self) -> Path:
+        return self.root / RESOLVED
+
+    @property
+    def runtime(self) -> Path:
+        return self.root / RUNTIME
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def prompts(self) -> Path:
+        return self.root / PROMPTS
+
+    @property
+    def finished(self) -> Path:
+        return self.root / FINISHED
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS
+
+    @property
+    def fingerprint(self) -> Path:
+        return self.root / EVAL / FINGERPRINT
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    def evaluated_iterations(self) -> list[int]:
+        """Iterations with saved evaluation scores, in order."""
+        return sorted(int(p.stem.split("_")[1]) for p in (self.root / EVAL).glob("iter_*.pt"))
+
+    def eval_scores(self, iteration: int) -> Path:
+        return self.root / EVAL / f"iter_{iteration:06d}.pt"
+
+    def sample_grid(self, iteration: int, suffix: str = ".png") -> Path:
+        return self.root / SAMPLES / f"eval_{iteration:06d}{suffix}"

@@ -1,0 +1,56 @@
+"""Every shipped shapes recipe, run for two iterations with a small evaluation on the bundled model,
+reproduces the metrics recorded in ``tests/data/pinned_metrics.json`` (1e-6): a refactor of the
+engine, the strategies or the recipes that changes what a recipe computes fails here.
+
+Re-record (only when a change is meant to move results, and say so in its commit):
+``GRPO_REPIN=1 python -m pytest tests/core/test_pinned_metrics.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PINNED = ROOT / "tests" / "data" / "pinned_metrics.json"
+RECIPES = sorted((ROOT / "recipes").glob("shapes_*.toml"))
+SHORT = ["train.iterations=2", "train.prompts_per_iteration=2", "train.checkpoint_every=2", "eval.every=2",
+         "prompts.eval_train_samples=0", "prompts.eval_held_out_samples=1", "eval.grid_images=4",
+         "logging.tensorboard=false", "logging.progress=false"]
+# measured, not computed: they differ from run to run
+UNPINNED = ("time/", "memory/")
+
+
+def short_run(recipe: Path, out: Path) -> list[dict]:
+    from grpo.core.engine import Trainer
+    from grpo.core.recipe import apply_overrides, load_toml, parse, plugin_modules
+    from grpo.core.registry import load_registry
+    from grpo.core.runlog import read_metrics
+
+    data = apply_overrides(load_toml(recipe), SHORT)
+    Trainer(parse(data, load_registry(plugin_modules(data)), source=recipe), out).run()
+    return [{k: v for k, v in r.items() if not k.startswith(UNPINNED)} for r in read_metrics(out)]
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_short_runs_reproduce_their_pinned_metrics(recipe, tmp_path):
+    records = short_run(recipe, tmp_path / "run")
+    if os.environ.get("GRPO_REPIN"):
+        pinned = json.loads(PINNED.read_text()) if PINNED.exists() else {}
+        pinned[recipe.stem] = records
+        PINNED.write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
+        return
+    expected = json.loads(PINNED.read_text())[recipe.stem]
+    assert [(r["kind"], r["iteration"]) for r in records] == [(r["kind"], r["iteration"]) for r in expected]
+    for got, want in zip(records, expected, strict=True):
+        assert sorted(got) == sorted(want), (got["kind"], got["iteration"])
+        for key, value in want.items():
+            if isinstance(value, float) and math.isfinite(value):
+                assert math.isclose(got[key], value, rel_tol=1e-6, abs_tol=1e-6), (got["kind"], got["iteration"], key,
+                                                                                   got[key], value)
+            else:
+                assert got[key] == value or (value != value and got[key] != got[key]), (key, got[key], value)
