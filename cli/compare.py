@@ -23,7 +23,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from grpo.core import compare as report
+from grpo.analysis import compare as report
 from grpo.core.errors import UserError
 from grpo.core.rundir import FINISHED, RESOLVED
 from grpo.core.runlog import read_metrics

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from grpo.analysis.report import write_report
 from grpo.core.errors import UserError
-from grpo.core.report import write_report
 
 from .common import console, guard
 

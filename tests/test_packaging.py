@@ -20,9 +20,9 @@ def test_wheel_contains_packages_and_weights_and_runs(tmp_path):
                      "grpo/plugins/shapes/weights/base/unet/diffusion_pytorch_model.safetensors",
                      "grpo/plugins/shapes/weights/base/tokenizer/tokenizer.json"):
         assert required in names, required
-    assert not any(n.startswith(("core/", "plugins/", "cli/")) for n in names)  # no generic top-level names
+    assert not any(n.startswith(("core/", "plugins/", "cli/", "analysis/")) for n in names)  # no generic top-level names
     for folder, package in (("core", "grpo/core"), ("plugins", "grpo/plugins"), ("cli", "grpo/cli"),
-                            ("testing", "grpo/testing")):  # every module of the code folders is packaged
+                            ("testing", "grpo/testing"), ("analysis", "grpo/analysis")):  # every module is packaged
         for module in (ROOT / folder).rglob("*.py"):
             if "weights" not in module.parts:
                 assert f"{package}/{module.relative_to(ROOT / folder).as_posix()}" in names, module

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from benchmarks.shapes_alignment.make_figures import machine  # noqa: E402
-from grpo.core import compare as report  # noqa: E402
+from grpo.analysis import compare as report  # noqa: E402
 from grpo.core.recipe import apply_overrides, load_toml  # noqa: E402
 
 # (row, base recipe, overrides), in the paper's order

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from grpo.analysis.report import eval_iterations, load_eval
 from grpo.cli.common import load_recipe
 from grpo.core.engine import mean_ci
-from grpo.core.report import eval_iterations, load_eval
 from grpo.plugins.shapes.world import parse_caption
 
 

@@ -18,7 +18,7 @@ import argparse
 import platform
 from pathlib import Path
 
-from grpo.core.report import (
+from grpo.analysis.report import (
     before_after,
     eval_iterations,
     markdown_table,

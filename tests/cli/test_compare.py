@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from grpo.analysis.compare import seed_interval, t_quantile_975
 from grpo.cli.main import app
-from grpo.core.compare import seed_interval, t_quantile_975
 
 COMMON = """
 [model]

@@ -22,9 +22,9 @@ from pathlib import Path
 import tomllib
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import UserError
-from .rundir import FINISHED, RESOLVED
-from .runlog import read_metrics
+from grpo.core.errors import UserError
+from grpo.core.rundir import FINISHED, RESOLVED
+from grpo.core.runlog import read_metrics
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,

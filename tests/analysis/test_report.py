@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from grpo.core.report import gain_curve, paired_differences, write_report
+from grpo.analysis.report import gain_curve, paired_differences, write_report
 
 
 def test_paired_difference_hand_computed(tmp_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import UserError
-from .runlog import read_metrics
+from grpo.core.errors import UserError
+from grpo.core.runlog import read_metrics
 
 
 @dataclass(frozen=True)

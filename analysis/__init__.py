@@ -1,0 +1,1 @@
+"""Reports and comparisons of finished runs: tables, curves, figures, HTML."""
