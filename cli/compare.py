@@ -25,6 +25,7 @@ from rich.table import Table
 
 from grpo.analysis import compare as report
 from grpo.core.errors import UserError
+from grpo.core.recipe import INFORMATIONAL
 from grpo.core.rundir import FINISHED, RESOLVED
 from grpo.core.runlog import read_metrics
 
@@ -119,7 +120,8 @@ def plan_jobs(recipes: list[Path], seeds: list[int], sets: list[str], out: Path)
 def _check_same_settings(run_dir: Path, new: dict[str, Any]) -> None:
     """A run kept from an earlier invocation must have been made with the same (resolved) settings."""
     before = tomllib.loads((run_dir / RESOLVED).read_text())
-    before.pop("provenance", None)
+    for key in INFORMATIONAL:  # records of what ran, not settings
+        before.pop(key, None)
     changed = [k for k in sorted(set(new) | set(before)) if new.get(k) != before.get(k)]
     if changed:
         raise UserError(f"{str(run_dir)!r} was made with other settings ([{', '.join(changed)}] differ)",

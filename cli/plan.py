@@ -28,6 +28,17 @@ def plan(
     if as_json:
         print(json.dumps(data, indent=2))
         return
+    parts = Table(title=f"strategy {r.strategy.entry.name}: its parts")
+    for col in ("slot", "part", "options", "chosen by", "provided by"):
+        parts.add_column(col)
+    for slot, rec in data["parts"].items():
+        for i, part in enumerate(rec if isinstance(rec, list) else [rec]):
+            options = ", ".join(f"{k}={v}" for k, v in part.items() if k not in ("use", "provided_by", "chosen_by"))
+            parts.add_row(f"{slot} {i}" if isinstance(rec, list) else slot, part["use"], options, part["chosen_by"],
+                          part["provided_by"])
+        if isinstance(rec, list) and not rec:
+            parts.add_row(slot, "(none)", "", "", "")
+    console.print(parts)
     table = Table(title=f"{r.strategy.entry.name}: one tree over {data['steps']} steps")
     for col in ("step", "σ → σ'", "live nodes", "branch", "mode", "trained edges"):
         table.add_column(col, justify="right")

@@ -21,7 +21,7 @@ name = "grpo-{name}"
 version = "0.1.0"
 description = "A grpo {kind} plugin: {name}."
 requires-python = ">=3.10"
-dependencies = ["grpo>=0.1"]
+dependencies = ["grpo>=0.1,<0.2"]  # the plugin API may change in minor versions before 1.0
 
 [project.optional-dependencies]
 test = ["pytest>=8"]
@@ -112,15 +112,13 @@ class {cls}:
         leaf = ((per_tree - per_tree.mean(dim=1, keepdim=True)) / self.scale).reshape(-1)
         return Advantages([rollout.reduce_leaves(leaf, k + 1) for k in range(rollout.steps)])
 ''',
-    "strategy": '''"""A strategy: a named preset of topology, advantage estimator, pruners and clip range."""
+    "strategy": '''"""A strategy: a named composition of registered parts (topology, advantage estimator, pruners)
+and its loss settings."""
 
 from typing import Annotated
 
-from grpo.core.schema import Doc, Range
-from grpo.core.strategy import StrategyParts
-from grpo.plugins.dancegrpo.advantage import GroupAdvantage
-from grpo.plugins.dancegrpo.pruners import TimestepFraction
-from grpo.plugins.trees.topologies import Fan
+from grpo.core.schema import Doc, Part, Range
+from grpo.core.strategy import Make, StrategyParts
 
 
 class {cls}:
@@ -129,17 +127,18 @@ class {cls}:
     def __init__(
         self,
         *,
-        group_size: Annotated[int, Range(ge=2), Doc("chains per prompt")] = 8,
-        timestep_fraction: Annotated[float, Range(gt=0, le=1), Doc("share of steps trained")] = 0.5,
+        group_size: Annotated[int, Range(ge=2), Part("topology"), Doc("chains per prompt")] = 8,
+        timestep_fraction: Annotated[float, Range(gt=0, le=1), Part("pruner"), Doc("share of steps trained")] = 0.5,
         clip_range: Annotated[float, Range(gt=0), Doc("ε of the clipped ratio")] = 1e-3,
     ) -> None:
         self.group_size, self.timestep_fraction, self.clip_range = group_size, timestep_fraction, clip_range
 
-    def build(self) -> StrategyParts:
+    def build(self, make: Make) -> StrategyParts:
+        # every part by kind and registered name: built-in or from any installed plugin
         return StrategyParts(
-            topology=Fan(group_size=self.group_size, noise_scale=1.0),
-            advantage=GroupAdvantage(),
-            pruners=[TimestepFraction(fraction=self.timestep_fraction)],
+            topology=make("topology", "fan", group_size=self.group_size, noise_scale=1.0),
+            advantage=make("advantage", "group"),
+            pruners=[make("pruner", "timestep-fraction", timestep_fraction=self.timestep_fraction)],
             clip_range=self.clip_range,
             sampler="dance-sde",
         )
@@ -215,6 +214,13 @@ RECIPES = {
     "strategy": '[strategy]\nuse = "{name}"\ngroup_size = 3\n\n[[reward]]\nuse = "shapes-faithfulness"\n',
     "sampler": '[strategy]\nuse = "dancegrpo"\ngroup_size = 3\n\n[sampler]\nuse = "{name}"\n\n'
                '[[reward]]\nuse = "shapes-faithfulness"\n',
+    # a part replaces one slot of a built-in strategy
+    "pruner": '[strategy]\nuse = "branchgrpo"\nsplit_points = [0, 2]\n\n[[strategy.pruner]]\nuse = "{name}"\n\n'
+              '[[reward]]\nuse = "shapes-faithfulness"\n',
+    "advantage": '[strategy]\nuse = "dancegrpo"\ngroup_size = 3\n\n[strategy.advantage]\nuse = "{name}"\n\n'
+                 '[[reward]]\nuse = "shapes-faithfulness"\n',
+    "topology": '[strategy]\nuse = "branchgrpo"\n\n[strategy.topology]\nuse = "{name}"\n\n'
+                '[[reward]]\nuse = "shapes-faithfulness"\n',
 }
 RECIPE_TAIL = '\n[model]\nuse = "shapes"\n\n[prompts]\nuse = "shapes"\n'
 

@@ -145,8 +145,8 @@ def build(recipe: Recipe) -> Components:
     if not train_prompts:
         raise UserError("the prompt source gives no training prompts", where="prompts")
     eval_sets = source.eval_sets()
-    sampler = recipe.sampler.create()
-    parts = recipe.strategy.create().build()
+    sampler = recipe.sampler_instance
+    parts = recipe.composition.parts
     plan = parts.topology.plan(sampler.steps)
     rewards = [(r.label, r.weight, r.create()) for r in recipe.rewards]
     backend = recipe.backend.create()
@@ -399,6 +399,8 @@ class Trainer:
         # large share of clip ranges of 1e-4..1e-3: off unless asked for.
         torch.backends.cuda.matmul.allow_tf32 = t.tf32
         torch.backends.cudnn.allow_tf32 = t.tf32
+        # randomly initialised weights (LoRA adapters) depend on the seed, not on what ran before
+        torch.manual_seed(t.seed)
         self.c = build(self.recipe)
         self.update_cfg = UpdateConfig(
             clip_range=self.c.parts.clip_range, optimizer_steps=t.optimizer_steps, epochs=t.epochs,
@@ -439,6 +441,7 @@ class Trainer:
         elif main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             resolved = self.recipe.to_dict()
+            resolved["parts"] = self.recipe.composition.to_dict()
             resolved["provenance"] = self.recipe.provenance()
             (self.run_dir / RESOLVED).write_text(tomli_w.dumps(resolved))
         self.group.barrier()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,6 +16,7 @@ class CostReport:
     plan: TreePlan
     sigmas: list[float]
     trained_per_step: list[int]
+    parts: dict = field(default_factory=dict)
 
     @property
     def trained_edges(self) -> int:
@@ -24,6 +25,7 @@ class CostReport:
     def to_dict(self) -> dict:
         p = self.plan
         return {
+            "parts": self.parts,
             "steps": p.steps,
             "split_steps": list(p.split_steps),
             "leaves_per_tree": p.leaves,
@@ -63,8 +65,8 @@ def cost(recipe: Recipe, iteration: int = 0) -> CostReport:
     """Trained edges after every pruner at `iteration` (advantages taken as zero)."""
     from .engine import iteration_generator
 
-    sampler = recipe.sampler.create()
-    parts = recipe.strategy.create().build()
+    sampler = recipe.sampler_instance
+    parts = recipe.composition.parts
     plan = parts.topology.plan(sampler.steps, iteration)
     sigmas = sampler.sigmas()
     ro = skeleton(plan, sigmas)
@@ -73,4 +75,4 @@ def cost(recipe: Recipe, iteration: int = 0) -> CostReport:
     ctx = PruneContext(iteration, recipe.train.iterations, iteration_generator(recipe.train.seed, iteration))
     for pruner in parts.pruners:
         edges = pruner(ro, adv, edges, ctx)
-    return CostReport(plan, sigmas.tolist(), edges.per_step())
+    return CostReport(plan, sigmas.tolist(), edges.per_step(), recipe.composition.to_dict())

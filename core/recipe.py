@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from .compose import Composition, Slots, check_replaced_options, compose
 from .errors import UserError, UserErrors, closest, unknown_name_hint
 from .registry import Entry, Registry, instantiate
 from .schema import Doc, Range, options_of, toml_value, validate
+from .strategy import SLOTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +29,7 @@ else:  # pragma: no cover
 
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 TABLES = ("model", "strategy", "sampler", "reward", "prompts", "train", "eval", "backend", "logging", "plugins")
-INFORMATIONAL = ("provenance",)  # written into recipe.resolved.toml; ignored when read back
+INFORMATIONAL = ("provenance", "parts")  # written into recipe.resolved.toml; ignored when read back
 
 
 @dataclass(kw_only=True)
@@ -105,6 +107,12 @@ class Component:
         """Instantiate the plugin with the validated options."""
         return instantiate(self.entry, self.options, self.where)
 
+    def table(self) -> dict[str, Any]:
+        """The component's table with every option filled in (``recipe.resolved.toml``)."""
+        out = {"use": self.entry.name}
+        out.update({k: toml_value(v) for k, v in self.options.items() if v is not None})
+        return out
+
 
 @dataclass
 class RewardSpec(Component):
@@ -119,7 +127,9 @@ class RewardSpec(Component):
 
 @dataclass
 class Recipe:
-    """A validated recipe; each component's ``create()`` instantiates it."""
+    """A validated recipe; each component's ``create()`` instantiates it. The strategy and the
+    sampler are pure configuration and are built once, here: ``composition`` holds the strategy
+    with the recipe's slots applied, ``sampler_instance`` the sampler."""
 
     source: Path | None
     model: Component
@@ -132,32 +142,48 @@ class Recipe:
     eval: EvalConfig
     logging: LoggingConfig
     plugins: PluginsConfig
+    slots: Slots
+    composition: Composition
+    sampler_instance: Any
 
     def to_dict(self) -> dict[str, Any]:
         """All tables with every default filled in (``recipe.resolved.toml``)."""
-
-        def table(c: Component) -> dict[str, Any]:
-            out = {"use": c.entry.name}
-            out.update({k: toml_value(v) for k, v in c.options.items() if v is not None})
-            return out
-
-        data: dict[str, Any] = {
-            "model": table(self.model),
-            "strategy": table(self.strategy),
-            "sampler": table(self.sampler),
-            "reward": [{**table(r), "weight": r.weight, **({"name": r.name} if r.name else {})} for r in self.rewards],
-            "prompts": table(self.prompts),
+        return {
+            "model": self.model.table(),
+            "strategy": self._strategy_table(),
+            "sampler": self.sampler.table(),
+            "reward": [{**r.table(), "weight": r.weight, **({"name": r.name} if r.name else {})} for r in self.rewards],
+            "prompts": self.prompts.table(),
             "train": {k: toml_value(v) for k, v in asdict(self.train).items()},
             "eval": asdict(self.eval),
-            "backend": table(self.backend),
+            "backend": self.backend.table(),
             "logging": asdict(self.logging),
             "plugins": asdict(self.plugins),
         }
-        return data
+
+    def _strategy_table(self) -> dict[str, Any]:
+        """The strategy's options, without those of default parts the recipe replaced, and the
+        recipe's own slots."""
+        replaced = self.slots.replaced()
+        table = self.strategy.table()
+        for opt in self.strategy.entry.options:
+            if opt.part in replaced:
+                table.pop(opt.name, None)
+        for slot in ("topology", "advantage"):
+            comp = getattr(self.slots, slot)
+            if comp is not None:
+                table[slot] = comp.table()
+        if self.slots.pruner is not None:
+            table["pruner"] = [c.table() for c in self.slots.pruner]
+        return table
 
     def provenance(self) -> dict[str, str]:
         comps = [self.model, self.strategy, self.sampler, self.prompts, self.backend, *self.rewards]
-        return {f"{c.entry.kind}.{c.entry.name}": c.entry.distribution for c in comps}
+        out = {f"{c.entry.kind}.{c.entry.name}": c.entry.distribution for c in comps}
+        for slot, rec in self.composition.records.items():
+            for r in rec if isinstance(rec, list) else [rec]:
+                out[f"{slot}.{r.name}"] = r.distribution
+        return out
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -296,41 +322,44 @@ def _config(cls: type, table: Any, where: str, errors: list[UserError]) -> Any:
         return cls()
 
 
-def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = None) -> Recipe:
-    """Validate a recipe dict (every problem collected into one UserErrors)."""
-    errors: list[UserError] = []
-    for key in data:
-        if key not in TABLES and key not in INFORMATIONAL:
-            best = closest(key, TABLES)
-            errors.append(UserError(f"unknown table [{key}]", where=key,
-                                    hint=(f"did you mean [{best}]? " if best else "") + "valid: " + ", ".join(TABLES)))
-    for required in ("model", "strategy", "prompts"):
-        if required not in data:
-            errors.append(UserError(f"missing table [{required}]", where=required,
-                                    hint="valid names: " + ", ".join(registry.names(required))))
-    model = _component(registry, "model", data.get("model"), "model", errors) if "model" in data else None
-    strategy = _component(registry, "strategy", data.get("strategy"), "strategy", errors) if "strategy" in data else None
-    prompts = _component(registry, "prompts", data.get("prompts"), "prompts", errors) if "prompts" in data else None
-    default_sampler, sampler_table = None, data.get("sampler")
+def _strategy(registry: Registry, table: Any, errors: list[UserError]) -> tuple[Component | None, Slots]:
+    """``[strategy]``: the strategy's own options, and the slots the recipe fills with parts."""
+    slots = Slots()
+    if not isinstance(table, dict):
+        errors.append(UserError(f"expected a table, got {table!r}", where="strategy"))
+        return None, slots
+    own = {k: v for k, v in table.items() if k not in SLOTS}
+    strategy = _component(registry, "strategy", own, "strategy", errors)
+    for slot in ("topology", "advantage"):
+        if slot in table:
+            setattr(slots, slot, _component(registry, slot, table[slot], f"strategy.{slot}", errors))
+    if "pruner" in table:
+        pruners = table["pruner"]
+        pruners = [pruners] if isinstance(pruners, dict) else pruners
+        if not isinstance(pruners, list):
+            errors.append(UserError(f"expected a list of pruner tables, got {pruners!r}", where="strategy.pruner",
+                                    hint="write [[strategy.pruner]] tables, or pruner = [] for no pruning"))
+            pruners = []
+        slots.pruner = [_component(registry, "pruner", t, f"strategy.pruner.{i}", errors) for i, t in enumerate(pruners)]
     if strategy is not None:
         try:
-            parts = strategy.create().build()
-            default_sampler = parts.sampler
-            sampler_table = _with_strategy_defaults(sampler_table, parts.sampler, parts.sampler_defaults)
-        except UserError as e:
-            errors.append(e)
-    sampler = _component(registry, "sampler", sampler_table, "sampler", errors, default_use=default_sampler)
-    backend = _component(registry, "backend", data.get("backend"), "backend", errors, default_use="torch")
-    rewards: list[RewardSpec] = []
-    reward_tables = data.get("reward", [])
-    if isinstance(reward_tables, dict):
-        reward_tables = [reward_tables]
-    if not isinstance(reward_tables, list) or not reward_tables:
+            check_replaced_options(strategy, own, slots)
+        except UserErrors as e:
+            errors.extend(e.errors)
+    return strategy, slots
+
+
+def _rewards(registry: Registry, tables: Any, errors: list[UserError]) -> list[RewardSpec]:
+    """``[[reward]]``: one table per reward, each with its weight and an optional label."""
+    if isinstance(tables, dict):
+        tables = [tables]
+    if not isinstance(tables, list) or not tables:
         errors.append(UserError("no [[reward]] table", where="reward",
                                 hint="add one, e.g. [[reward]] use = \"shapes-faithfulness\"; valid: "
                                 + ", ".join(registry.names("reward"))))
-        reward_tables = []
-    for i, table in enumerate(reward_tables):
+        return []
+    rewards: list[RewardSpec] = []
+    for i, table in enumerate(tables):
         where = f"reward.{i}"
         comp = _component(registry, "reward", table, where, errors, ignore=("weight", "name"))
         weight = table.get("weight", 1.0) if isinstance(table, dict) else 1.0
@@ -344,12 +373,45 @@ def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = Non
             name = ""
         if comp is not None:
             spec = RewardSpec(comp.entry, comp.options, comp.where, weight=float(weight), name=name)
-            taken = [r.label for r in rewards]
-            if spec.label in taken:
+            if spec.label in [r.label for r in rewards]:
                 errors.append(UserError(
                     f"two rewards are logged as {spec.label!r}", where=f"{where}.name",
                     hint=f"give this one its own label, e.g. name = \"{spec.entry.name}-{i}\""))
             rewards.append(spec)
+    return rewards
+
+
+def _check_tables(data: dict[str, Any], registry: Registry, errors: list[UserError]) -> None:
+    for key in data:
+        if key not in TABLES and key not in INFORMATIONAL:
+            best = closest(key, TABLES)
+            errors.append(UserError(f"unknown table [{key}]", where=key,
+                                    hint=(f"did you mean [{best}]? " if best else "") + "valid: " + ", ".join(TABLES)))
+    for required in ("model", "strategy", "prompts"):
+        if required not in data:
+            errors.append(UserError(f"missing table [{required}]", where=required,
+                                    hint="valid names: " + ", ".join(registry.names(required))))
+
+
+def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = None) -> Recipe:
+    """Validate a recipe dict (every problem collected into one UserErrors)."""
+    errors: list[UserError] = []
+    _check_tables(data, registry, errors)
+    model = _component(registry, "model", data.get("model"), "model", errors) if "model" in data else None
+    strategy, slots = _strategy(registry, data["strategy"], errors) if "strategy" in data else (None, Slots())
+    prompts = _component(registry, "prompts", data.get("prompts"), "prompts", errors) if "prompts" in data else None
+    composition, sampler_table = None, data.get("sampler")
+    if strategy is not None and None not in (slots.pruner or []):
+        try:
+            composition = compose(strategy, slots, registry)
+            parts = composition.parts
+            sampler_table = _with_strategy_defaults(sampler_table, parts.sampler, parts.sampler_defaults)
+        except (UserError, UserErrors) as e:
+            errors.extend(e.errors if isinstance(e, UserErrors) else [e])
+    default_sampler = composition.parts.sampler if composition else None
+    sampler = _component(registry, "sampler", sampler_table, "sampler", errors, default_use=default_sampler)
+    backend = _component(registry, "backend", data.get("backend"), "backend", errors, default_use="torch")
+    rewards = _rewards(registry, data.get("reward", []), errors)
     train = _config(TrainConfig, data.get("train"), "train", errors)
     eval_cfg = _config(EvalConfig, data.get("eval"), "eval", errors)
     logging_cfg = _config(LoggingConfig, data.get("logging"), "logging", errors)
@@ -358,9 +420,9 @@ def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = Non
         errors.append(UserError(f"expected two numbers, got {train.betas!r}", where="train.betas"))
     if errors:
         raise UserErrors(errors)
-    assert model and strategy and sampler and prompts and backend
+    assert model and strategy and sampler and prompts and backend and composition
     recipe = Recipe(source, model, strategy, sampler, rewards, prompts, backend, train, eval_cfg, logging_cfg,
-                    plugins_cfg)
+                    plugins_cfg, slots, composition, sampler.create())
     check_consistency(recipe)
     return recipe
 
@@ -368,7 +430,7 @@ def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = Non
 def check_consistency(recipe: Recipe) -> None:
     """Cross-table checks that need cheap components (no weights are read)."""
     errors: list[UserError] = []
-    sampler = recipe.sampler.create()
+    sampler = recipe.sampler_instance
     try:
         recipe.backend.create()  # its constructor checks its options against each other
     except UserError as e:
@@ -378,9 +440,8 @@ def check_consistency(recipe: Recipe) -> None:
             f"sampler {recipe.sampler.entry.name!r} is deterministic, so no step has a log-probability to train",
             where="sampler.use", hint="use a stochastic sampler (dance-sde, flow-sde); ode is used for evaluation",
         ))
-    parts = recipe.strategy.create().build()
     try:
-        parts.topology.plan(sampler.steps)
+        recipe.composition.parts.topology.plan(sampler.steps)
     except UserError as e:
         errors.append(e)
     if errors:

@@ -13,6 +13,7 @@ import importlib
 import inspect
 import os
 import sys
+import types
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ from .errors import PluginError, UserError, unknown_name_hint
 from .schema import options_of
 
 BUILTIN_MODULE = "grpo.plugins.builtin"
+KIND_NOUNS = {"model": "a model", "sampler": "a sampler", "topology": "a topology", "reward": "a reward",
+              "advantage": "an advantage estimator", "pruner": "a pruner", "backend": "a backend",
+              "strategy": "a strategy", "prompts": "a prompt source"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,10 @@ class Registry:
     def get(self, kind: str, name: str, *, where: str | None = None) -> Entry:
         table = self.entries[kind]
         if name not in table:
+            others = [k for k in hookspecs.KINDS if k != kind and name in self.entries[k]]
+            if others:
+                raise UserError(f"{name!r} is {KIND_NOUNS[others[0]]}, not {KIND_NOUNS[kind]}", where=where,
+                                hint=f"name {KIND_NOUNS[kind]}: " + (", ".join(sorted(table)) or "(none registered)"))
             raise UserError(
                 f"unknown {kind} {name!r}", where=where, hint=unknown_name_hint(name, table)
             )
@@ -103,13 +111,44 @@ def _distribution_names(pm: pluggy.PluginManager) -> dict[int, str]:
     return names
 
 
-def load_registry(modules: Iterable[str] = (), *, autoload: bool | None = None) -> Registry:
+def _check_hook_names(pm: pluggy.PluginManager) -> None:
+    """Refuse a ``grpo_*`` function (decorated or not) that is not a hook, naming the plugin and
+    the closest hook: a misspelt hook would otherwise register nothing."""
+    dists = _distribution_names(pm)
+    hooks = {f"grpo_register_{k}" for k in hookspecs.KINDS}
+    for plugin in pm.get_plugins():
+        for attr in dir(plugin):
+            if attr.startswith("grpo_") and attr not in hooks and callable(getattr(plugin, attr, None)):
+                raise PluginError(
+                    f"plugin {pm.get_name(plugin)!r} ({dists.get(id(plugin), 'local module')}) defines {attr!r}, "
+                    f"which is not a grpo hook: {unknown_name_hint(attr, hooks)}"
+                )
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:  # a hook implementation pluggy refuses for another reason
+        raise PluginError(str(e)) from None
+
+
+def _as_plugin(obj: Any) -> tuple[Any, str]:
+    """A plugin object and its name: a module or object as is; a hook function wrapped alone."""
+    if inspect.isfunction(obj):
+        name = f"{obj.__module__}.{obj.__name__}"
+        holder = types.ModuleType(name)
+        setattr(holder, obj.__name__, obj)
+        return holder, name
+    return obj, getattr(obj, "__name__", type(obj).__name__)
+
+
+def load_registry(modules: Iterable[str] = (), *, autoload: bool | None = None,
+                  plugins: Iterable[Any] = ()) -> Registry:
     """Build the registry of one run.
 
     Args:
         modules: extra plugin modules to import (a recipe's ``[plugins] modules``).
         autoload: load the ``grpo`` entry-point group; default: unless
             ``GRPO_DISABLE_PLUGIN_AUTOLOAD`` is set to a true value.
+        plugins: plugin objects registered as they are (modules, objects with hook methods, or
+            single ``@hookimpl`` functions), for tests and notebooks.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -121,6 +160,10 @@ def load_registry(modules: Iterable[str] = (), *, autoload: bool | None = None) 
             pm.load_setuptools_entrypoints(hookspecs.PROJECT)
         except Exception as e:  # an entry point that fails to import
             raise PluginError(f"a plugin of the 'grpo' entry-point group failed to load: {e!r}") from e
+    for obj in plugins:
+        plugin, name = _as_plugin(obj)
+        if not pm.is_registered(plugin):
+            pm.register(plugin, name=name)
     for module in modules:
         try:
             mod = importlib.import_module(module)
@@ -133,20 +176,8 @@ def load_registry(modules: Iterable[str] = (), *, autoload: bool | None = None) 
         if pm.is_registered(mod):
             continue
         pm.register(mod, name=module)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as e:
-        known = ", ".join(f"grpo_register_{k}" for k in hookspecs.KINDS)
-        raise PluginError(f"{e} (known hooks: {known})") from None
+    _check_hook_names(pm)
     dists = _distribution_names(pm)
-    hooks = {f"grpo_register_{k}" for k in hookspecs.KINDS}
-    for plugin in pm.get_plugins():
-        for attr in dir(plugin):
-            if attr.startswith("grpo_") and attr not in hooks and callable(getattr(plugin, attr, None)):
-                raise PluginError(
-                    f"plugin {pm.get_name(plugin)!r} ({dists.get(id(plugin), 'local module')}) defines {attr!r}, "
-                    f"which is not a grpo hook: {unknown_name_hint(attr, hooks)}"
-                )
     registry = Registry()
     for kind in hookspecs.KINDS:
         caller = getattr(pm.hook, f"grpo_register_{kind}")

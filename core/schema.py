@@ -55,6 +55,14 @@ class Doc:
     text: str
 
 
+@dataclass(frozen=True)
+class Part:
+    """Marks a strategy option that only configures the default part of a slot (``"topology"``,
+    ``"advantage"`` or ``"pruner"``): a recipe that replaces that slot may not set the option."""
+
+    slot: str
+
+
 _MISSING = inspect.Parameter.empty
 
 
@@ -65,6 +73,7 @@ class Option:
     default: Any
     range: Range | None
     doc: str
+    part: str | None = None
 
     @property
     def required(self) -> bool:
@@ -75,8 +84,8 @@ class Option:
         return type_name(self.annotation)
 
 
-def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str]:
-    rng, doc = None, ""
+def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str, str | None]:
+    rng, doc, part = None, "", None
     if get_origin(tp) is typing.Annotated:
         base, *extras = get_args(tp)
         for extra in extras:
@@ -84,8 +93,10 @@ def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str]:
                 rng = extra
             elif isinstance(extra, Doc):
                 doc = extra.text
-        return base, rng, doc
-    return tp, rng, doc
+            elif isinstance(extra, Part):
+                part = extra.slot
+        return base, rng, doc, part
+    return tp, rng, doc, part
 
 
 def type_name(tp: Any) -> str:
@@ -115,29 +126,27 @@ def options_of(factory: Any) -> list[Option]:
                 default = f.default_factory()
             if default is dataclasses.MISSING:
                 default = _MISSING
-            base, rng, doc = _strip_annotated(hints[f.name])
-            options.append(Option(f.name, base, default, rng, doc))
+            base, rng, doc, part = _strip_annotated(hints[f.name])
+            options.append(Option(f.name, base, default, rng, doc, part))
         return options
+    if inspect.isclass(factory) and factory.__init__ is object.__init__:
+        return []  # a class without a constructor has no options
     target = factory.__init__ if inspect.isclass(factory) else factory
     hints = typing.get_type_hints(target, include_extras=True)
     sig = inspect.signature(target)
     options = []
     for p in sig.parameters.values():
-        if p.kind is p.VAR_KEYWORD and inspect.isclass(factory):
-            # A subclass that forwards **options to its base accepts the base's options too.
-            own = {q for q in sig.parameters}
-            base = next((b for b in factory.__mro__[1:] if "__init__" in vars(b) and b is not object), None)
-            if base is not None:
-                options.extend(o for o in options_of(base) if o.name not in own)
+        if p.name == "self":
             continue
-        if p.name == "self" or p.kind is p.VAR_POSITIONAL:
-            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise TypeError(f"{getattr(factory, '__qualname__', factory)}: *{p.name} hides the options from the "
+                            "recipe schema; list every option as a keyword-only parameter")
         if p.name not in hints:
             raise TypeError(f"{getattr(factory, '__qualname__', factory)}: option {p.name!r} has no type annotation")
         if p.kind is not p.KEYWORD_ONLY:
             raise TypeError(f"{getattr(factory, '__qualname__', factory)}: option {p.name!r} must be keyword-only (after *)")
-        base, rng, doc = _strip_annotated(hints[p.name])
-        options.append(Option(p.name, base, p.default, rng, doc))
+        base, rng, doc, part = _strip_annotated(hints[p.name])
+        options.append(Option(p.name, base, p.default, rng, doc, part))
     return options
 
 

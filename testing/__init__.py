@@ -8,8 +8,9 @@ Run a component of yours through the checks its interface promises, on CPU, in s
         check_reward(MyReward(), *tiny_images())
 
 Each ``check_*`` raises ``AssertionError`` with a message saying which promise was broken, and
-returns nothing when the component keeps them all. ``grpo.testing.fixtures`` has pytest fixtures
-(a tiny random shapes model, a policy on it, a small rollout) to import into a ``conftest.py``.
+returns nothing when the component keeps them all. The tiny fixtures (``tiny_model``,
+``tiny_policy``, ``tiny_images``, ``tiny_rollout``) and ``run_tiny_recipe``, which runs a recipe end
+to end on the tiny model, are documented in ``docs/plugins.md``.
 """
 
 from .contracts import (

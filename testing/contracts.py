@@ -176,10 +176,17 @@ def check_sampler(sampler: Any, *, split_logprob: str = "nominal", tol: float = 
 
 
 # -- strategies ------------------------------------------------------------------------------------
-def check_strategy(strategy: Any, steps: int = 6) -> StrategyParts:
+def check_strategy(strategy: Any, steps: int = 6, *, plugins: Any = ()) -> StrategyParts:
     """A strategy builds StrategyParts whose topology, advantage estimator and pruners keep their own
-    contracts on a rollout of its own tree. Returns the parts."""
-    parts = strategy.build()
+    contracts on a rollout of its own tree, over `steps` steps. Returns the parts.
+
+    ``build`` gets a ``make`` over every part a run would find (built-in and installed plugins)
+    and those of `plugins` (modules, objects or single ``@hookimpl`` functions, as for
+    ``load_registry``), so that a strategy can be checked before its package is installed."""
+    from grpo.core.compose import PartMaker, default_make
+    from grpo.core.registry import load_registry
+
+    parts = strategy.build(PartMaker(load_registry(plugins=plugins)) if plugins else default_make())
     if not isinstance(parts, StrategyParts):
         raise _fail(strategy, f"build() must return StrategyParts, got {type(parts).__name__}")
     if parts.clip_range <= 0:

@@ -94,11 +94,14 @@ TINY_OVERRIDES = [
 ]
 
 
-def run_tiny_recipe(recipe: str | Path, out: str | Path, sets: list[str] = (), *, steps: int = 4) -> list[dict]:
+def run_tiny_recipe(recipe: str | Path | dict[str, Any], out: str | Path, sets: list[str] = (), *, steps: int = 4,
+                    plugins: list[Any] = ()) -> list[dict]:
     """Run a recipe end to end on the tiny model (one iteration, `steps` sampler steps) into `out`.
 
+    `recipe` is a recipe file or an already-parsed recipe (a dict, e.g. from ``tomllib.loads``).
     `sets` are extra ``KEY=VALUE`` overrides (TOML values), applied last. The recipe's own
-    ``[plugins] modules`` are loaded; installed plugins are discovered as in ``grpo run``.
+    ``[plugins] modules`` are loaded, installed plugins are discovered as in ``grpo run``, and
+    `plugins` (modules, objects or single ``@hookimpl`` functions) are registered as well.
     Returns the records of ``metrics.jsonl``.
     """
     from grpo.core.engine import Trainer
@@ -106,12 +109,13 @@ def run_tiny_recipe(recipe: str | Path, out: str | Path, sets: list[str] = (), *
     from grpo.core.registry import load_registry
     from grpo.core.runlog import read_metrics
 
-    data = load_toml(recipe)
+    data = recipe if isinstance(recipe, dict) else load_toml(recipe)
     overrides = [f"model.path='{tiny_model().as_posix()}'", f"sampler.steps={steps}", *TINY_OVERRIDES]
     prompts = data.get("prompts", {})
     if prompts.get("use") == "shapes":
         overrides += ["prompts.eval_train_samples=0", "prompts.eval_held_out_samples=1"]
     data = apply_overrides(data, [*overrides, *sets])
-    registry = load_registry(plugin_modules(data))
-    Trainer(parse(data, registry, source=Path(recipe)), Path(out)).run()
+    registry = load_registry(plugin_modules(data), plugins=plugins)
+    source = None if isinstance(recipe, dict) else Path(recipe)
+    Trainer(parse(data, registry, source=source), Path(out)).run()
     return read_metrics(Path(out))

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_IN_CORE = ("grpo.plugins", "grpo.analysis", "grpo.cli")
 
@@ -154,7 +152,6 @@ def test_the_checks_resolve_relative_and_nested_imports(tmp_path):
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="plugin folders still import each other; removed by the composable-strategies refactor")
 def test_plugin_folders_do_not_import_each_other():
     found = plugin_folder_violations()
     assert not found, ("a plugin folder may import grpo.core, itself and the shared top-level modules "

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from grpo.core.compose import default_make
 from grpo.core.reward import RewardOutput
 from grpo.core.tree import EdgeSet
 from grpo.plugins.branchgrpo.advantage import DepthWiseAdvantage
@@ -30,7 +31,7 @@ from grpo.testing import (
 def tree_rollout(tiny_model_dir):
     from grpo.testing import tiny_policy
 
-    plan = BranchGRPO(split_points=[0, 2], branch_factor=2).build().topology.plan(4)
+    plan = BranchGRPO(split_points=[0, 2], branch_factor=2).build(default_make()).topology.plan(4)
     return tiny_rollout(plan, policy=tiny_policy(tiny_model_dir))[0]
 
 
@@ -49,7 +50,7 @@ def test_builtin_advantages_keep_the_contract(estimator, tree_rollout):
     check_advantage(estimator, tree_rollout)
 
 
-@pytest.mark.parametrize("pruner", [TimestepFraction(fraction=0.5), DepthPruner(depths=[2, 3]), WidthPruner(),
+@pytest.mark.parametrize("pruner", [TimestepFraction(timestep_fraction=0.5), DepthPruner(pruned_depths=[2, 3]), WidthPruner(),
                                     LastStepPruner()])
 def test_builtin_pruners_keep_the_contract(pruner, tree_rollout):
     check_pruner(pruner, tree_rollout)

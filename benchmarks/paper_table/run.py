@@ -36,8 +36,8 @@ METHODS = [
     ("MixGRPO-style window", "shapes_branch_mix.toml",
      ["strategy.split_points=[0]", "strategy.branch_factor=8", "strategy.split_noise_scale=1.0",
       "strategy.window_size=4"]),
-    ("BranchGRPO", "shapes_branch.toml", ["strategy.depth_pruning=[]"]),
-    ("BranchGRPO, width pruning", "shapes_branch_widpru.toml", ["strategy.depth_pruning=[]"]),
+    ("BranchGRPO", "shapes_branch.toml", ["strategy.pruned_depths=[]"]),
+    ("BranchGRPO, width pruning", "shapes_branch_widpru.toml", ["strategy.pruned_depths=[]"]),
     ("BranchGRPO, depth pruning", "shapes_branch_deppru.toml", []),
     ("BranchGRPO-Mix", "shapes_branch_mix.toml", []),
 ]

@@ -28,9 +28,9 @@ from grpo.core.runlog import read_metrics
 ROOT = Path(__file__).resolve().parents[2]
 VARIANTS = [
     ("DanceGRPO (f = 1.0)", "shapes_dance.toml", ["strategy.timestep_fraction=1.0", "strategy.step_window=[]"]),
-    ("BranchGRPO", "shapes_branch.toml", ["strategy.depth_pruning=[]"]),
+    ("BranchGRPO", "shapes_branch.toml", ["strategy.pruned_depths=[]"]),
     ("BranchGRPO, depth-pruned", "shapes_branch_deppru.toml", []),
-    ("BranchGRPO, width-pruned", "shapes_branch_widpru.toml", ["strategy.depth_pruning=[]"]),
+    ("BranchGRPO, width-pruned", "shapes_branch_widpru.toml", ["strategy.pruned_depths=[]"]),
     ("BranchGRPO-Mix", "shapes_branch_mix.toml", []),
 ]
 PAPER = {"DanceGRPO (f = 1.0)": 1.0, "BranchGRPO": 0.71, "BranchGRPO, depth-pruned": 0.45,

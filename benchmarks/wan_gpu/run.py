@@ -138,7 +138,7 @@ def main() -> None:
         "DanceGRPO (G 16, f 0.6)": ({"use": "dancegrpo", "group_size": 16, "timestep_fraction": 0.6}, 469 / 698),
         "BranchGRPO (splits 0, 3, 6, 9)": ({"use": "branchgrpo", **tree}, 493 / 698),
         # five of the 16-node depths untrained: 138 edges per tree, the paper's 8.625 per leaf
-        "BranchGRPO, depth pruning": ({"use": "branchgrpo", **tree, "depth_pruning": [16, 17, 18, 19, 20]}, 314 / 698),
+        "BranchGRPO, depth pruning": ({"use": "branchgrpo", **tree, "pruned_depths": [16, 17, 18, 19, 20]}, 314 / 698),
         "BranchGRPO-Mix (window 4)": ({"use": "branchgrpo-mix", **tree, "window_size": 4}, 148 / 698),
     }
     rows = {}

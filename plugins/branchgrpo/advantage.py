@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 import torch
 
+from grpo.core.advantage import ClampOption, normalise_groups
 from grpo.core.schema import Doc, Range
 from grpo.core.tree import Advantages, Rollout
-from grpo.plugins.dancegrpo.advantage import normalise_groups
 
 
 def fuse_rewards(rollout: Rollout, rewards: torch.Tensor, fusion: str, alpha: float) -> list[torch.Tensor]:
@@ -43,14 +43,14 @@ class DepthWiseAdvantage:
         self,
         *,
         fusion: Annotated[Literal["mean", "path-prob"], Doc("how internal nodes get a reward")] = "mean",
-        alpha: Annotated[float, Range(ge=0), Doc("temperature of path-prob fusion")] = 1.0,
-        clamp: Annotated[float, Range(gt=0), Doc("bound on the magnitude of an advantage")] = 5.0,
+        fusion_alpha: Annotated[float, Range(ge=0), Doc("temperature α of path-prob fusion")] = 1.0,
+        advantage_clamp: ClampOption = 5.0,
     ) -> None:
-        self.fusion, self.alpha, self.clamp = fusion, alpha, clamp
+        self.fusion, self.fusion_alpha, self.advantage_clamp = fusion, fusion_alpha, advantage_clamp
 
     def __call__(self, rollout: Rollout, rewards: torch.Tensor) -> Advantages:
-        fused = fuse_rewards(rollout, rewards, self.fusion, self.alpha)
+        fused = fuse_rewards(rollout, rewards, self.fusion, self.fusion_alpha)
         plan = rollout.plan
         return Advantages(
-            [normalise_groups(fused[k + 1], plan.live(k + 1), self.clamp) for k in range(rollout.steps)]
+            [normalise_groups(fused[k + 1], plan.live(k + 1), self.advantage_clamp) for k in range(rollout.steps)]
         )

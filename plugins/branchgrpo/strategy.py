@@ -1,17 +1,20 @@
-"""The BranchGRPO and BranchGRPO-Mix strategies (arXiv 2509.06040), with the reference defaults."""
+"""The BranchGRPO and BranchGRPO-Mix strategies (arXiv 2509.06040), with the reference defaults.
+
+Both compose registered parts by name: the ``branching`` topology (with an SDE window for Mix),
+the ``depth-wise`` advantage, and the ``depth``, ``width`` and ``last-step`` pruners. Their shared
+options are one dataclass; neither strategy derives from the other.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from grpo.core.schema import Doc, Range
-from grpo.core.strategy import StrategyParts
+from grpo.core.schema import Doc, Part, Range
+from grpo.core.strategy import Make, StrategyParts
 
-from .advantage import DepthWiseAdvantage
-from .pruners import DepthPruner, LastStepPruner, WidthPruner
 from .topology import (
     BranchFactor,
-    Branching,
     NumSplits,
     SplitNoiseScale,
     SplitPoints,
@@ -20,8 +23,56 @@ from .topology import (
     WindowStride,
 )
 
+Topology, Advantage, Pruner = Part("topology"), Part("advantage"), Part("pruner")
 
-class BranchGRPO:
+
+@dataclass(kw_only=True)
+class BranchOptions:
+    """The options BranchGRPO and BranchGRPO-Mix share (the released settings by default)."""
+
+    split_points: Annotated[SplitPoints, Topology] = field(default_factory=lambda: [0, 3, 6, 9])
+    num_splits: Annotated[NumSplits, Topology] = 0
+    branch_factor: Annotated[BranchFactor, Topology] = 2
+    split_noise_scale: Annotated[SplitNoiseScale, Topology] = 4.0
+    split_logprob: Annotated[Literal["nominal", "scaled"], Doc("τ (reference) or λ·τ on split edges")] = "nominal"
+    fusion: Annotated[Literal["mean", "path-prob"], Advantage, Doc("reward of internal nodes")] = "mean"
+    fusion_alpha: Annotated[float, Range(ge=0), Advantage, Doc("temperature α of path-prob fusion")] = 1.0
+    clip_range: Annotated[float, Range(gt=0), Doc("ε of the clipped ratio")] = 1e-3
+    advantage_clamp: Annotated[float, Range(gt=0), Advantage, Doc("bound on the magnitude of an advantage")] = 5.0
+    pruned_depths: Annotated[list[int], Range(ge=1), Pruner, Doc("child depths not trained (empty = none)")] = field(
+        default_factory=list)
+    depth_slide_every: Annotated[int, Range(ge=0), Pruner, Doc("iterations between depth-set slides (0 = fixed)")] = 0
+    depth_stop: Annotated[int, Range(ge=-1), Pruner, Doc("shallowest depth of a sliding set (-1 = last split)")] = -1
+    width_ratio: Annotated[float, Range(ge=0, le=1), Pruner,
+                           Doc("share of chains kept after the last split (0 = no width pruning)")] = 0.0
+    width_pooled: Annotated[bool, Pruner, Doc("rank chains over all of this rank's trees, not per tree")] = False
+    width_pooled_across_ranks: Annotated[bool, Pruner, Doc("with width_pooled: over every rank's trees")] = False
+    pruning_fraction: Annotated[float, Range(ge=0, le=1), Pruner, Doc("prune during this share of training")] = 1.0
+    train_last_step: Annotated[bool, Pruner, Doc("train the last step's edges (the reference does)")] = True
+
+
+def branch_parts(o: BranchOptions, make: Make, window: dict[str, Any]) -> StrategyParts:
+    """The parts of BranchGRPO (an empty `window`) or of BranchGRPO-Mix (its SDE window's options)."""
+    pruners = []
+    if o.pruned_depths:
+        pruners.append(make("pruner", "depth", pruned_depths=o.pruned_depths, depth_slide_every=o.depth_slide_every,
+                            depth_stop=o.depth_stop, pruning_fraction=o.pruning_fraction))
+    if o.width_ratio > 0:
+        pruners.append(make("pruner", "width", width_ratio=o.width_ratio, width_pooled=o.width_pooled,
+                            pruning_fraction=o.pruning_fraction, width_pooled_across_ranks=o.width_pooled_across_ranks))
+    if not o.train_last_step:
+        pruners.append(make("pruner", "last-step"))
+    topology = make("topology", "branching", split_points=o.split_points, num_splits=o.num_splits,
+                    branch_factor=o.branch_factor, split_noise_scale=o.split_noise_scale, **window)
+    advantage = make("advantage", "depth-wise", fusion=o.fusion, fusion_alpha=o.fusion_alpha,
+                     advantage_clamp=o.advantage_clamp)
+    return StrategyParts(topology=topology, advantage=advantage, pruners=pruners, clip_range=o.clip_range,
+                         sampler="dance-sde", split_logprob=o.split_logprob,
+                         sampler_defaults={"steps": 20, "shift": 3.0, "eta": 0.3})  # the released settings
+
+
+@dataclass(kw_only=True)
+class BranchGRPO(BranchOptions):
     """BranchGRPO: a branching rollout tree, fused rewards, depth-wise advantages, optional pruning.
 
     Defaults follow the released settings: split points 0, 3, 6, 9 with b = 2 (16 leaves at T = 20),
@@ -31,52 +82,12 @@ class BranchGRPO:
     skips the last step, whose sample cannot change the reward.
     """
 
-    def __init__(
-        self,
-        *,
-        split_points: SplitPoints = [0, 3, 6, 9],  # noqa: B006
-        num_splits: NumSplits = 0,
-        branch_factor: BranchFactor = 2,
-        split_noise_scale: SplitNoiseScale = 4.0,
-        split_logprob: Annotated[Literal["nominal", "scaled"], Doc("τ (reference) or λ·τ on split edges")] = "nominal",
-        fusion: Annotated[Literal["mean", "path-prob"], Doc("reward of internal nodes")] = "mean",
-        fusion_alpha: Annotated[float, Range(ge=0), Doc("temperature α of path-prob fusion")] = 1.0,
-        clip_range: Annotated[float, Range(gt=0), Doc("ε of the clipped ratio")] = 1e-3,
-        advantage_clamp: Annotated[float, Range(gt=0), Doc("bound on the magnitude of an advantage")] = 5.0,
-        depth_pruning: Annotated[list[int], Range(ge=1), Doc("child depths not trained (empty = none)")] = [],  # noqa: B006
-        depth_slide_every: Annotated[int, Range(ge=0), Doc("iterations between depth-set slides (0 = fixed)")] = 0,
-        depth_stop: Annotated[int, Range(ge=-1), Doc("shallowest depth of a sliding set (-1 = last split)")] = -1,
-        width_pruning: Annotated[float, Range(ge=0, le=1), Doc("share of chains kept after the last split (0 = off)")] = 0.0,
-        width_pooled: Annotated[bool, Doc("rank chains over all of this rank's trees, not per tree")] = False,
-        width_pooled_across_ranks: Annotated[bool, Doc("with width_pooled: over every rank's trees")] = False,
-        pruning_fraction: Annotated[float, Range(ge=0, le=1), Doc("prune during this share of training")] = 1.0,
-        train_last_step: Annotated[bool, Doc("train the last step's edges (the reference does)")] = True,
-    ) -> None:
-        self.topology = self._topology(split_points, num_splits, branch_factor, split_noise_scale)
-        self.split_logprob = split_logprob
-        self.advantage = DepthWiseAdvantage(fusion=fusion, alpha=fusion_alpha, clamp=advantage_clamp)
-        self.clip_range = clip_range
-        self.pruners: list = []
-        if depth_pruning:
-            self.pruners.append(DepthPruner(depths=depth_pruning, slide_every=depth_slide_every, stop_depth=depth_stop,
-                                            active_fraction=pruning_fraction))
-        if width_pruning > 0:
-            self.pruners.append(WidthPruner(ratio=width_pruning, pooled=width_pooled, active_fraction=pruning_fraction,
-                                            across_ranks=width_pooled_across_ranks))
-        if not train_last_step:
-            self.pruners.append(LastStepPruner())
-
-    def _topology(self, split_points, num_splits, branch_factor, split_noise_scale) -> Branching:
-        return Branching(split_points=split_points, num_splits=num_splits, branch_factor=branch_factor,
-                         split_noise_scale=split_noise_scale)
-
-    def build(self) -> StrategyParts:
-        return StrategyParts(topology=self.topology, advantage=self.advantage, pruners=list(self.pruners),
-                             clip_range=self.clip_range, sampler="dance-sde", split_logprob=self.split_logprob,
-                             sampler_defaults={"steps": 20, "shift": 3.0, "eta": 0.3})  # the released settings
+    def build(self, make: Make) -> StrategyParts:
+        return branch_parts(self, make, {})
 
 
-class BranchGRPOMix(BranchGRPO):
+@dataclass(kw_only=True)
+class BranchGRPOMix(BranchOptions):
     """BranchGRPO-Mix: split steps and a window of w steps are SDE, every other step is a
     deterministic ODE step that has no log-probability and is never trained.
 
@@ -84,19 +95,12 @@ class BranchGRPOMix(BranchGRPO):
     reference code its stride was tied to the depth-pruning slide interval.
     """
 
-    def __init__(
-        self,
-        *,
-        window_size: Annotated[int, Range(ge=1), Doc("SDE window size w")] = 4,
-        window_start: WindowStart = 0,
-        window_slide_every: WindowSlideEvery = 0,
-        window_stride: WindowStride = 1,
-        **options,
-    ) -> None:
-        self._window = dict(window_size=window_size, window_start=window_start,
-                            window_slide_every=window_slide_every, window_stride=window_stride)
-        super().__init__(**options)
+    window_size: Annotated[int, Range(ge=1), Topology, Doc("SDE window size w")] = 4
+    window_start: Annotated[WindowStart, Topology] = 0
+    window_slide_every: Annotated[WindowSlideEvery, Topology] = 0
+    window_stride: Annotated[WindowStride, Topology] = 1
 
-    def _topology(self, split_points, num_splits, branch_factor, split_noise_scale) -> Branching:
-        return Branching(split_points=split_points, num_splits=num_splits, branch_factor=branch_factor,
-                         split_noise_scale=split_noise_scale, **self._window)
+    def build(self, make: Make) -> StrategyParts:
+        return branch_parts(self, make, dict(window_size=self.window_size, window_start=self.window_start,
+                                             window_slide_every=self.window_slide_every,
+                                             window_stride=self.window_stride))

@@ -15,7 +15,7 @@ from grpo.core.tree import Advantages, EdgeSet, Rollout
 class TimestepFraction:
     """Per chain (leaf path), keep a random ⌈f·W⌉ of the W candidate steps.
 
-    The candidates are all T steps (DanceGRPO), or the steps ``window = [start, stop)`` when given;
+    The candidates are all T steps (DanceGRPO), or the steps ``step_window = [start, stop)`` when given;
     `ignore_last` removes the last step from them. An edge shared by several chains is kept when any
     of them keeps its step.
     """
@@ -23,24 +23,26 @@ class TimestepFraction:
     def __init__(
         self,
         *,
-        fraction: Annotated[float, Range(gt=0, le=1), Doc("share f of candidate steps trained per chain")] = 0.6,
+        timestep_fraction: Annotated[float, Range(gt=0, le=1), Doc("share f of candidate steps trained per chain")] = 0.6,
         ignore_last: Annotated[bool, Doc("never train the last step")] = False,
-        window: Annotated[list[int], Range(ge=0), Doc("[start, stop) of candidate steps; empty = all")] = [],  # noqa: B006
+        step_window: Annotated[list[int], Range(ge=0), Doc("[start, stop) of candidate steps; empty = all")] = [],  # noqa: B006
     ) -> None:
-        if window and (len(window) != 2 or window[0] >= window[1]):
+        if step_window and (len(step_window) != 2 or step_window[0] >= step_window[1]):
             from grpo.core.errors import UserError
 
-            raise UserError(f"window must be [start, stop) with start < stop, got {window}", where="strategy.step_window")
-        self.fraction, self.ignore_last, self.window = fraction, ignore_last, list(window)
+            raise UserError(f"step_window must be [start, stop) with start < stop, got {step_window}",
+                            where="strategy.step_window")
+        self.timestep_fraction, self.ignore_last, self.step_window = timestep_fraction, ignore_last, list(step_window)
 
     def __call__(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: PruneContext) -> EdgeSet:
         steps = rollout.steps
-        start, stop = self.window if self.window else (0, steps)
+        start, stop = self.step_window if self.step_window else (0, steps)
         stop = min(stop, steps - 1 if self.ignore_last else steps)
         candidates = torch.arange(start, stop)
         if candidates.numel() == 0:
             return EdgeSet([torch.zeros_like(m) for m in edges.masks])
-        keep = min(math.ceil(self.fraction * (self.window[1] - self.window[0] if self.window else steps)),
+        span = self.step_window[1] - self.step_window[0] if self.step_window else steps
+        keep = min(math.ceil(self.timestep_fraction * span),
                    candidates.numel())
         n_leaves = rollout.states[-1].shape[0]
         chosen = torch.zeros(n_leaves, steps, dtype=torch.bool)

@@ -96,8 +96,11 @@ def test_misspelled_hook_and_untyped_option(tmp_path, monkeypatch):
         "@hookimpl\ndef grpo_register_reward(registry):\n    registry.add('r', R)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(PluginError, match="grpo_register_rewards"):
+    with pytest.raises(PluginError) as e:
         load_registry(["typo_plugin"], autoload=False)
+    # the plugin by name (not a module repr) and the closest hook, as docs/plugins.md promises
+    assert "plugin 'typo_plugin' (local module) defines 'grpo_register_rewards'" in str(e.value)
+    assert "did you mean 'grpo_register_reward'" in str(e.value) and "<module" not in str(e.value)
     with pytest.raises(PluginError, match="no type annotation"):
         load_registry(["untyped_plugin"], autoload=False)
 

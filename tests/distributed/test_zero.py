@@ -78,7 +78,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     (2, ()),
     (3, ()),
     # width pruning pooled over every rank's trees ranks leaves exactly as one rank holding all trees
-    (2, ("strategy.width_pruning=0.5", "strategy.width_pooled=true", "strategy.width_pooled_across_ranks=true")),
+    (2, ("strategy.width_ratio=0.5", "strategy.width_pooled=true", "strategy.width_pooled_across_ranks=true")),
 ], ids=["torch", "zero2", "zero3", "zero2-pooled-width"])
 def test_two_ranks_train_like_one(tiny_model_dir, tmp_path, stage, extra):
     """Same global batch and seed: 2 ranks give 1 rank's losses, gradient norms and weights.

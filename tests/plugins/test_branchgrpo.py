@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from grpo.core.compose import default_make
 from grpo.core.errors import UserError
 from grpo.core.plan import skeleton
 from grpo.core.pruner import PruneContext
@@ -40,7 +41,7 @@ def test_branching_costs_match_brute_force(steps, splits, b):
 
 
 def test_reference_tree_costs_and_even_split_points():
-    plan = BranchGRPO().build().topology.plan(20)
+    plan = BranchGRPO().build(default_make()).topology.plan(20)
     assert (plan.rollout_forwards, plan.edges, plan.leaves) == (203, 218, 16)
     assert even_split_points(20, 4) == [0, 3, 6, 9]
     assert Branching(num_splits=4).plan(20).split_steps == (0, 3, 6, 9)
@@ -81,7 +82,7 @@ def test_depth_wise_advantage_path_prob_fusion_by_hand():
     lp = [torch.tensor([0.0, math.log(3.0)]), torch.tensor([0.0, 0.0, math.log(4.0), 0.0]), torch.zeros(4)]
     ro = _tree(plan, lp)
     r = torch.tensor([1.0, 3.0, 2.0, 6.0])
-    adv = DepthWiseAdvantage(fusion="path-prob", alpha=1.0)(ro, r)
+    adv = DepthWiseAdvantage(fusion="path-prob", fusion_alpha=1.0)(ro, r)
     # depth 1: softmax over each node's two children: (1+3)/2 = 2 and (4·2 + 6)/5 = 2.8
     assert adv.values[0].tolist() == pytest.approx(_norm([2.0, 2.8]))
     assert adv.values[1].tolist() == pytest.approx(_norm([1.0, 3.0, 2.0, 6.0]))
@@ -100,7 +101,7 @@ def test_depth_wise_advantage_is_per_tree_and_zero_for_single_or_flat_depths():
 
 
 def test_pruners_only_narrow_edges():
-    plan = BranchGRPO().build().topology.plan(20)
+    plan = BranchGRPO().build(default_make()).topology.plan(20)
     ro = _tree(plan)
     r = torch.arange(16, dtype=torch.float32)
     adv = DepthWiseAdvantage()(ro, r)
@@ -108,7 +109,7 @@ def test_pruners_only_narrow_edges():
     before_adv = [a.clone() for a in adv.values]
     full = EdgeSet.all_stochastic(ro)
     ctx = PruneContext(0, 100, torch.Generator().manual_seed(0))
-    for pruner in (DepthPruner(depths=[15, 16, 17, 18]), WidthPruner(ratio=0.5), LastStepPruner()):
+    for pruner in (DepthPruner(pruned_depths=[15, 16, 17, 18]), WidthPruner(width_ratio=0.5), LastStepPruner()):
         out = pruner(ro, adv, full, ctx)
         assert all(bool((o & ~f).any()) is False for o, f in zip(out.masks, full.masks, strict=True))
         assert out.count() < full.count()
@@ -117,17 +118,17 @@ def test_pruners_only_narrow_edges():
 
 
 def test_depth_pruner_counts_and_slide():
-    plan = BranchGRPO().build().topology.plan(20)
+    plan = BranchGRPO().build(default_make()).topology.plan(20)
     ro = _tree(plan)
     adv = DepthWiseAdvantage()(ro, torch.arange(16.0))
     full = EdgeSet.all_stochastic(ro)
-    pruner = DepthPruner(depths=[15, 16, 17, 18], slide_every=10)
+    pruner = DepthPruner(pruned_depths=[15, 16, 17, 18], depth_slide_every=10)
     g = torch.Generator()
     out = pruner(ro, adv, full, PruneContext(0, 100, g))
     assert out.count() == 218 - 4 * 16  # four depths of 16 nodes each
     assert pruner.active_depths(ro, 25) == {13, 14, 15, 16}
     assert pruner.active_depths(ro, 10_000) == {9, 10, 11, 12}  # stops at the last split point (9)
-    late = DepthPruner(depths=[15], active_fraction=0.5)(ro, adv, full, PruneContext(51, 100, g))
+    late = DepthPruner(pruned_depths=[15], pruning_fraction=0.5)(ro, adv, full, PruneContext(51, 100, g))
     assert late.count() == 218  # pruning is over after half of training
 
 
@@ -136,7 +137,7 @@ def test_width_pruner_keeps_best_and_worst_chains_per_tree_or_pooled():
     ro = _tree(plan)
     adv = Advantages([torch.zeros(2), torch.zeros(4), torch.zeros(4), torch.tensor([0.5, -2.0, 1.5, 0.1])])
     full = EdgeSet.all_stochastic(ro)
-    out = WidthPruner(ratio=0.5)(ro, adv, full, PruneContext(0, 1, torch.Generator()))
+    out = WidthPruner(width_ratio=0.5)(ro, adv, full, PruneContext(0, 1, torch.Generator()))
     assert out.masks[0].all() and out.masks[1].all()  # up to and including the last split: kept
     assert out.masks[2].tolist() == [False, True, True, False]  # best (1.5) and worst (-2.0) chains
     assert out.masks[3].tolist() == [False, True, True, False]
@@ -145,8 +146,8 @@ def test_width_pruner_keeps_best_and_worst_chains_per_tree_or_pooled():
 def test_dancegrpo_equals_the_fan_tree_of_branchgrpo(tiny_policy):
     """DanceGRPO = the tree with split points {0}, b = G, λ = 1: same samples, advantages and loss."""
     sampler = DanceSDE(steps=4, eta=0.5)
-    dance = DanceGRPO(group_size=4, timestep_fraction=1.0).build()
-    tree = BranchGRPO(split_points=[0], branch_factor=4, split_noise_scale=1.0).build()
+    dance = DanceGRPO(group_size=4, timestep_fraction=1.0).build(default_make())
+    tree = BranchGRPO(split_points=[0], branch_factor=4, split_noise_scale=1.0).build(default_make())
     cond = tiny_policy.encode_prompts(["two red circles on a gray background", "one blue square on a white background"])
     outs = []
     for parts in (dance, tree):
@@ -170,7 +171,7 @@ def test_dancegrpo_equals_the_fan_tree_of_branchgrpo(tiny_policy):
 @pytest.mark.parametrize("mode", ["nominal", "scaled"])
 def test_on_policy_ratio_on_split_edges(tiny_policy, mode):
     sampler = DanceSDE(steps=5, eta=0.5)
-    parts = BranchGRPO(split_points=[0, 2], split_logprob=mode).build()
+    parts = BranchGRPO(split_points=[0, 2], split_logprob=mode).build(default_make())
     cond = tiny_policy.encode_prompts(["three green triangles on a black background"])
     ro = rollout(tiny_policy, sampler, parts.topology.plan(5), cond, generator=torch.Generator().manual_seed(1),
                  max_batch=3, split_logprob=mode)
@@ -181,7 +182,7 @@ def test_on_policy_ratio_on_split_edges(tiny_policy, mode):
 
 
 def test_mix_trains_only_sde_edges_and_window_slides():
-    mix = BranchGRPOMix(window_size=4, window_slide_every=10, window_stride=2).build()
+    mix = BranchGRPOMix(window_size=4, window_slide_every=10, window_stride=2).build(default_make())
     plan = mix.topology.plan(20, iteration=0)
     assert [k for k in range(20) if plan.stochastic[k]] == [0, 1, 2, 3, 6, 9]
     later = mix.topology.plan(20, iteration=35)  # three moves of 2 steps: window 6..9

@@ -2,11 +2,13 @@ import math
 
 import torch
 
+from grpo.core.advantage import normalise_groups
+from grpo.core.compose import default_make
 from grpo.core.plan import skeleton
 from grpo.core.pruner import PruneContext
 from grpo.core.sampler import sigma_grid
 from grpo.core.tree import Advantages, EdgeSet
-from grpo.plugins.dancegrpo.advantage import GroupAdvantage, normalise_groups
+from grpo.plugins.dancegrpo.advantage import GroupAdvantage
 from grpo.plugins.dancegrpo.pruners import TimestepFraction
 from grpo.plugins.dancegrpo.strategy import DanceGRPO
 from grpo.plugins.trees.topologies import Fan
@@ -19,7 +21,7 @@ def _forest(group, steps, trees):
 def test_group_advantage_hand_computed():
     ro = _forest(group=4, steps=3, trees=2)
     rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0])
-    adv = GroupAdvantage(clamp=5.0)(ro, rewards)
+    adv = GroupAdvantage(advantage_clamp=5.0)(ro, rewards)
     s = math.sqrt(((1.5**2) * 2 + (0.5**2) * 2) / 3)  # unbiased std of 1,2,3,4 = 1.29099
     first = [(-1.5) / s, -0.5 / s, 0.5 / s, 1.5 / s]
     expected = torch.tensor(first + [0.0, 0.0, 0.0, 0.0])  # a flat group has no signal
@@ -38,7 +40,7 @@ def test_timestep_fraction_trains_ceil_f_t_steps_per_chain():
     ro = _forest(group=group, steps=steps, trees=3)
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
     gen = torch.Generator().manual_seed(0)
-    edges = TimestepFraction(fraction=0.6, ignore_last=True)(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 10, gen))
+    edges = TimestepFraction(timestep_fraction=0.6, ignore_last=True)(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 10, gen))
     per_chain = torch.stack(edges.masks, dim=1)  # (leaves, steps): chains are 1:1 with step-k nodes
     assert per_chain.sum(dim=1).tolist() == [6] * (group * 3)
     assert not per_chain[:, -1].any()  # ignore_last
@@ -46,7 +48,7 @@ def test_timestep_fraction_trains_ceil_f_t_steps_per_chain():
 
 
 def test_strategy_parts_follow_options():
-    parts = DanceGRPO(group_size=16, timestep_fraction=1.0, clip_range=1e-4).build()
+    parts = DanceGRPO(group_size=16, timestep_fraction=1.0, clip_range=1e-4).build(default_make())
     assert parts.pruners == []  # f = 1 trains every step
     plan = parts.topology.plan(20)
     assert (plan.leaves, plan.edges, plan.rollout_forwards) == (16, 320, 305)
@@ -57,7 +59,7 @@ def test_timestep_fraction_window():
     ro = _forest(group=2, steps=16, trees=1)
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
     gen = torch.Generator().manual_seed(3)
-    edges = TimestepFraction(fraction=0.8, window=[0, 10])(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 10, gen))
+    edges = TimestepFraction(timestep_fraction=0.8, step_window=[0, 10])(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 10, gen))
     per_chain = torch.stack(edges.masks, dim=1)
     assert per_chain.sum(dim=1).tolist() == [8, 8]
     assert not per_chain[:, 10:].any()
