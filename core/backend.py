@@ -28,6 +28,9 @@ class Backend(Protocol):
     Attributes:
         rank, world_size: this process's place in the process group.
         device: where the trained module lives.
+
+    ``memory``, ``place_frozen`` and ``runtime`` are optional; their defaults
+    (``grpo.core.abilities``) report nothing, leave a frozen module as it is, and name the device.
     """
 
     rank: int
@@ -59,4 +62,17 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the process group and other resources."""
+        ...
+
+    def memory(self) -> dict[str, int]:
+        """Bytes this rank holds, by kind (parameters, gradients, optimizer state, ...); logged as
+        ``memory/<kind>`` in MiB every iteration."""
+        ...
+
+    def place_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A frozen module (the KL reference) placed beside the trained one (ZeRO-3: partitioned)."""
+        ...
+
+    def runtime(self) -> dict[str, str]:
+        """Where training runs (device, accelerator, process-group backend), for ``runtime.json``."""
         ...

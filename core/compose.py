@@ -31,6 +31,7 @@ class PartRecord:
     options: dict[str, Any]
     distribution: str
     chosen_by: str
+    plugin: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"use": self.name}
@@ -59,7 +60,7 @@ class PartMaker:
         where = f"strategy (default {kind} {name!r})"
         kwargs = validate(entry.factory, options, where)
         part = instantiate(entry, kwargs, where)
-        self.made[id(part)] = PartRecord(kind, name, kwargs, entry.distribution, "strategy")
+        self.made[id(part)] = PartRecord(kind, name, kwargs, entry.distribution, "strategy", entry.plugin)
         return part
 
     def _who(self) -> str:
@@ -106,13 +107,14 @@ class Composition:
         return out
 
 
-def _record(made: dict[int, PartRecord], part: Any, kind: str) -> PartRecord:
-    """What a strategy made with ``make``; a part it constructed itself is recorded by its class."""
+def _record(made: dict[int, PartRecord], part: Any, kind: str, owner: Entry) -> PartRecord:
+    """What a strategy made with ``make``; a part it constructed itself is recorded by its class,
+    as the strategy's plugin's."""
     found = made.get(id(part))
     if found is not None:
         return found
     cls = type(part)
-    return PartRecord(kind, f"{cls.__module__}.{cls.__qualname__}", {}, "not registered", "strategy")
+    return PartRecord(kind, f"{cls.__module__}.{cls.__qualname__}", {}, owner.distribution, "strategy", owner.plugin)
 
 
 def compose(strategy: Component, slots: Slots, registry: Registry) -> Composition:
@@ -125,20 +127,21 @@ def compose(strategy: Component, slots: Slots, registry: Registry) -> Compositio
         raise PluginError(f"strategy {strategy.entry.name!r} ({strategy.entry.distribution}): build() returned "
                           f"{type(parts).__name__}, not StrategyParts")
     records: dict[str, Any] = {
-        "topology": _record(maker.made, parts.topology, "topology"),
-        "advantage": _record(maker.made, parts.advantage, "advantage"),
-        "pruner": [_record(maker.made, p, "pruner") for p in parts.pruners],
+        "topology": _record(maker.made, parts.topology, "topology", strategy.entry),
+        "advantage": _record(maker.made, parts.advantage, "advantage", strategy.entry),
+        "pruner": [_record(maker.made, p, "pruner", strategy.entry) for p in parts.pruners],
     }
     chosen: dict[str, Any] = {}
     for slot in ("topology", "advantage"):
         comp = getattr(slots, slot)
         if comp is not None:
             chosen[slot] = comp.create()
-            records[slot] = PartRecord(slot, comp.entry.name, comp.options, comp.entry.distribution, comp.where)
+            records[slot] = PartRecord(slot, comp.entry.name, comp.options, comp.entry.distribution, comp.where,
+                                       comp.entry.plugin)
     if slots.pruner is not None:
         chosen["pruners"] = [c.create() for c in slots.pruner]
-        records["pruner"] = [PartRecord("pruner", c.entry.name, c.options, c.entry.distribution, c.where)
-                             for c in slots.pruner]
+        records["pruner"] = [PartRecord("pruner", c.entry.name, c.options, c.entry.distribution, c.where,
+                                        c.entry.plugin) for c in slots.pruner]
     return Composition(instance, replace(parts, **chosen), records)
 
 

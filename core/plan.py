@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import streams
 from .pruner import PruneContext
 from .recipe import Recipe
 from .tree import Advantages, EdgeSet, Rollout, TreePlan
@@ -63,8 +64,6 @@ def skeleton(plan: TreePlan, sigmas: torch.Tensor, trees: int = 1) -> Rollout:
 
 def cost(recipe: Recipe, iteration: int = 0) -> CostReport:
     """Trained edges after every pruner at `iteration` (advantages taken as zero)."""
-    from .engine import iteration_generator
-
     sampler = recipe.sampler_instance
     parts = recipe.composition.parts
     plan = parts.topology.plan(sampler.steps, iteration)
@@ -72,7 +71,7 @@ def cost(recipe: Recipe, iteration: int = 0) -> CostReport:
     ro = skeleton(plan, sigmas)
     adv = Advantages([torch.zeros(plan.live(k + 1)) for k in range(plan.steps)])
     edges = EdgeSet.all_stochastic(ro)
-    ctx = PruneContext(iteration, recipe.train.iterations, iteration_generator(recipe.train.seed, iteration))
+    ctx = PruneContext(iteration, recipe.train.iterations, streams.pruner_generator(recipe.train.seed, iteration, 0))
     for pruner in parts.pruners:
         edges = pruner(ro, adv, edges, ctx)
     return CostReport(plan, sigmas.tolist(), edges.per_step(), recipe.composition.to_dict())

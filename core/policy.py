@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
@@ -38,11 +39,20 @@ class Policy(Protocol):
         denoiser: the trainable ``torch.nn.Module`` (handed to the backend).
         latent_shape: shape of one latent, e.g. (3, 32, 32) or (16, F, H, W).
         media: ``"image"`` or ``"video"``.
+        fps: optional (default 0: not a video); frames per second of a video model's output, which
+            video rewards with ``fps = 0`` are told.
+
+    Optional members, with their defaults (``grpo.core.abilities``): ``snapshot_reference()``
+    (default: a KL penalty is refused with a recipe error) and ``place_reference(place)`` (default:
+    nothing). A policy class may also offer ``latent_shape_for(options)``, a classmethod giving
+    the latent shape from its recipe options without reading weights (None when it cannot), so
+    that ``grpo validate`` checks the sampler's ``noise_block`` against it.
     """
 
     denoiser: torch.nn.Module
     latent_shape: tuple[int, ...]
     media: str
+    fps: int
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         """Embeddings of `prompts` (no gradient; cached by the engine per prompt set)."""
@@ -61,11 +71,15 @@ class Policy(Protocol):
         ...
 
     def reference(self) -> AbstractContextManager[None]:
-        """A context in which ``velocity`` is the frozen base policy (for a KL penalty).
+        """A context in which ``velocity`` is the frozen base policy (for a KL penalty)."""
+        ...
 
-        Two optional methods serve a policy that keeps a frozen copy for it: ``snapshot_reference()``
-        (called before the backend wraps the denoiser) takes the copy, and
-        ``place_reference(place)`` (called after) replaces the copy with ``place(copy)``, which a
-        ZeRO-3 backend partitions over the ranks like the trained model.
-        """
+    def snapshot_reference(self) -> None:
+        """Take the frozen copy ``reference()`` predicts with; called before the backend wraps the
+        denoiser, when ``train.kl_beta`` > 0."""
+        ...
+
+    def place_reference(self, place: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Replace the frozen copy with ``place(copy)``, which a ZeRO-3 backend partitions over the
+        ranks like the trained model; called after the backend's setup."""
         ...

@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from .abilities import complete, planned_latent_shape
 from .compose import Composition, Slots, check_replaced_options, compose
 from .errors import UserError, UserErrors, closest, unknown_name_hint
 from .registry import Entry, Registry, instantiate
+from .sampler import check_noise_block
 from .schema import Doc, Range, options_of, toml_value, validate
 from .strategy import SLOTS
 
@@ -145,6 +147,7 @@ class Recipe:
     slots: Slots
     composition: Composition
     sampler_instance: Any
+    latent_shape: tuple[int, ...] | None = None  # when the model's options give it without weights
 
     def to_dict(self) -> dict[str, Any]:
         """All tables with every default filled in (``recipe.resolved.toml``)."""
@@ -444,6 +447,12 @@ def check_consistency(recipe: Recipe) -> None:
         recipe.composition.parts.topology.plan(sampler.steps)
     except UserError as e:
         errors.append(e)
+    recipe.latent_shape = planned_latent_shape(recipe.model.entry.factory, recipe.model.options)
+    if recipe.latent_shape is not None:
+        try:
+            check_noise_block(recipe.latent_shape, complete(sampler, "sampler").noise_block)
+        except UserError as e:
+            errors.append(e)
     if errors:
         raise UserErrors(errors)
 

@@ -28,9 +28,12 @@ class RewardModel(Protocol):
 
     Attributes:
         media: ``"image"`` or ``"video"``: what it accepts.
+        fps: optional (default None: frame rates do not matter to it); a video reward whose
+            ``fps`` is 0 is given the model's fps when the run starts.
     """
 
     media: str
+    fps: float | None
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         """Score images (N, 3, H, W) (or videos (N, F, 3, H, W)) float in [0, 1]; one prompt each.

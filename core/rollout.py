@@ -7,8 +7,9 @@ from typing import Literal
 
 import torch
 
+from .abilities import complete
 from .policy import Conditioning, Policy
-from .sampler import Sampler, euler_step, gaussian_log_prob, tile_grid
+from .sampler import Sampler, draw_noise, euler_step
 from .tree import Rollout, TreePlan
 
 SplitLogProb = Literal["nominal", "scaled"]
@@ -40,33 +41,29 @@ def edge_log_prob(
     scale: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-prob (N,), mean, std (N,)) of stored transitions x → x_next; std is multiplied by `scale`."""
+    sampler = complete(sampler, "sampler")
     mean, std = sampler.step(x, v, sigma, sigma_next)
     std = std * scale
-    return gaussian_log_prob(x_next, mean, std, noise_block(sampler)), mean, std
+    return sampler.log_prob(x_next, mean, std), mean, std
 
 
-def noise_block(sampler: Sampler) -> int:
-    """The sampler's noise tile size (1 for a sampler without the optional attribute)."""
-    return int(getattr(sampler, "noise_block", 1))
-
-
-def draw_noise(counts: torch.Tensor, shape: tuple[int, ...],
-               generator: torch.Generator | Sequence[torch.Generator], block: int = 1) -> torch.Tensor:
-    """Standard normal noise for ``counts[t]`` nodes of each tree t (nodes of a tree are contiguous).
-
-    With ``block`` > 1, one draw per ``block``×``block`` tile of the last two axes, repeated over
-    the tile (each element still has unit variance).
-    """
-    total = int(counts.sum())
-    if block > 1:
-        *lead, h, w = shape
-        coarse = draw_noise(counts, (*lead, *tile_grid(h, w, block)), generator)
-        return coarse.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
-    if isinstance(generator, torch.Generator):
-        return torch.randn((total, *shape), generator=generator)
-    if len(generator) != counts.numel():
-        raise ValueError(f"{len(generator)} generators for {counts.numel()} trees")
-    return torch.cat([torch.randn((int(c), *shape), generator=g) for c, g in zip(counts, generator, strict=True)])
+def _transition(sampler: Sampler, plan: TreePlan, k: int, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
+                sigma_next: torch.Tensor, noise: Callable[[int], torch.Tensor], split_logprob: SplitLogProb
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step k for the frontier `x`: (children, their log-probabilities (fp32, NaN for ODE steps),
+    each child's parent). `noise(b)` draws the children's standard normal noise."""
+    n, b, lam = x.shape[0], plan.branch[k], plan.noise_scale[k]
+    parent = torch.arange(n).repeat_interleave(b)
+    if not plan.stochastic[k]:
+        if b != 1:
+            raise ValueError(f"step {k} splits but is deterministic; split steps must be stochastic")
+        return euler_step(x, v, sigma, sigma_next), torch.full((n,), float("nan")), parent
+    mean, std = sampler.step(x, v, sigma, sigma_next)
+    on = parent.to(x.device)
+    mean_c, std_c = mean[on], std[on]
+    x_next = mean_c + (lam * std_c).view(-1, *([1] * (x.dim() - 1))) * noise(b).to(x.device)
+    eval_std = std_c * (lam if split_logprob == "scaled" else 1.0)
+    return x_next, sampler.log_prob(x_next, mean_c, eval_std), parent
 
 
 @torch.no_grad()
@@ -94,39 +91,25 @@ def rollout(
         init_noise: optional (P, *latent) root states (evaluation uses fixed noise; the engine passes one
             noise for every tree when `train.init_same_noise` is on).
     """
+    sampler = complete(sampler, "sampler")
     device = next(policy.denoiser.parameters()).device
     num_trees = int(next(t for t in vars(cond).values() if isinstance(t, torch.Tensor)).shape[0])
-    sigmas = sampler.sigmas()
-    shape = tuple(policy.latent_shape)
-    block = noise_block(sampler)
+    sigmas, shape = sampler.sigmas(), tuple(policy.latent_shape)
     if init_noise is None:
         init_noise = draw_noise(torch.ones(num_trees, dtype=torch.long), shape, generator)
-    states = [init_noise.to(device, torch.float32)]
-    trees = [torch.arange(num_trees)]
+    states, trees = [init_noise.to(device, torch.float32)], [torch.arange(num_trees)]
     parents: list[torch.Tensor] = []
     log_probs: list[torch.Tensor] = []
-    final = None
     for k in range(plan.steps):
         x, tree = states[k], trees[k]
-        n = x.shape[0]
-        sigma = sigmas[k].expand(n).to(device)
-        sigma_next = sigmas[k + 1].expand(n).to(device)
+        sigma = sigmas[k].expand(x.shape[0]).to(device)
+        sigma_next = sigmas[k + 1].expand(x.shape[0]).to(device)
         v = batched_velocity(policy, x, sigma, cond, tree, max_batch)
-        b, lam = plan.branch[k], plan.noise_scale[k]
-        parent = torch.arange(n).repeat_interleave(b)
-        if plan.stochastic[k]:
-            mean, std = sampler.step(x, v, sigma, sigma_next)
-            mean_c, std_c = mean[parent.to(device)], std[parent.to(device)]
-            counts = torch.bincount(tree, minlength=num_trees) * b
-            noise = draw_noise(counts, shape, generator, block).to(device)
-            x_next = mean_c + (lam * std_c).view(-1, *([1] * len(shape))) * noise
-            eval_std = std_c * (lam if split_logprob == "scaled" else 1.0)
-            log_prob = gaussian_log_prob(x_next, mean_c, eval_std, block)
-        else:
-            if b != 1:
-                raise ValueError(f"step {k} splits but is deterministic; split steps must be stochastic")
-            x_next = euler_step(x, v, sigma, sigma_next)
-            log_prob = torch.full((n,), float("nan"))
+
+        def noise(b: int, tree: torch.Tensor = tree) -> torch.Tensor:
+            return sampler.draw_noise(torch.bincount(tree, minlength=num_trees) * b, shape, generator)
+
+        x_next, log_prob, parent = _transition(sampler, plan, k, x, v, sigma, sigma_next, noise, split_logprob)
         if k == plan.steps - 1:
             final = (x - sigma.view(-1, *([1] * len(shape))) * v)[parent.to(device)]
         states.append(x_next.float())
@@ -135,5 +118,4 @@ def rollout(
         log_probs.append(log_prob.float().cpu())
         if on_step is not None:
             on_step(k)
-    assert final is not None
     return Rollout(plan, sigmas, states, parents, trees, log_probs, final)

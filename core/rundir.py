@@ -17,8 +17,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
 
 RESOLVED = "recipe.resolved.toml"
 RUNTIME = "runtime.json"
@@ -79,3 +85,14 @@ class RunDir:
 
     def sample_grid(self, iteration: int, suffix: str = ".png") -> Path:
         return self.root / SAMPLES / f"eval_{iteration:06d}{suffix}"
+
+
+def write_runtime(path: Path, ranks: int, backend: dict[str, str]) -> None:
+    """``runtime.json``: the torch build, the GPU, TF32, and where the backend says training runs."""
+    cuda = torch.cuda.is_available()
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda or "none",
+            "gpu": torch.cuda.get_device_name() if cuda else "none", "ranks": ranks,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "backend": backend}
+    path.write_text(json.dumps(info, indent=1) + "\n")
+    log.info("runtime: %s", json.dumps(info))

@@ -7,6 +7,7 @@ A step goes from σ_k to σ_{k+1} and is a Gaussian with mean μ_k and standard 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -28,6 +29,38 @@ def tile_grid(height: int, width: int, block: int) -> tuple[int, int]:
     if height % block or width % block:
         raise ValueError(f"a {block}×{block} noise block does not tile a {height}×{width} latent")
     return height // block, width // block
+
+
+def check_noise_block(latent_shape: tuple[int, ...], block: int) -> None:
+    """UserError (``sampler.noise_block``, with the sizes that fit) if `block` does not tile the latent."""
+    from .errors import UserError
+
+    height, width = tuple(latent_shape)[-2:]
+    try:
+        tile_grid(height, width, block)
+    except ValueError as e:
+        divisors = [b for b in range(1, min(height, width) + 1) if height % b == 0 and width % b == 0]
+        raise UserError(str(e), where="sampler.noise_block", hint=f"use one of {divisors}") from None
+
+
+def draw_noise(counts: torch.Tensor, shape: tuple[int, ...],
+               generator: torch.Generator | Sequence[torch.Generator], block: int = 1) -> torch.Tensor:
+    """Standard normal noise (fp32, CPU) for ``counts[t]`` nodes of each tree t (a tree's nodes are
+    contiguous), from one generator, or one generator per tree.
+
+    With ``block`` > 1, one draw per ``block``×``block`` tile of the last two axes, repeated over
+    the tile (each element still has unit variance).
+    """
+    total = int(counts.sum())
+    if block > 1:
+        *lead, h, w = shape
+        coarse = draw_noise(counts, (*lead, *tile_grid(h, w, block)), generator)
+        return coarse.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
+    if isinstance(generator, torch.Generator):
+        return torch.randn((total, *shape), generator=generator)
+    if len(generator) != counts.numel():
+        raise ValueError(f"{len(generator)} generators for {counts.numel()} trees")
+    return torch.cat([torch.randn((int(c), *shape), generator=g) for c, g in zip(counts, generator, strict=True)])
 
 
 def block_mean(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -65,18 +98,25 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, bl
 
 @runtime_checkable
 class Sampler(Protocol):
-    """One step's Gaussian of a flow-matching sampler.
+    """One step's Gaussian of a flow-matching sampler; it also draws its exploration noise and
+    scores transitions with the matching density, so that rollout and update agree.
 
     Attributes:
         steps: number of denoising steps T.
         stochastic: False for a purely deterministic sampler (no step can be trained).
-        noise_block: optional; the exploration noise of a step is one draw per
-            ``noise_block``×``noise_block`` tile of the latent's last two axes (1, the default when
-            the attribute is absent: independent noise per element).
+        shift: optional (default 1.0); the σ grid's timestep shift, which evaluation's ODE reuses.
+        noise_block: optional (default 1); the exploration noise of a step is one draw per
+            ``noise_block``×``noise_block`` tile of the latent's last two axes (1: independent
+            noise per element).
+
+    ``draw_noise`` and ``log_prob`` are optional too: by default they are `draw_noise` and
+    `gaussian_log_prob` of this module with the sampler's ``noise_block``.
     """
 
     steps: int
     stochastic: bool
+    shift: float
+    noise_block: int
 
     def sigmas(self) -> torch.Tensor:
         """(T + 1,) fp32 noise levels from 1 to 0."""
@@ -91,6 +131,15 @@ class Sampler(Protocol):
         """
         ...
 
+    def draw_noise(self, counts: torch.Tensor, shape: tuple[int, ...],
+                   generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+        """Standard normal noise (Σ counts, *shape) for ``counts[t]`` nodes of each tree t."""
+        ...
+
+    def log_prob(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """(N,) fp32 log-density of transitions to `x` under N(mean, std²), as the noise was drawn."""
+        ...
+
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """The deterministic (ODE) step ``x + Δ·v``."""
@@ -102,6 +151,7 @@ class EulerODE:
     """Deterministic Euler steps over the shifted σ grid (evaluation; never trained)."""
 
     stochastic = False
+    noise_block = 1
 
     def __init__(self, steps: int, shift: float = 1.0) -> None:
         self.steps, self.shift = steps, shift

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -180,6 +180,80 @@ def _global_layout(rollout: Rollout, batch: EdgeBatch, group: Group) -> tuple[Ed
     return every, owner[order], local[order]
 
 
+@dataclass
+class _Tally:
+    """What the micro-batches of an update saw, on this rank (finite edges only)."""
+
+    ratios: list[torch.Tensor] = field(default_factory=list)
+    losses: list[torch.Tensor] = field(default_factory=list)
+    kls: list[torch.Tensor] = field(default_factory=list)
+    approx_kls: list[torch.Tensor] = field(default_factory=list)
+    norms: list[float] = field(default_factory=list)
+    clipped: int = 0
+    skipped_edges: int = 0
+
+    def add(self, ratio: torch.Tensor, loss_e: torch.Tensor, kl: torch.Tensor | None, log_prob: torch.Tensor,
+            old: torch.Tensor, finite: torch.Tensor, clip_range: float) -> None:
+        self.skipped_edges += int((~finite).sum())
+        if finite.any():
+            r = ratio.detach()[finite]
+            self.ratios.append(r.cpu())
+            self.losses.append(loss_e.detach()[finite].cpu())
+            self.approx_kls.append((0.5 * (log_prob.detach()[finite] - old.to(r.device)[finite]) ** 2).cpu())
+            self.clipped += int(((r - 1.0).abs() > clip_range).sum())
+            if kl is not None:
+                self.kls.append(kl.detach()[finite].cpu())
+
+    def finish(self, stats: UpdateStats, group: Group) -> UpdateStats:
+        """Means over every rank's edges, in ``stats``."""
+        def gathered(parts: list[torch.Tensor]) -> torch.Tensor:
+            return group.gather(torch.cat(parts) if parts else torch.zeros(0))
+
+        ratio_all = gathered(self.ratios)
+        if ratio_all.numel():
+            stats.ratio_mean, stats.ratio_min = float(ratio_all.mean()), float(ratio_all.min())
+            stats.ratio_max = float(ratio_all.max())
+            stats.clip_fraction = int(group.gather(torch.tensor([self.clipped])).sum()) / ratio_all.numel()
+            stats.loss = float(gathered(self.losses).mean())
+            stats.approx_kl = float(gathered(self.approx_kls).mean())
+            kl_all = gathered(self.kls)
+            stats.kl = float(kl_all.mean()) if kl_all.numel() else 0.0
+        stats.skipped_edges = int(group.gather(torch.tensor([self.skipped_edges])).sum())
+        finite_norms = [n for n in self.norms if math.isfinite(n)]
+        stats.grad_norm = sum(finite_norms) / len(finite_norms) if finite_norms else float("nan")
+        return stats
+
+
+def _optimizer_step(policy: Policy, sampler: Sampler, backend: Backend, rollout: Rollout, cond: Conditioning,
+                    batch: EdgeBatch, mine: torch.Tensor, n_micro: int, n_step: int, config: UpdateConfig,
+                    group: Group, tally: _Tally, on_micro_batch: Callable[[int], None] | None) -> float:
+    """The micro-batches of one optimizer step (this rank's edges `mine` of the step's `n_step`),
+    then the step; returns the gradient norm."""
+    slices = chunked(mine.numel(), config.micro_batch)
+    for i in range(n_micro):
+        if i < len(slices):
+            mb, weight = batch.take(mine[slices[i]]), 1.0
+        else:  # keeps the ranks' collectives paired; contributes no gradient
+            mb, weight = (batch if len(batch) else _any_edge(rollout)).take(torch.tensor([0])), 0.0
+        log_prob, _, kl = edge_terms(policy, sampler, rollout, cond, mb, config.split_logprob,
+                                     with_reference=config.kl_beta > 0)
+        ratio = torch.exp(log_prob - mb.old_log_prob.to(log_prob.device))
+        adv = mb.advantage.to(log_prob.device)
+        loss_e = clipped_loss(ratio, adv, config.clip_range)
+        if kl is not None:
+            loss_e = loss_e + config.kl_beta * kl
+        finite = torch.isfinite(ratio) & torch.isfinite(adv) & torch.isfinite(loss_e)
+        # Non-finite edges contribute no gradient (they are masked before the sum).
+        loss = torch.where(finite, loss_e, torch.zeros_like(loss_e)).sum() * (weight * group.size / n_step)
+        backend.backward(loss, boundary=i == n_micro - 1)
+        if weight == 0.0:
+            continue
+        tally.add(ratio, loss_e, kl, log_prob, mb.old_log_prob, finite, config.clip_range)
+        if on_micro_batch is not None:
+            on_micro_batch(len(mb) * group.size)
+    return backend.step()
+
+
 def update(
     policy: Policy,
     sampler: Sampler,
@@ -203,65 +277,20 @@ def update(
     """
     group = group or Group()
     every, owner, local_index = _global_layout(rollout, batch, group)
-    stats = UpdateStats(trained_edges=len(every))
-    ratios, losses, kls, approx_kls, norms = [], [], [], [], []
-    clipped = 0
+    stats, tally = UpdateStats(trained_edges=len(every)), _Tally()
     for _ in range(config.epochs):
         for step_edges in partition(every, config.optimizer_steps, config.accumulation_unit, generator):
-            n_step = step_edges.numel()
             mine = local_index[step_edges[owner[step_edges] == group.rank]]
             counts = torch.bincount(owner[step_edges], minlength=group.size)
             n_micro = max(1, max(math.ceil(int(c) / config.micro_batch) for c in counts))
-            slices = chunked(mine.numel(), config.micro_batch)
-            for i in range(n_micro):
-                if i < len(slices):
-                    mb, weight = batch.take(mine[slices[i]]), 1.0
-                else:  # keeps the ranks' collectives paired; contributes no gradient
-                    mb, weight = (batch if len(batch) else _any_edge(rollout)).take(torch.tensor([0])), 0.0
-                log_prob, _, kl = edge_terms(
-                    policy, sampler, rollout, cond, mb, config.split_logprob, with_reference=config.kl_beta > 0
-                )
-                ratio = torch.exp(log_prob - mb.old_log_prob.to(log_prob.device))
-                adv = mb.advantage.to(log_prob.device)
-                loss_e = clipped_loss(ratio, adv, config.clip_range)
-                if kl is not None:
-                    loss_e = loss_e + config.kl_beta * kl
-                finite = torch.isfinite(ratio) & torch.isfinite(adv) & torch.isfinite(loss_e)
-                # Non-finite edges contribute no gradient (they are masked before the sum).
-                loss = torch.where(finite, loss_e, torch.zeros_like(loss_e)).sum() * (weight * group.size / n_step)
-                backend.backward(loss, boundary=i == n_micro - 1)
-                if weight == 0.0:
-                    continue
-                stats.skipped_edges += int((~finite).sum())
-                if finite.any():
-                    r = ratio.detach()[finite]
-                    ratios.append(r.cpu())
-                    losses.append(loss_e.detach()[finite].cpu())
-                    approx_kls.append((0.5 * (log_prob.detach()[finite] - mb.old_log_prob.to(r.device)[finite]) ** 2).cpu())
-                    clipped += int(((r - 1.0).abs() > config.clip_range).sum())
-                    if kl is not None:
-                        kls.append(kl.detach()[finite].cpu())
-                if on_micro_batch is not None:
-                    on_micro_batch(len(mb) * group.size)
-            norm = backend.step()
-            norms.append(norm)
+            norm = _optimizer_step(policy, sampler, backend, rollout, cond, batch, mine, n_micro,
+                                   step_edges.numel(), config, group, tally, on_micro_batch)
+            tally.norms.append(norm)
             if math.isfinite(norm):
                 stats.optimizer_steps += 1
             else:
                 stats.skipped_steps += 1
-    ratio_all = group.gather(torch.cat(ratios) if ratios else torch.zeros(0))
-    if ratio_all.numel():
-        stats.ratio_mean, stats.ratio_min = float(ratio_all.mean()), float(ratio_all.min())
-        stats.ratio_max = float(ratio_all.max())
-        stats.clip_fraction = int(group.gather(torch.tensor([clipped])).sum()) / ratio_all.numel()
-        stats.loss = float(group.gather(torch.cat(losses) if losses else torch.zeros(0)).mean())
-        stats.approx_kl = float(group.gather(torch.cat(approx_kls) if approx_kls else torch.zeros(0)).mean())
-        kl_all = group.gather(torch.cat(kls) if kls else torch.zeros(0))
-        stats.kl = float(kl_all.mean()) if kl_all.numel() else 0.0
-    stats.skipped_edges = int(group.gather(torch.tensor([stats.skipped_edges])).sum())
-    finite_norms = [n for n in norms if math.isfinite(n)]
-    stats.grad_norm = sum(finite_norms) / len(finite_norms) if finite_norms else float("nan")
-    return stats
+    return tally.finish(stats, group)
 
 
 def _any_edge(rollout: Rollout) -> EdgeBatch:

@@ -19,7 +19,7 @@ import torch
 
 from grpo.analysis.report import eval_iterations, load_eval
 from grpo.cli.common import load_recipe
-from grpo.core.engine import mean_ci
+from grpo.core.stats import mean_ci
 from grpo.plugins.shapes.world import parse_caption
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 from benchmarks.shapes_alignment.make_figures import machine  # noqa: E402
 from grpo.cli.common import load_recipe  # noqa: E402
-from grpo.core.engine import Trainer, build  # noqa: E402
+from grpo.core.components import PromptCache, build  # noqa: E402
 from grpo.core.rollout import rollout  # noqa: E402
 from grpo.core.tree import EdgeSet  # noqa: E402
 from grpo.core.update import EdgeBatch, edge_terms  # noqa: E402
@@ -61,22 +60,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     recipe, _ = load_recipe(args.recipe, [*args.sets, f"train.prompts_per_iteration={args.trees}"], env=True)
-    trainer = Trainer(recipe, Path(tempfile.mkdtemp()))
-    trainer.c = build(recipe)
-    policy, sampler = trainer.c.policy, trainer.c.sampler
+    c = build(recipe)
+    policy, sampler = c.policy, c.sampler
     params = policy.trainable_parameters()
     g = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(len(trainer.c.train_prompts), generator=g)[: args.trees]
-    prompts = [trainer.c.train_prompts[i] for i in idx.tolist()]
-    cond = trainer.encode(prompts)
-    plan = trainer.c.parts.topology.plan(sampler.steps, 0)
+    idx = torch.randperm(len(c.train_prompts), generator=g)[: args.trees]
+    prompts = [c.train_prompts[i] for i in idx.tolist()]
+    cond = PromptCache(policy).encode(prompts)
+    plan = c.parts.topology.plan(sampler.steps, 0)
     init = None
     if recipe.train.init_same_noise:
         init = torch.randn((1, *policy.latent_shape), generator=g).expand(args.trees, *policy.latent_shape).clone()
     ro = rollout(policy, sampler, plan, cond, generator=g, max_batch=recipe.train.rollout_batch, init_noise=init)
     leaf_prompts = [prompts[i] for i in ro.tree[-1].tolist()]
-    scores, report = trainer.score(policy.decode(ro.final), leaf_prompts)
-    adv = trainer.advantages(ro, scores)
+    scores, report = c.rewards.score(policy.decode(ro.final), leaf_prompts)
+    adv = c.rewards.advantages(c.parts.advantage, recipe.composition.records["advantage"], ro, scores)
     batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
     tree_of = torch.stack([ro.tree[k + 1][c] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
     size = sum(p.numel() for p in params)
@@ -89,7 +87,7 @@ def main() -> None:
             mb = batch.take(sel)
             if float(mb.advantage.abs().sum()) == 0.0:
                 continue
-            log_prob, _, _ = edge_terms(policy, sampler, ro, cond, mb, trainer.c.parts.split_logprob)
+            log_prob, _, _ = edge_terms(policy, sampler, ro, cond, mb, c.parts.split_logprob)
             grads = torch.autograd.grad(-(mb.advantage * log_prob).sum(), params)
             flat = torch.cat([x.reshape(-1) for x in grads])
             for name, steps in STEP_SETS.items():

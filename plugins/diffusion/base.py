@@ -8,6 +8,8 @@ the transformer sees it (FLUX: packed 2×2 patches), σ ∈ [0, 1] is the flow-m
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
@@ -40,12 +42,38 @@ def check_folder(path: str, env_hint: str, files: tuple[str, ...] = ("model_inde
     return folder
 
 
+def folder_config(path: str, component: str) -> dict | None:
+    """``PATH/component/config.json`` of a pipeline folder, or None where it cannot be read yet (a
+    ``${VAR}`` not expanded, a folder not there): configs only, never weights."""
+    file = Path(path) / component / "config.json"
+    if "${" in path or not path or not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 class DiffusersPolicy(FrozenReference):
     """Base of the diffusers policies; subclasses set `pipeline_class` and the model-specific parts."""
 
     pipeline_name = ""  # the diffusers pipeline class that loads the folder
     env_hint = "MODEL_PATH"
     media = "image"
+
+    @classmethod
+    def latent_shape_for(cls, options: dict) -> tuple[int, ...] | None:
+        """The latent shape the options give, from the folder's VAE and transformer configs (no
+        weights are read); None when the configs cannot be read yet."""
+        vae, transformer = folder_config(options.get("path", ""), "vae"), folder_config(options.get("path", ""),
+                                                                                        "transformer")
+        if vae is None or transformer is None:
+            return None
+        return cls._latent_shape(options, vae, transformer)
+
+    @classmethod
+    def _latent_shape(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...] | None:
+        return None
 
     def _load(self, path: str, *, precision: str, device: str, lora_rank: int, lora_alpha: float,
               lora_targets: list[str], gradient_checkpointing: bool, guidance_scale: float) -> None:

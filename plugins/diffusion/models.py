@@ -67,6 +67,11 @@ class FluxPolicy(DiffusersPolicy):
         self.latent_shape = ((height // f) * (width // f), channels)
         self.img_ids = self.pipe._prepare_latent_image_ids(1, height // f, width // f, self.device, self.dtype)
 
+    @classmethod
+    def _latent_shape(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
+        f = 2 ** (len(vae["block_out_channels"]) - 1) * 2
+        return ((options["height"] // f) * (options["width"] // f), transformer["in_channels"])
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> FluxConditioning:
         embeds, pooled, text_ids = self.pipe.encode_prompt(prompt=list(prompts), prompt_2=None, device=self.device,
@@ -134,6 +139,11 @@ class SD3Policy(DiffusersPolicy):
         _multiple(width, f, "model.width")
         vf = self.pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels, height // vf, width // vf)
+
+    @classmethod
+    def _latent_shape(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
+        vf = 2 ** (len(vae["block_out_channels"]) - 1)
+        return (transformer["in_channels"], options["height"] // vf, options["width"] // vf)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> SD3Conditioning:
@@ -205,6 +215,13 @@ class WanPolicy(DiffusersPolicy):
         _multiple(height, fs * patch[1], "model.height")
         _multiple(width, fs * patch[2], "model.width")
         self.latent_shape = (self.denoiser.config.in_channels, (frames - 1) // ft + 1, height // fs, width // fs)
+
+    @classmethod
+    def _latent_shape(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
+        down = vae["temperal_downsample"]
+        ft, fs = 2 ** sum(down), 2 ** len(down)
+        return (transformer["in_channels"], (options["frames"] - 1) // ft + 1, options["height"] // fs,
+                options["width"] // fs)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> WanConditioning:

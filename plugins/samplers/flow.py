@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import torch
 
-from grpo.core.sampler import EulerODE, sigma_grid
+from grpo.core.sampler import EulerODE, draw_noise, gaussian_log_prob, sigma_grid
 from grpo.core.schema import Doc, Range
 
 Steps = Annotated[int, Range(ge=1, le=1000), Doc("number of denoising steps T")]
@@ -28,6 +29,15 @@ class _GridSampler:
 
     def sigmas(self) -> torch.Tensor:
         return sigma_grid(self.steps, self.shift)
+
+    def draw_noise(self, counts: torch.Tensor, shape: tuple[int, ...],
+                   generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+        """One standard normal draw per noise_block² tile (per element for 1)."""
+        return draw_noise(counts, shape, generator, self.noise_block)
+
+    def log_prob(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """The density of the tile means of x − μ, the draws the noise was made of."""
+        return gaussian_log_prob(x, mean, std, self.noise_block)
 
 
 class DanceSDE(_GridSampler):

@@ -33,6 +33,11 @@ class ShapesPolicy(FrozenReference):
     """The embedded shapes model: a pixel-space UNet2DConditionModel with a tiny CLIP text encoder."""
 
     latent_shape = (3, 32, 32)
+
+    @classmethod
+    def latent_shape_for(cls, options: dict) -> tuple[int, ...]:
+        """The shapes world's latent: 3×32×32 whatever the options (known without weights)."""
+        return cls.latent_shape
     media = "image"
     sources = {"path": "a folder written by `python -m grpo.plugins.shapes.pretrain --export DIR`, "
                        "or leave model.path empty for the bundled weights"}

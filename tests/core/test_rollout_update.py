@@ -103,7 +103,7 @@ def test_partition_covers_every_edge_once_and_keeps_chains_together(tiny_policy)
 def test_unscored_leaves_get_their_trees_mean_and_are_marked():
     from types import SimpleNamespace
 
-    from grpo.core.engine import impute_failed
+    from grpo.core.scoring import impute_failed
 
     nan = float("nan")
     ro = SimpleNamespace(tree=[torch.tensor([0, 0, 0, 1, 1, 1])])  # two trees of three leaves

@@ -184,19 +184,14 @@ def test_export_of_a_zero3_run_loads_in_diffusers_and_samples_the_same(tiny_mode
 
     # the exported model, evaluated in one process, draws the run's last evaluation grid (ZeRO-3, 2 ranks)
     from grpo.cli.common import load_recipe
-    from grpo.core.engine import Trainer, build
-    from grpo.core.runlog import RunLog
+    from grpo.core.engine import Trainer
 
-    recipe, _ = load_recipe(run / "recipe.resolved.toml", [f"model.path='{out}'", "backend={use='torch'}"], env=True)
+    recipe, _ = load_recipe(run / "recipe.resolved.toml", [f"model.path='{out}'", "backend={use='torch'}",
+                                                           "logging.tensorboard=false"], env=True)
     check = tmp_path / "check"
-    check.mkdir()
     trainer = Trainer(recipe, check)
-    trainer.c = build(recipe)
-    trainer.log = RunLog(check, tensorboard=False)
-    gen = torch.Generator().manual_seed(recipe.eval.seed)
-    trainer.eval_noise = {n: torch.randn((len(p), *trainer.c.policy.latent_shape), generator=gen)
-                          for n, p in trainer.c.eval_sets.items()}
-    trainer.evaluate(2)
+    trainer.setup()
+    trainer.evaluator.evaluate(2)
     ours = torch.from_numpy(np.array(Image.open(check / "samples" / "eval_000002.png"))).float()
     theirs = torch.from_numpy(np.array(Image.open(run / "samples" / "eval_000002.png"))).float()
     assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) <= 1.0

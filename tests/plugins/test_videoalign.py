@@ -178,7 +178,7 @@ def test_a_branchgrpo_iteration_of_wan_scored_by_videoalign(files, tmp_path):
     }
     trainer = Trainer(parse(data, load_registry([])), tmp_path / "run")
     trainer.run()
-    assert trainer.c.rewards[0][2].fps == 8  # told the model's fps
+    assert trainer.c.rewards.models[0].fps == 8  # told the model's fps
     train = next(r for r in read_metrics(tmp_path / "run") if r["kind"] == "train")
     assert train["cost/leaves"] == 8 and train["update/grad_norm"] > 0
     assert {"reward/videoalign/VQ/mean", "reward/videoalign/TA/mean"} <= set(train)

@@ -1,0 +1,106 @@
+"""Rewards on the leaves, their aggregation into advantages, and the reward metrics of an iteration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .advantage import AdvantageEstimator
+from .dist import Group
+from .recipe import RewardSpec
+from .registry import attributed
+from .reward import RewardModel
+from .tree import Advantages, Rollout
+
+
+@dataclass
+class Rewards:
+    """The recipe's rewards (each with its spec: label, weight, plugin) and how they combine."""
+
+    specs: list[RewardSpec]
+    models: list[RewardModel]
+    aggregation: str = "sum"
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.specs]
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-reward scores (N,) fp32 and every reported component, keyed ``label/component``."""
+        scores, report = [], {}
+        for spec, model in zip(self.specs, self.models, strict=True):
+            with attributed(spec.entry, "score()"):
+                out = model.score(images, prompts)
+            if out.scores.shape != (images.shape[0],):
+                raise RuntimeError(f"reward {spec.label!r} returned shape {tuple(out.scores.shape)} for "
+                                   f"{images.shape[0]} images")
+            scores.append(out.scores.float())
+            report[spec.label] = out.scores.float()
+            for comp, values in out.components.items():
+                report[f"{spec.label}/{comp}"] = values.float()
+        return scores, report
+
+    def advantages(self, estimator: AdvantageEstimator, record: Any, rollout: Rollout,
+                   scores: list[torch.Tensor]) -> Advantages:
+        """``sum``: the estimator on the weighted sum of the rewards; ``advantage``: the weighted sum
+        of the estimator on each reward. `record` names the estimator's plugin in a failure."""
+        weights = [s.weight for s in self.specs]
+
+        def estimate(rewards: torch.Tensor) -> Advantages:
+            with attributed(record, "computing advantages"):
+                return estimator(rollout, rewards)
+
+        if self.aggregation == "sum":
+            return estimate(sum(w * s for w, s in zip(weights, scores, strict=True)))
+        per = [estimate(s) for s in scores]
+        return Advantages([sum(w * a.values[k] for w, a in zip(weights, per, strict=True))
+                           for k in range(rollout.steps)])
+
+
+def impute_failed(rollout: Rollout, scores: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Leaves a reward could not score (NaN) get the mean of their tree's scored leaves, so that they
+    move no advantage; returns the scores and the (N,) mask of leaves with any failed reward."""
+    tree = rollout.tree[-1]
+    trees = int(tree.max()) + 1 if tree.numel() else 0
+    failed = torch.zeros(tree.shape[0], dtype=torch.bool)
+    out = []
+    for s in scores:
+        bad = ~torch.isfinite(s)
+        if bad.any():
+            failed |= bad
+            total = torch.zeros(trees).index_add(0, tree, torch.where(bad, torch.zeros_like(s), s))
+            count = torch.zeros(trees).index_add(0, tree, (~bad).float())
+            s = torch.where(bad, (total / count.clamp(min=1.0))[tree], s)
+        out.append(s)
+    return out, failed
+
+
+def reward_metrics(report: dict[str, torch.Tensor], failed: torch.Tensor, group: Group) -> dict[str, float]:
+    """Means (and, for each reward itself, the std) over every rank's leaves; failed scores left out."""
+    metrics: dict[str, float] = {}
+    for key, values in report.items():
+        values = group.gather(values)
+        ok = values[torch.isfinite(values)]
+        metrics[f"reward/{key}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
+        if "/" not in key:
+            metrics[f"reward/{key}/std"] = float(ok.std()) if ok.numel() > 1 else 0.0
+    metrics["reward/failed"] = float(group.gather(failed.float()).sum())
+    return metrics
+
+
+def iteration_metrics(rollout: Rollout, report: dict[str, torch.Tensor], failed: torch.Tensor, stats: Any,
+                      times: dict[str, float], *, group: Group, lr: float, memory: dict[str, int]) -> dict[str, float]:
+    """Everything an iteration logs: rewards, the update's statistics, costs of the whole iteration
+    (every rank's trees), this rank's memory (MiB) and the time of each stage."""
+    metrics = reward_metrics(report, failed, group)
+    metrics.update({f"update/{k}": float(v) for k, v in vars(stats).items()})
+    metrics["update/lr"] = lr
+    metrics["cost/rollout_forwards"] = float(sum(s.shape[0] for s in rollout.states[:-1])) * group.size
+    metrics["cost/trained_edges"] = float(stats.trained_edges)
+    metrics["cost/leaves"] = float(rollout.states[-1].shape[0]) * group.size
+    metrics.update({f"memory/{k}": v / 2**20 for k, v in memory.items()})
+    metrics.update({f"time/{k}": v for k, v in times.items()})
+    metrics["time/iteration"] = sum(times.values())
+    return metrics
