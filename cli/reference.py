@@ -17,14 +17,20 @@ other tables configure the run. Every key is checked against the schema below (`
 'strategy.step_window=[0,10]'`; `reward.0.weight=2` addresses the first `[[reward]]`).
 `${VAR}` in a string is replaced by the environment variable VAR when a run starts (`grpo
 validate` does not need it set). Every run writes `recipe.resolved.toml` with all defaults
-filled in and the distribution that provided each plugin.
+filled in, the distribution that provided each plugin, and (`[parts]`) every part of the strategy
+that ran with its options.
 
 This page is generated: `python -m grpo.cli.reference > docs/recipes.md`.
 """
 
 COMPONENT_TABLES = [
     ("model", "`[model]`: the policy"),
-    ("strategy", "`[strategy]`: the algorithm"),
+    ("strategy", "`[strategy]`: the algorithm; the *slot* column names the part an option configures"),
+    ("topology", "`[strategy.topology]`: replaces the strategy's tree (its topology options then go)"),
+    ("advantage", "`[strategy.advantage]`: replaces the strategy's advantage estimator (its advantage options then "
+                  "go)"),
+    ("pruner", "`[[strategy.pruner]]`: replace the strategy's pruners, run in the order given (`pruner = []`: none; "
+               "the strategy's pruner options then go)"),
     ("sampler", "`[sampler]`: the SDE of the rollout (default: the strategy's)"),
     ("reward", "`[[reward]]`: one table per reward; every reward accepts `weight` (number, default 1.0) and "
                 "`name` (the label its scores are logged under; default the plugin's name, and required when "
@@ -34,12 +40,14 @@ COMPONENT_TABLES = [
 ]
 
 
-def _rows(factory) -> list[str]:
-    rows = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
+def _rows(factory, slots: bool = False) -> list[str]:
+    head = "| key | type | default | range | " + ("slot | " if slots else "") + "meaning |"
+    rows = [head, "|---" * head.count(" | ") + "|---|"]
     for o in options_of(factory):
         default = "*required*" if o.default is _MISSING else f"`{o.default!r}`"
         rng = o.range.describe() if o.range else ""
-        rows.append(f"| `{o.name}` | {o.type_name.replace('|', '/')} | {default} | {rng} | {o.doc} |")
+        slot = f"{o.part or ''} | " if slots else ""
+        rows.append(f"| `{o.name}` | {o.type_name.replace('|', '/')} | {default} | {rng} | {slot}{o.doc} |")
     return rows
 
 
@@ -51,7 +59,7 @@ def render() -> str:
         out.append(f"### {title}\n")
         for entry in (registry.entries[kind][n] for n in registry.names(kind)):
             out.append(f"#### `use = \"{entry.name}\"`\n\n{entry.description}\n")
-            out.extend(_rows(entry.factory))
+            out.extend(_rows(entry.factory, slots=kind == "strategy"))
             out.append("")
     out.append("## Run tables\n")
     for cls in (TrainConfig, EvalConfig, LoggingConfig, PluginsConfig):

@@ -30,7 +30,7 @@ from .components import PromptCache, build, check_world
 from .dist import Group
 from .errors import UserError
 from .evaluation import Evaluator
-from .progress import NoLog, Silent
+from .progress import NoLog, Silent, timed, update_progress
 from .pruner import PruneContext
 from .recipe import Recipe
 from .registry import attributed
@@ -43,15 +43,6 @@ from .update import EdgeBatch, UpdateConfig, update
 
 __all__ = ["Trainer", "build", "check_world"]
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _timer(times: dict[str, float], key: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        times[key] = times.get(key, 0.0) + time.perf_counter() - start
 
 
 @dataclass
@@ -149,13 +140,13 @@ class Trainer:
                          on_step=lambda k: self.reporter.stage(f"rollout {k + 1}/{plan.steps}"))
         with self._stage(times, "reward"):
             scores, report = c.rewards.score(c.policy.decode(ro.final), [prompts[i] for i in ro.tree[-1].tolist()])
-        with _timer(times, "advantage"):
+        with timed(times, "advantage"):
             scores, failed = impute_failed(ro, scores)
             adv = c.rewards.advantages(c.parts.advantage, self.recipe.composition.records["advantage"], ro, scores)
             batch = EdgeBatch.gather(ro, adv, self._prune(it, ro, adv, failed))
         with self._stage(times, "update"):
             stats = update(c.policy, c.sampler, c.backend, ro, cond, batch, self.update_cfg, gen, group=self.group,
-                           on_micro_batch=self._update_progress(len(batch) * t.epochs))
+                           on_micro_batch=update_progress(self.reporter, len(batch) * t.epochs))
         return iteration_metrics(ro, report, failed, stats, times, group=self.group, lr=t.lr,
                                  memory=c.backend.memory())
 
@@ -188,17 +179,8 @@ class Trainer:
     @contextmanager
     def _stage(self, times: dict[str, float], name: str) -> Iterator[None]:
         self.reporter.stage(name)
-        with _timer(times, name):
+        with timed(times, name):
             yield
-
-    def _update_progress(self, total: int) -> Any:
-        done = [0]
-
-        def on_micro_batch(n: int) -> None:
-            done[0] += n
-            self.reporter.stage(f"update {done[0]}/{total}")
-
-        return on_micro_batch
 
     # -- the run -----------------------------------------------------------------------------------
     def _maybe_evaluate(self, done: int, force: bool = False) -> None:

@@ -3,6 +3,9 @@ ranks other than 0 (nothing)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -33,3 +36,24 @@ class NoLog:
     def image(self, tag: str, image: torch.Tensor, iteration: int) -> None: ...
     def animation(self, tag: str, gif: bytes, width: int, height: int, iteration: int) -> None: ...
     def close(self) -> None: ...
+
+
+@contextmanager
+def timed(times: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``times[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[key] = times.get(key, 0.0) + time.perf_counter() - start
+
+
+def update_progress(reporter: Any, total: int) -> Callable[[int], None]:
+    """A micro-batch callback that shows ``update done/total`` edges."""
+    done = [0]
+
+    def on_micro_batch(n: int) -> None:
+        done[0] += n
+        reporter.stage(f"update {done[0]}/{total}")
+
+    return on_micro_batch

@@ -284,8 +284,8 @@ def _component(registry: Registry, kind: str, table: Any, where: str, errors: li
         return None
     opts = {k: v for k, v in table.items() if k != "use" and not _has_env(v)}
     deferred = {k: v for k, v in table.items() if k != "use" and _has_env(v)}
-    known = {o.name for o in options_of(entry.factory)}
-    unknown = [k for k in deferred if k not in known and k not in ignore]
+    known = {o.name for o in options_of(entry.factory)} | set(ignore)
+    unknown = [k for k in deferred if k not in known]
     for k in unknown:
         best = closest(k, known)
         errors.append(UserError(f"unknown key {k!r}", where=f"{where}.{k}",

@@ -220,8 +220,9 @@ def validate(factory: Any, table: dict[str, Any], where: str, *, ignore: tuple[s
             continue
         path = f"{where}.{key}"
         if key not in options:
-            best = closest(key, options)
-            hint = (f"did you mean {best!r}? " if best else "") + "valid keys: " + (", ".join(sorted(options)) or "(none)")
+            accepted = sorted({*options, *ignore})  # the keys the table takes besides the factory's options
+            best = closest(key, accepted)
+            hint = (f"did you mean {best!r}? " if best else "") + "valid keys: " + (", ".join(accepted) or "(none)")
             errors.append(UserError(f"unknown key {key!r}", where=path, hint=hint))
             continue
         opt = options[key]

@@ -1,4 +1,5 @@
-"""The clipped-ratio policy update over the trained edges of a rollout (docs/algorithms.md §7)."""
+"""The clipped-ratio policy update over the trained edges of a rollout: per edge max(−A·r, −A·clip(r, 1 ± ε)),
+averaged over the edges of each optimizer step, plus an optional KL penalty to the base policy."""
 
 from __future__ import annotations
 

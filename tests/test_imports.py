@@ -156,3 +156,18 @@ def test_plugin_folders_do_not_import_each_other():
     found = plugin_folder_violations()
     assert not found, ("a plugin folder may import grpo.core, itself and the shared top-level modules "
                        f"{sorted(shared_plugin_modules())}, not another folder:\n" + "\n".join(found))
+
+
+def test_the_engine_is_short_and_probes_no_ability():
+    """The engine stays a short loop over declared Protocol members; core's functions stay readable."""
+    engine = ROOT / "core" / "engine.py"
+    assert len(engine.read_text().splitlines()) <= 250
+    probes = [node.lineno for node in ast.walk(ast.parse(engine.read_text()))
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")]
+    assert not probes, f"core/engine.py probes abilities with getattr/hasattr at lines {probes}"
+    long = []
+    for path in sorted((ROOT / "core").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "functions in core/ longer than 60 lines: " + ", ".join(long)

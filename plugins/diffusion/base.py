@@ -9,7 +9,6 @@ the transformer sees it (FLUX: packed 2×2 patches), σ ∈ [0, 1] is the flow-m
 from __future__ import annotations
 
 import json
-
 import os
 from pathlib import Path
 

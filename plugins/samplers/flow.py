@@ -1,4 +1,5 @@
-"""The three built-in samplers of flow-matching models (docs/algorithms.md §2)."""
+"""The three built-in samplers of flow-matching models: Dance-SDE (DanceGRPO), Flow-SDE (Flow-GRPO) and the
+deterministic ODE."""
 
 from __future__ import annotations
 

@@ -34,6 +34,8 @@ def invoke(*args):
         (("--set", "train.accumulation_unit='edge'"), ["train.accumulation_unit", "did you mean 'edges'"]),
         (("--set", "reward.0.use=shapes-faithfullness"), ["reward.0.use", "did you mean 'shapes-faithfulness'"]),
         (("--set", "noequals"), ["is not KEY=VALUE"]),
+        # the keys every reward takes are among the valid ones the hint lists
+        (("--set", "reward.0.wieght=2"), ["reward.0.wieght", "did you mean 'weight'", "name", "weight"]),
     ],
 )
 def test_validate_reports_bad_recipe_values(args, expected):
