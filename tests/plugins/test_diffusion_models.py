@@ -184,3 +184,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(name, folders):
         grads.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters() if p.grad is not None]))
         assert policy.denoiser.is_gradient_checkpointing == checkpointing
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_latent_shape_is_known_from_the_configs_before_weights_load(name, folders):
+    """What `grpo validate` checks a noise block against equals the loaded policy's latent shape."""
+    _, cls, kwargs = CASES[name]
+    options = {"path": str(folders[name]), "height": 32, "width": 32, **({"frames": 5} if name == "wan-t2v" else {})}
+    assert cls.latent_shape_for(options) == tuple(make(name, folders).latent_shape)
+    assert cls.latent_shape_for({**options, "path": "${MODEL_PATH}"}) is None  # not known until the run starts
