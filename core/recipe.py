@@ -9,6 +9,7 @@ constructor. ``${VAR}`` in a string is replaced by the environment variable VAR 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 import sys
@@ -194,8 +195,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise UserError(f"recipe {str(path)!r} does not exist", hint="give the path of a .toml recipe, e.g. recipes/shapes_dance.toml")
     try:
-        with file.open("rb") as fh:
-            return tomllib.load(fh)
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is not UTF-8)",
+                        hint="give a TOML recipe, e.g. recipes/shapes_dance.toml") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}", hint="fix the syntax at the line and column given") from None
 
@@ -274,8 +279,13 @@ def _component(registry: Registry, kind: str, table: Any, where: str, errors: li
         return None
     use = table.get("use", default_use)
     if use is None:
-        errors.append(UserError(f"missing key 'use' (which {kind})", where=where,
-                                hint="valid: " + ", ".join(registry.names(kind))))
+        typo = next((k for k in table if difflib.get_close_matches(k, ["use"], cutoff=0.6)), None)
+        if typo is not None:
+            errors.append(UserError(f"unknown key {typo!r}", where=f"{where}.{typo}",
+                                    hint=f"did you mean 'use'? (which {kind}: " + ", ".join(registry.names(kind)) + ")"))
+        else:
+            errors.append(UserError(f"missing key 'use' (which {kind})", where=where,
+                                    hint="valid: " + ", ".join(registry.names(kind))))
         return None
     try:
         entry = registry.get(kind, use, where=f"{where}.use")

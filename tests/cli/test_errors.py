@@ -180,3 +180,22 @@ def test_nproc_needs_a_multi_process_backend_and_whole_trees(tmp_path):
     with pytest.raises(UserError, match="runs in one process") as e:
         check_world(recipe, launched=2, ranks=1)
     assert e.value.where == "backend.use"
+
+
+def test_a_recipe_that_is_not_text_is_one_message(tmp_path):
+    """Binary garbage as a recipe: one message naming the file, exit 2 (it was a UnicodeDecodeError traceback)."""
+    bad = tmp_path / "weights.toml"
+    bad.write_bytes(bytes(range(128, 256)) * 4)
+    for command in ("validate", "plan", "run"):
+        code, out = invoke(command, str(bad))
+        assert code == 2 and "weights.toml" in out and "not a text file" in out and "Traceback" not in out, out
+
+
+def test_a_misspelled_use_is_named(tmp_path):
+    """`usx = "shapes"` is reported as the unknown key it is, with `use` suggested (it was only
+    "missing key 'use'")."""
+    text = (ROOT / "recipes" / "shapes_dance.toml").read_text().replace('[model]\nuse = "shapes"', '[model]\nusx = "shapes"')
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text)
+    code, out = invoke("validate", str(recipe))
+    assert code == 2 and "model.usx" in out and "unknown key 'usx'" in out and "did you mean 'use'" in out, out
