@@ -36,6 +36,10 @@ def _policy_place_reference(self: Any, place: Callable[[torch.nn.Module], torch.
     return None
 
 
+def _pruner_check_plan(self: Any, plan: Any) -> None:
+    return None
+
+
 def _backend_memory(self: Any) -> dict[str, int]:
     return {}
 
@@ -68,6 +72,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "reward": {
         "fps": None,  # a reward that does not look at frame rates
+    },
+    "pruner": {
+        "check_plan": _pruner_check_plan,  # accepts every tree
     },
 }
 

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .tree import Advantages, EdgeSet, Rollout
+from .tree import Advantages, EdgeSet, Rollout, TreePlan
 
 
 @dataclass(frozen=True)
@@ -38,4 +38,10 @@ class Pruner(Protocol):
 
     def __call__(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: PruneContext) -> EdgeSet:
         """Return a subset of `edges` (a new EdgeSet)."""
+        ...
+
+    def check_plan(self, plan: TreePlan) -> None:
+        """Optional (default: accept any tree): raise ``UserError`` with ``where`` = the offending
+        option's name when the pruner's options do not fit the tree (``grpo validate`` reports it
+        under the recipe table that chose the pruner)."""
         ...

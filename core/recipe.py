@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from .abilities import complete, planned_latent_shape
 from .compose import Composition, Slots, check_replaced_options, compose
 from .errors import UserError, UserErrors, closest, unknown_name_hint
-from .registry import Entry, Registry, instantiate
+from .registry import Entry, Registry, attributed, instantiate
 from .sampler import check_noise_block
 from .schema import Doc, Range, options_of, toml_value, validate
 from .strategy import SLOTS
@@ -453,10 +453,7 @@ def check_consistency(recipe: Recipe) -> None:
             f"sampler {recipe.sampler.entry.name!r} is deterministic, so no step has a log-probability to train",
             where="sampler.use", hint="use a stochastic sampler (dance-sde, flow-sde); ode is used for evaluation",
         ))
-    try:
-        recipe.composition.parts.topology.plan(sampler.steps)
-    except UserError as e:
-        errors.append(e)
+    errors += _check_parts(recipe, sampler.steps)
     recipe.latent_shape = planned_latent_shape(recipe.model.entry.factory, recipe.model.options)
     if recipe.latent_shape is not None:
         try:
@@ -465,6 +462,25 @@ def check_consistency(recipe: Recipe) -> None:
             errors.append(e)
     if errors:
         raise UserErrors(errors)
+
+
+def _check_parts(recipe: Recipe, steps: int) -> list[UserError]:
+    """The tree fits the sampler's steps, and every pruner's options fit the tree."""
+    parts, records = recipe.composition.parts, recipe.composition.records
+    try:
+        with attributed(records["topology"], "plan()"):
+            plan = parts.topology.plan(steps)
+    except UserError as e:
+        return [e]
+    errors = []
+    for pruner, record in zip(parts.pruners, records["pruner"], strict=True):
+        try:
+            with attributed(record, "check_plan()"):
+                complete(pruner, "pruner").check_plan(plan)
+        except UserError as e:
+            table = "strategy" if record.chosen_by == "strategy" else record.chosen_by
+            errors.append(UserError(e.message, where=f"{table}.{e.where}" if e.where else table, hint=e.hint))
+    return errors
 
 
 def plugin_modules(data: dict[str, Any]) -> list[str]:

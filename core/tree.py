@@ -32,6 +32,10 @@ class TreePlan:
             raise ValueError("branch, noise_scale and stochastic need one entry per step")
         if any(b < 1 for b in self.branch):
             raise ValueError("branch factors must be >= 1")
+        for k, (b, lam) in enumerate(zip(self.branch, self.noise_scale, strict=True)):
+            if b == 1 and lam != 1.0:  # the rollout would scale the noise and the update would not
+                raise ValueError(f"step {k} does not split but has a split-noise scale λ = {lam}; λ applies to "
+                                 "split steps only (use 1.0)")
 
     @property
     def steps(self) -> int:

@@ -6,16 +6,18 @@ from typing import Annotated
 
 import torch
 
+from grpo.core.errors import UserError
 from grpo.core.pruner import PruneContext
 from grpo.core.schema import Doc, Range
-from grpo.core.tree import Advantages, EdgeSet, Rollout
+from grpo.core.tree import Advantages, EdgeSet, Rollout, TreePlan
 
 FractionOption = Annotated[float, Range(ge=0, le=1), Doc("prune during this share of training")]
 
 
 def _active(ctx: PruneContext, fraction: float) -> bool:
-    """Pruning runs during the first `fraction` of training (``pruning_step_ratio``)."""
-    return ctx.iteration <= int(ctx.total_iterations * fraction)
+    """Pruning runs during the first ⌊fraction · iterations⌋ iterations (``pruning_step_ratio``;
+    iterations count from 0)."""
+    return ctx.iteration < int(ctx.total_iterations * fraction)
 
 
 class DepthPruner:
@@ -44,6 +46,13 @@ class DepthPruner:
         stop = self.depth_stop if self.depth_stop >= 0 else (splits[-1] if splits else 0)
         shift = min(shift, max(0, self.pruned_depths[0] - stop))
         return {d - shift for d in self.pruned_depths}
+
+    def check_plan(self, plan: TreePlan) -> None:
+        """Every pruned depth must exist in the tree (a node created by step k has depth k + 1)."""
+        beyond = [d for d in self.pruned_depths if d > plan.steps]
+        if beyond:
+            raise UserError(f"depths {beyond} are beyond a tree of {plan.steps} steps (depths 1-{plan.steps})",
+                            where="pruned_depths", hint=f"prune depths from 1 to {plan.steps}, or use more sampler.steps")
 
     def __call__(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: PruneContext) -> EdgeSet:
         if not _active(ctx, self.pruning_fraction):

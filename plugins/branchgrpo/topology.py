@@ -62,6 +62,10 @@ class Branching:
                 f"split points must be increasing, distinct and below sampler.steps = {steps}; got {points}",
                 where="strategy.split_points",
             )
+        if points[-1] == steps - 1:
+            raise UserError(f"a split at the last step ({steps - 1}) gives {self.branch_factor} identical leaves: its "
+                            "children all decode from the same x̂0", where="strategy.split_points",
+                            hint=f"split before step {steps - 1}, or use more sampler.steps")
         return list(points)
 
     def window(self, steps: int, iteration: int) -> range:

@@ -157,7 +157,7 @@ class SD3Policy(DiffusersPolicy):
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: SD3Conditioning) -> torch.Tensor:
         def run(x, sigma, c):
             embeds, pooled = c
-            return self._active()(hidden_states=x.to(self.dtype), timestep=(sigma * 1000.0).to(self.dtype),
+            return self._active()(hidden_states=x.to(self.dtype), timestep=sigma.float() * 1000.0,  # fp32 as in the pipeline
                                        encoder_hidden_states=embeds, pooled_projections=pooled,
                                        return_dict=False)[0].float()
 
@@ -233,7 +233,7 @@ class WanPolicy(DiffusersPolicy):
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: WanConditioning) -> torch.Tensor:
         def run(x, sigma, embeds):
-            return self._active()(hidden_states=x.to(self.dtype), timestep=(sigma * 1000.0).to(self.dtype),
+            return self._active()(hidden_states=x.to(self.dtype), timestep=sigma.float() * 1000.0,  # fp32 as in the pipeline
                                        encoder_hidden_states=embeds, return_dict=False)[0].float()
 
         return self.guided(run, x, sigma, cond.embeds, cond.negative_embeds)

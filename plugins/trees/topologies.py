@@ -25,8 +25,9 @@ class Fan:
         self.group_size, self.noise_scale = group_size, noise_scale
 
     def plan(self, steps: int, iteration: int = 0) -> TreePlan:
-        if steps < 1:
-            raise UserError("a rollout needs at least one step", where="sampler.steps")
+        if steps < 2:  # a split at the last step: every chain decodes from the same x̂0
+            raise UserError(f"a fan of chains needs at least 2 steps, not {steps}: with one, its chains are identical",
+                            where="sampler.steps", hint="use sampler.steps >= 2")
         branch = (self.group_size,) + (1,) * (steps - 1)
         scale = (self.noise_scale,) + (1.0,) * (steps - 1)
         return TreePlan(branch, scale, (True,) * steps)

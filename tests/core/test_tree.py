@@ -35,7 +35,8 @@ def test_plan_costs_match_brute_force(steps, branch):
 
 def test_branch_reference_tree_costs():
     # BranchGRPO's reference tree: T = 20, split points 0, 3, 6, 9, b = 2 → 203 forwards, 218 edges
-    plan = TreePlan(tuple(2 if k in (0, 3, 6, 9) else 1 for k in range(20)), (4.0,) * 20, (True,) * 20)
+    plan = TreePlan(tuple(2 if k in (0, 3, 6, 9) else 1 for k in range(20)),
+                    tuple(4.0 if k in (0, 3, 6, 9) else 1.0 for k in range(20)), (True,) * 20)
     assert plan.rollout_forwards == 203
     assert plan.edges == 218
 

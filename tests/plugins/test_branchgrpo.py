@@ -1,6 +1,7 @@
 """BranchGRPO: tree shapes against brute force, fused depth-wise advantages by hand, pruners, Mix."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def brute_force(steps, splits, b):
 
 
 @pytest.mark.parametrize("steps,splits,b", [(20, [0, 3, 6, 9], 2), (20, [0, 3, 6, 9], 3), (10, [1, 2, 7], 2),
-                                            (12, [0, 11], 4), (16, [5], 2)])
+                                            (12, [0, 10], 4), (16, [5], 2)])
 def test_branching_costs_match_brute_force(steps, splits, b):
     plan = Branching(split_points=splits, branch_factor=b).plan(steps)
     assert (plan.rollout_forwards, plan.edges, plan.leaves) == brute_force(steps, set(splits), b)
@@ -93,7 +94,7 @@ def test_depth_wise_advantage_path_prob_fusion_by_hand():
 
 
 def test_depth_wise_advantage_is_per_tree_and_zero_for_single_or_flat_depths():
-    plan = Branching(split_points=[1], branch_factor=2).plan(2)
+    plan = Branching(split_points=[1], branch_factor=2).plan(3)
     two_trees = skeleton(plan, sigma_grid(plan.steps), trees=2)
     adv = DepthWiseAdvantage()(two_trees, torch.tensor([1.0, 2.0, 5.0, 5.0]))
     assert adv.values[0].tolist() == [0.0, 0.0]  # depth 1 has one node per tree
@@ -222,3 +223,39 @@ def test_strategy_sampler_defaults_give_the_reference_plan(tmp_path):
     assert r.sampler.options == {"steps": 16, "shift": 3.0, "eta": 0.3, "noise_block": 1}  # the recipe's key wins
     r, _ = load_recipe(recipe, ["sampler.use=flow-sde"], env=False)
     assert r.sampler.options == {"steps": 16, "shift": 1.0, "noise_level": 0.7, "noise_block": 1}  # another sampler: its own
+
+
+@pytest.mark.parametrize("fraction,active", [(0.5, 150), (0.0, 0), (1.0, 300), (0.25, 75)])
+def test_pruning_fraction_prunes_that_share_of_the_iterations(fraction, active):
+    """f of 300 iterations (0-based) prune for exactly ⌊300·f⌋ of them (f = 0.5 pruned 151 and
+    f = 0 still pruned iteration 0)."""
+    ro = skeleton(Branching(split_points=[0, 2]).plan(4), sigma_grid(4))
+    adv = Advantages([torch.zeros(ro.states[k + 1].shape[0]) for k in range(4)])
+    full = EdgeSet.all_stochastic(ro)
+    pruner = DepthPruner(pruned_depths=[4], pruning_fraction=fraction)
+    pruned = [pruner(ro, adv, full, PruneContext(i, 300, torch.Generator())).count() < full.count() for i in range(300)]
+    assert sum(pruned) == active and all(pruned[:active])
+
+
+def test_a_split_noise_scale_on_a_step_that_does_not_split_is_refused():
+    """The rollout applied λ there and the update did not (on-policy ratios of 0.19 and 0.32)."""
+    with pytest.raises(ValueError, match="step 1 does not split"):
+        TreePlan((2, 1, 1), (2.0, 3.0, 1.0), (True, True, True))
+
+
+def test_a_split_at_the_last_step_is_refused(tmp_path):
+    """Its children all decode from the same x̂0: b identical leaves."""
+    with pytest.raises(UserError, match="last step") as e:
+        Branching(split_points=[0, 3]).plan(4)
+    assert e.value.where == "strategy.split_points"
+
+
+def test_pruned_depths_beyond_the_tree_are_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from grpo.cli.main import app
+
+    recipe = str(Path(__file__).resolve().parents[2] / "recipes" / "shapes_branch.toml")
+    result = CliRunner().invoke(app, ["validate", recipe, "--set", "strategy.pruned_depths=[16, 17]"])
+    assert result.exit_code == 2 and "strategy.pruned_depths" in result.output and "17" in result.output, result.output
+    assert "16 steps" in result.output

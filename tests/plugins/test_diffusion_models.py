@@ -193,3 +193,26 @@ def test_the_latent_shape_is_known_from_the_configs_before_weights_load(name, fo
     options = {"path": str(folders[name]), "height": 32, "width": 32, **({"frames": 5} if name == "wan-t2v" else {})}
     assert cls.latent_shape_for(options) == tuple(make(name, folders).latent_shape)
     assert cls.latent_shape_for({**options, "path": "${MODEL_PATH}"}) is None  # not known until the run starts
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bf16_models_get_the_timesteps_the_pipelines_pass(name, folders):
+    """In bf16, SD3 and Wan pass σ·1000 to the transformer in fp32 as diffusers' pipelines do (a
+    bf16 cast moved 982.8 to 984); FLUX's pipeline itself casts σ to the latents' dtype."""
+    _, cls, kwargs = CASES[name]
+    policy = cls(path=str(folders[name]), precision="bf16", device="cpu", max_sequence_length=16, **kwargs)
+    seen = []
+    hook = policy.denoiser.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["timestep"].clone()),
+                                                     with_kwargs=True)
+    try:
+        noise = torch.randn((2, *policy.latent_shape), generator=torch.Generator().manual_seed(0))
+        pipeline_latents(name, policy, noise.to(torch.bfloat16), 3)
+        theirs = next(t for t in seen if not torch.equal(t[:1], seen[0][:1]))  # the second step's
+        seen.clear()
+        sigma = PipelineGridODE(policy.pipe, 3).sigmas()[1].expand(2)
+        policy.velocity(noise, sigma, policy.encode_prompts(PROMPTS))
+        ours = seen[0]
+    finally:
+        hook.remove()
+    assert ours.dtype == theirs.dtype, (ours.dtype, theirs.dtype)
+    torch.testing.assert_close(ours[:2].float(), theirs[:2].float(), rtol=0, atol=1e-3)
