@@ -122,6 +122,29 @@ def clipped_loss(ratio: torch.Tensor, advantage: torch.Tensor, clip_range: float
     return torch.maximum(unclipped, clipped)
 
 
+MAX_LOG_RATIO = 80.0  # |log r| beyond this overflows fp32 once multiplied: the edge is left out
+
+
+def edge_losses(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor,
+                kl: torch.Tensor | None, config: UpdateConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-edge losses (E,), ratios (E,) and which edges are finite (E,) bool.
+
+    An edge whose log-ratio, advantage or KL is not finite (or whose log-ratio exceeds
+    ±``MAX_LOG_RATIO``) gets loss 0 with no gradient: its inputs are replaced *before* ``exp`` and
+    the products, so that the backward pass never meets 0·inf, and one bad edge cannot turn the
+    step's shared gradient into NaN."""
+    delta = log_prob - old_log_prob
+    finite = torch.isfinite(delta) & (delta.abs() <= MAX_LOG_RATIO) & torch.isfinite(advantage)
+    if kl is not None:
+        finite &= torch.isfinite(kl)
+    ratio = torch.exp(torch.where(finite, delta, torch.zeros_like(delta)))
+    adv = torch.where(finite, advantage, torch.zeros_like(advantage))
+    loss_e = clipped_loss(ratio, adv, config.clip_range)
+    if kl is not None:
+        loss_e = loss_e + config.kl_beta * torch.where(finite, kl, torch.zeros_like(kl))
+    return torch.where(finite, loss_e, torch.zeros_like(loss_e)), ratio, finite
+
+
 def edge_terms(
     policy: Policy,
     sampler: Sampler,
@@ -164,9 +187,10 @@ def _global_layout(rollout: Rollout, batch: EdgeBatch, group: Group) -> tuple[Ed
     """Every rank's trained edges in the order one rank holding all trees would list them.
 
     Every rank holds the same number of trees of the same plan, so rank r's node i at step k is
-    node ``r·n_k + i`` of the whole iteration. Returns (the global edges, with zero advantages and
-    log-probabilities: only their order, steps and chains matter), each global edge's rank, and its
-    index in its rank's local batch.
+    node ``r·n_k + i`` of the whole iteration. Edges whose stored advantage or log-probability is
+    not finite are left out (on every rank alike), as if they had never been sampled. Returns (the
+    global edges, with zero advantages and log-probabilities: only their order, steps and chains
+    matter), each global edge's rank, and its index in its rank's local batch.
     """
     sizes = torch.tensor([s.shape[0] for s in rollout.states[1:]])
     leaves = rollout.states[-1].shape[0]
@@ -175,7 +199,9 @@ def _global_layout(rollout: Rollout, batch: EdgeBatch, group: Group) -> tuple[Ed
     gchain = group.gather(batch.chain + group.rank * leaves)
     owner = group.gather(torch.full_like(batch.step, group.rank))
     local = group.gather(torch.arange(len(batch)))
+    stored = group.gather(torch.isfinite(batch.advantage) & torch.isfinite(batch.old_log_prob))
     order = torch.argsort(gstep * (int(sizes.max()) * group.size + 1) + gchild, stable=True)
+    order = order[stored[order]]  # an edge whose stored advantage or log-probability is not finite is left out
     zeros = torch.zeros(order.numel())
     every = EdgeBatch(gstep[order], gchild[order], gchain[order], zeros, zeros)
     return every, owner[order], local[order]
@@ -238,14 +264,9 @@ def _optimizer_step(policy: Policy, sampler: Sampler, backend: Backend, rollout:
             mb, weight = (batch if len(batch) else _any_edge(rollout)).take(torch.tensor([0])), 0.0
         log_prob, _, kl = edge_terms(policy, sampler, rollout, cond, mb, config.split_logprob,
                                      with_reference=config.kl_beta > 0)
-        ratio = torch.exp(log_prob - mb.old_log_prob.to(log_prob.device))
-        adv = mb.advantage.to(log_prob.device)
-        loss_e = clipped_loss(ratio, adv, config.clip_range)
-        if kl is not None:
-            loss_e = loss_e + config.kl_beta * kl
-        finite = torch.isfinite(ratio) & torch.isfinite(adv) & torch.isfinite(loss_e)
-        # Non-finite edges contribute no gradient (they are masked before the sum).
-        loss = torch.where(finite, loss_e, torch.zeros_like(loss_e)).sum() * (weight * group.size / n_step)
+        loss_e, ratio, finite = edge_losses(log_prob, mb.old_log_prob.to(log_prob.device),
+                                            mb.advantage.to(log_prob.device), kl, config)
+        loss = loss_e.sum() * (weight * group.size / n_step)
         backend.backward(loss, boundary=i == n_micro - 1)
         if weight == 0.0:
             continue
@@ -279,6 +300,7 @@ def update(
     group = group or Group()
     every, owner, local_index = _global_layout(rollout, batch, group)
     stats, tally = UpdateStats(trained_edges=len(every)), _Tally()
+    left_out = int(group.gather(torch.tensor([len(batch)])).sum()) - len(every)  # stored values not finite
     for _ in range(config.epochs):
         for step_edges in partition(every, config.optimizer_steps, config.accumulation_unit, generator):
             mine = local_index[step_edges[owner[step_edges] == group.rank]]
@@ -291,7 +313,9 @@ def update(
                 stats.optimizer_steps += 1
             else:
                 stats.skipped_steps += 1
-    return tally.finish(stats, group)
+    stats = tally.finish(stats, group)
+    stats.skipped_edges += left_out * config.epochs
+    return stats
 
 
 def _any_edge(rollout: Rollout) -> EdgeBatch:
