@@ -6,12 +6,24 @@ exchanged on the CPU under gloo and on the GPU under NCCL.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+def bind_local_gpu() -> int | None:
+    """Make this rank's GPU (``LOCAL_RANK``, as launchers set it) the current CUDA device, before any
+    component is built: a model, text encoder, VAE or reward placed on ``"cuda"`` then lands on the
+    rank's own GPU rather than every rank's on GPU 0. Returns the index, or None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    index = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(index)
+    return index
 
 
 def free_port() -> int:

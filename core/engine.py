@@ -27,7 +27,7 @@ import torch
 from . import checkpoint, streams
 from .backend import OptimizerConfig
 from .components import PromptCache, build, check_world
-from .dist import Group
+from .dist import Group, bind_local_gpu
 from .errors import UserError
 from .evaluation import Evaluator
 from .progress import NoLog, Silent, timed, update_progress
@@ -61,6 +61,7 @@ class Trainer:
         # TF32 convolutions make rollout and update disagree by more than fp32 rounding: off unless asked for
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.tf32
         torch.manual_seed(t.seed)  # randomly initialised weights (LoRA adapters) follow the seed
+        bind_local_gpu()  # "cuda" is this rank's GPU for every component built below
         self.dirs, self.c = RunDir(self.run_dir), build(self.recipe)
         self.prompts = PromptCache(self.c.policy)
         self._setup_training()

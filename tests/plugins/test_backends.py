@@ -64,3 +64,40 @@ def test_the_command_line_leaves_ds_accelerator_alone(monkeypatch):
     with pytest.raises(SystemExit):
         cli.main()
     assert "DS_ACCELERATOR" not in os.environ
+
+
+def test_each_rank_builds_its_components_on_its_own_gpu(monkeypatch):
+    """A policy, encoder or reward placed on "cuda" must land on the rank's GPU: the current device is
+    set from LOCAL_RANK before anything is built (before, every rank's encoders went to GPU 0)."""
+    from grpo.core import dist
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert dist.bind_local_gpu() == 3 and chosen == [3]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dist.bind_local_gpu() is None and chosen == [3]
+
+
+def test_the_engine_binds_the_gpu_before_building(monkeypatch, tmp_path):
+    """The order matters: the binding happens in setup before the first component is built."""
+    import grpo.core.engine as engine
+
+    order = []
+    monkeypatch.setattr(engine, "bind_local_gpu", lambda: order.append("bind"))
+
+    def build(recipe):
+        order.append("build")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(engine, "build", build)
+    from grpo.core.recipe import load_toml, parse
+    from grpo.core.registry import load_registry
+    from grpo.testing.tiny import TINY_OVERRIDES  # noqa: F401  (the shared tiny setup imports cleanly)
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    trainer = engine.Trainer(parse(load_toml(root / "recipes" / "shapes_dance.toml"), load_registry()), tmp_path)
+    with pytest.raises(RuntimeError, match="stop here"):
+        trainer.setup()
+    assert order == ["bind", "build"]
