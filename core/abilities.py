@@ -36,6 +36,14 @@ def _policy_place_reference(self: Any, place: Callable[[torch.nn.Module], torch.
     return None
 
 
+def _policy_noise_grid(self: Any) -> tuple[int, ...]:
+    return tuple(self.latent_shape)
+
+
+def _identity(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def _pruner_check_plan(self: Any, plan: Any) -> None:
     return None
 
@@ -64,6 +72,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "fps": 0,  # not a video model
         "snapshot_reference": _policy_snapshot_reference,  # a KL penalty is refused
         "place_reference": _policy_place_reference,  # the reference stays where it is
+        "noise_grid": _policy_noise_grid,  # exploration noise tiles the latent itself ...
+        "to_noise_grid": _identity,  # ... so latents need no conversion to that grid
+        "from_noise_grid": _identity,
     },
     "backend": {
         "memory": _backend_memory,  # nothing reported
@@ -88,9 +99,9 @@ def complete(component: Any, kind: str) -> Any:
     return component
 
 
-def planned_latent_shape(model_factory: Any, options: dict[str, Any]) -> tuple[int, ...] | None:
-    """The latent shape a model's options give, known before its weights are read: from the
-    factory's optional ``latent_shape_for(options)`` (None: not known without loading)."""
-    plan = getattr(model_factory, "latent_shape_for", None)
+def planned_noise_grid(model_factory: Any, options: dict[str, Any]) -> tuple[int, ...] | None:
+    """The grid a model's exploration noise tiles, known before its weights are read: from the
+    factory's optional ``noise_grid_for(options)`` (None: not known without loading)."""
+    plan = getattr(model_factory, "noise_grid_for", None)
     shape = plan(options) if plan is not None else None
     return tuple(shape) if shape is not None else None

@@ -44,13 +44,13 @@ def build(recipe: Recipe) -> Components:
     sampler = complete(recipe.sampler_instance, "sampler")
     parts = recipe.composition.parts
     plan = parts.topology.plan(sampler.steps)
-    if recipe.latent_shape is not None:  # known from the model's options: checked before weights load
-        check_noise_block(recipe.latent_shape, sampler.noise_block)
+    if recipe.noise_grid is not None:  # known from the model's options: checked before weights load
+        check_noise_block(recipe.noise_grid, sampler.noise_block)
     rewards = Rewards(recipe.rewards, [complete(r.create(), "reward") for r in recipe.rewards],
                       recipe.train.reward_aggregation)
     backend = complete(recipe.backend.create(), "backend")
     policy = complete(recipe.model.create(), "policy")
-    check_noise_block(tuple(policy.latent_shape), sampler.noise_block)
+    check_noise_block(policy.noise_grid(), sampler.noise_block)
     for spec, model in zip(recipe.rewards, rewards.models, strict=True):
         if model.fps == 0 and policy.fps:
             model.fps = policy.fps  # a video reward sees frames at the model's real fps

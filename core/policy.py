@@ -44,8 +44,11 @@ class Policy(Protocol):
 
     Optional members, with their defaults (``grpo.core.abilities``): ``snapshot_reference()``
     (default: a KL penalty is refused with a recipe error) and ``place_reference(place)`` (default:
-    nothing). A policy class may also offer ``latent_shape_for(options)``, a classmethod giving
-    the latent shape from its recipe options without reading weights (None when it cannot), so
+    nothing); ``noise_grid()`` (default: ``latent_shape``), the latent grid (C, ..., H, W) on which
+    exploration noise is tiled, with ``to_noise_grid(x)`` and ``from_noise_grid(g)`` converting
+    latents to and from it (default: unchanged) — FLUX, whose latents are packed 2×2 patches, tiles
+    its unpacked latent. A policy class may also offer ``noise_grid_for(options)``, a classmethod
+    giving that grid from its recipe options without reading weights (None when it cannot), so
     that ``grpo validate`` checks the sampler's ``noise_block`` against it.
     """
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from .abilities import complete, planned_latent_shape
+from .abilities import complete, planned_noise_grid
 from .compose import Composition, Slots, check_replaced_options, compose
 from .errors import UserError, UserErrors, closest, unknown_name_hint
 from .registry import Entry, Registry, attributed, instantiate
@@ -148,7 +148,7 @@ class Recipe:
     slots: Slots
     composition: Composition
     sampler_instance: Any
-    latent_shape: tuple[int, ...] | None = None  # when the model's options give it without weights
+    noise_grid: tuple[int, ...] | None = None  # the latent grid noise tiles, when known without weights
 
     def to_dict(self) -> dict[str, Any]:
         """All tables with every default filled in (``recipe.resolved.toml``)."""
@@ -454,10 +454,10 @@ def check_consistency(recipe: Recipe) -> None:
             where="sampler.use", hint="use a stochastic sampler (dance-sde, flow-sde); ode is used for evaluation",
         ))
     errors += _check_parts(recipe, sampler.steps)
-    recipe.latent_shape = planned_latent_shape(recipe.model.entry.factory, recipe.model.options)
-    if recipe.latent_shape is not None:
+    recipe.noise_grid = planned_noise_grid(recipe.model.entry.factory, recipe.model.options)
+    if recipe.noise_grid is not None:
         try:
-            check_noise_block(recipe.latent_shape, complete(sampler, "sampler").noise_block)
+            check_noise_block(recipe.noise_grid, complete(sampler, "sampler").noise_block)
         except UserError as e:
             errors.append(e)
     if errors:

@@ -39,19 +39,21 @@ def edge_log_prob(
     sigma: torch.Tensor,
     sigma_next: torch.Tensor,
     scale: torch.Tensor,
+    to_grid: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log-prob (N,), mean, std (N,)) of stored transitions x → x_next; std is multiplied by `scale`."""
+    """(log-prob (N,), mean, std (N,)) of stored transitions x → x_next; std is multiplied by `scale`.
+    The density is taken on the policy's noise grid (`to_grid`), where the noise was drawn."""
     sampler = complete(sampler, "sampler")
     mean, std = sampler.step(x, v, sigma, sigma_next)
     std = std * scale
-    return sampler.log_prob(x_next, mean, std), mean, std
+    return sampler.log_prob(to_grid(x_next), to_grid(mean), std), mean, std
 
 
 def _transition(sampler: Sampler, plan: TreePlan, k: int, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
-                sigma_next: torch.Tensor, noise: Callable[[int], torch.Tensor], split_logprob: SplitLogProb
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                sigma_next: torch.Tensor, noise: Callable[[int], torch.Tensor], split_logprob: SplitLogProb,
+                to_grid: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step k for the frontier `x`: (children, their log-probabilities (fp32, NaN for ODE steps),
-    each child's parent). `noise(b)` draws the children's standard normal noise."""
+    each child's parent). `noise(b)` draws the children's standard normal noise, in latent layout."""
     n, b, lam = x.shape[0], plan.branch[k], plan.noise_scale[k]
     parent = torch.arange(n).repeat_interleave(b)
     if not plan.stochastic[k]:
@@ -63,7 +65,7 @@ def _transition(sampler: Sampler, plan: TreePlan, k: int, x: torch.Tensor, v: to
     mean_c, std_c = mean[on], std[on]
     x_next = mean_c + (lam * std_c).view(-1, *([1] * (x.dim() - 1))) * noise(b).to(x.device)
     eval_std = std_c * (lam if split_logprob == "scaled" else 1.0)
-    return x_next, sampler.log_prob(x_next, mean_c, eval_std), parent
+    return x_next, sampler.log_prob(to_grid(x_next), to_grid(mean_c), eval_std), parent
 
 
 @torch.no_grad()
@@ -91,10 +93,10 @@ def rollout(
         init_noise: optional (P, *latent) root states (evaluation uses fixed noise; the engine passes one
             noise for every tree when `train.init_same_noise` is on).
     """
-    sampler = complete(sampler, "sampler")
+    sampler, policy = complete(sampler, "sampler"), complete(policy, "policy")
     device = next(policy.denoiser.parameters()).device
     num_trees = int(next(t for t in vars(cond).values() if isinstance(t, torch.Tensor)).shape[0])
-    sigmas, shape = sampler.sigmas(), tuple(policy.latent_shape)
+    sigmas, shape, grid = sampler.sigmas(), tuple(policy.latent_shape), policy.noise_grid()
     if init_noise is None:
         init_noise = draw_noise(torch.ones(num_trees, dtype=torch.long), shape, generator)
     states, trees = [init_noise.to(device, torch.float32)], [torch.arange(num_trees)]
@@ -106,10 +108,12 @@ def rollout(
         sigma_next = sigmas[k + 1].expand(x.shape[0]).to(device)
         v = batched_velocity(policy, x, sigma, cond, tree, max_batch)
 
-        def noise(b: int, tree: torch.Tensor = tree) -> torch.Tensor:
-            return sampler.draw_noise(torch.bincount(tree, minlength=num_trees) * b, shape, generator)
+        def noise(b: int, tree: torch.Tensor = tree) -> torch.Tensor:  # drawn on the noise grid, tiles and all
+            counts = torch.bincount(tree, minlength=num_trees) * b
+            return policy.from_noise_grid(sampler.draw_noise(counts, grid, generator))
 
-        x_next, log_prob, parent = _transition(sampler, plan, k, x, v, sigma, sigma_next, noise, split_logprob)
+        x_next, log_prob, parent = _transition(sampler, plan, k, x, v, sigma, sigma_next, noise, split_logprob,
+                                               policy.to_noise_grid)
         if k == plan.steps - 1:
             final = (x - sigma.view(-1, *([1] * len(shape))) * v)[parent.to(device)]
         states.append(x_next.float())

@@ -10,6 +10,7 @@ from typing import Literal
 
 import torch
 
+from .abilities import complete
 from .backend import Backend
 from .dist import Group
 from .policy import Conditioning, Policy
@@ -173,7 +174,8 @@ def edge_terms(
     tree = torch.stack([rollout.tree[k + 1][c] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
     sub = cond.select(tree)
     v = policy.velocity(x, sigma, sub).float()
-    log_prob, mean, std = edge_log_prob(sampler, x, v, x_next, sigma, sigma_next, scale)
+    log_prob, mean, std = edge_log_prob(sampler, x, v, x_next, sigma, sigma_next, scale,
+                                        complete(policy, "policy").to_noise_grid)
     kl = None
     if with_reference:
         with torch.no_grad(), policy.reference():

@@ -61,17 +61,17 @@ class DiffusersPolicy(FrozenReference):
     media = "image"
 
     @classmethod
-    def latent_shape_for(cls, options: dict) -> tuple[int, ...] | None:
-        """The latent shape the options give, from the folder's VAE and transformer configs (no
-        weights are read); None when the configs cannot be read yet."""
+    def noise_grid_for(cls, options: dict) -> tuple[int, ...] | None:
+        """The latent grid the exploration noise tiles, from the folder's VAE and transformer configs
+        (no weights are read); None when the configs cannot be read yet."""
         vae, transformer = folder_config(options.get("path", ""), "vae"), folder_config(options.get("path", ""),
                                                                                         "transformer")
         if vae is None or transformer is None:
             return None
-        return cls._latent_shape(options, vae, transformer)
+        return cls._noise_grid(options, vae, transformer)
 
     @classmethod
-    def _latent_shape(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...] | None:
+    def _noise_grid(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...] | None:
         return None
 
     def _load(self, path: str, *, precision: str, device: str, lora_rank: int, lora_alpha: float,

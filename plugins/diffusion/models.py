@@ -68,9 +68,24 @@ class FluxPolicy(DiffusersPolicy):
         self.img_ids = self.pipe._prepare_latent_image_ids(1, height // f, width // f, self.device, self.dtype)
 
     @classmethod
-    def _latent_shape(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
-        f = 2 ** (len(vae["block_out_channels"]) - 1) * 2
-        return ((options["height"] // f) * (options["width"] // f), transformer["in_channels"])
+    def _noise_grid(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
+        vf = 2 ** (len(vae["block_out_channels"]) - 1)
+        return (transformer["in_channels"] // 4, options["height"] // vf, options["width"] // vf)
+
+    def noise_grid(self) -> tuple[int, ...]:
+        """The unpacked latent (C, H, W): a noise tile is b×b latent pixels, as for every model."""
+        vf = self.pipe.vae_scale_factor
+        return (self.latent_shape[1] // 4, self.height // vf, self.width // vf)
+
+    def to_noise_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Packed latents (N, tokens, 4C) → (N, C, H, W), undoing FLUX's 2×2 packing."""
+        c, h, w = self.noise_grid()
+        return x.reshape(x.shape[0], h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(x.shape[0], c, h, w)
+
+    def from_noise_grid(self, g: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) → packed latents (N, tokens, 4C), as FLUX's pipeline packs them."""
+        n, c, h, w = g.shape
+        return g.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // 2) * (w // 2), c * 4)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> FluxConditioning:
@@ -141,7 +156,7 @@ class SD3Policy(DiffusersPolicy):
         self.latent_shape = (self.denoiser.config.in_channels, height // vf, width // vf)
 
     @classmethod
-    def _latent_shape(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
+    def _noise_grid(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
         vf = 2 ** (len(vae["block_out_channels"]) - 1)
         return (transformer["in_channels"], options["height"] // vf, options["width"] // vf)
 
@@ -217,7 +232,7 @@ class WanPolicy(DiffusersPolicy):
         self.latent_shape = (self.denoiser.config.in_channels, (frames - 1) // ft + 1, height // fs, width // fs)
 
     @classmethod
-    def _latent_shape(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
+    def _noise_grid(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
         down = vae["temperal_downsample"]
         ft, fs = 2 ** sum(down), 2 ** len(down)
         return (transformer["in_channels"], (options["frames"] - 1) // ft + 1, options["height"] // fs,

@@ -35,8 +35,8 @@ class ShapesPolicy(FrozenReference):
     latent_shape = (3, 32, 32)
 
     @classmethod
-    def latent_shape_for(cls, options: dict) -> tuple[int, ...]:
-        """The shapes world's latent: 3×32×32 whatever the options (known without weights)."""
+    def noise_grid_for(cls, options: dict) -> tuple[int, ...]:
+        """The shapes world's latent, 3×32×32, whatever the options (known without weights)."""
         return cls.latent_shape
     media = "image"
     sources = {"path": "a folder written by `python -m grpo.plugins.shapes.pretrain --export DIR`, "

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from grpo.core.rollout import rollout
-from grpo.core.tree import TreePlan
+from grpo.core.tree import Advantages, EdgeSet, TreePlan
+from grpo.core.update import EdgeBatch
 from grpo.plugins.diffusion.models import FluxPolicy, SD3Policy, WanPolicy
 from grpo.plugins.samplers.flow import ODE
 from grpo.testing.tiny_diffusers import tiny_flux, tiny_sd3, tiny_wan
@@ -188,11 +189,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(name, folders):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_latent_shape_is_known_from_the_configs_before_weights_load(name, folders):
-    """What `grpo validate` checks a noise block against equals the loaded policy's latent shape."""
+    """What `grpo validate` checks a noise block against equals the loaded policy's noise grid."""
     _, cls, kwargs = CASES[name]
     options = {"path": str(folders[name]), "height": 32, "width": 32, **({"frames": 5} if name == "wan-t2v" else {})}
-    assert cls.latent_shape_for(options) == tuple(make(name, folders).latent_shape)
-    assert cls.latent_shape_for({**options, "path": "${MODEL_PATH}"}) is None  # not known until the run starts
+    from grpo.core.abilities import complete
+
+    policy = complete(make(name, folders), "policy")  # the built-in default for models that tile their latent
+    assert cls.noise_grid_for(options) == policy.noise_grid()
+    if name != "flux":
+        assert policy.noise_grid() == tuple(policy.latent_shape)
+    assert cls.noise_grid_for({**options, "path": "${MODEL_PATH}"}) is None  # not known until the run starts
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -216,3 +222,34 @@ def test_bf16_models_get_the_timesteps_the_pipelines_pass(name, folders):
         hook.remove()
     assert ours.dtype == theirs.dtype, (ours.dtype, theirs.dtype)
     torch.testing.assert_close(ours[:2].float(), theirs[:2].float(), rtol=0, atol=1e-3)
+
+
+def test_flux_noise_tiles_are_squares_of_the_unpacked_latent(folders):
+    """With noise_block b, one draw covers exactly one b×b square of FLUX's unpacked latent (before,
+    the tiles were taken over the packed (tokens, 64) axes: a 2×16 strip shared by two channels), and
+    the stored log-probabilities are the density the update re-evaluates (ratio 1)."""
+    from grpo.plugins.samplers.flow import DanceSDE
+
+    policy = make("flux", folders)
+    c, h, w = policy.noise_grid()
+    b = 4
+    sampler = DanceSDE(steps=2, eta=0.7, noise_block=b)
+    cond = policy.encode_prompts(PROMPTS[:1])
+    ro = rollout(policy, sampler, TreePlan((2, 1), (1.0, 1.0), (True, True)), cond,
+                 generator=torch.Generator().manual_seed(0), max_batch=4)
+    x, sigma, sigma_next = ro.states[0], ro.sigmas[0].expand(1), ro.sigmas[1].expand(1)
+    mean, std = sampler.step(x, policy.velocity(x, sigma, cond), sigma, sigma_next)
+    eps = (ro.states[1] - mean) / std.view(-1, 1, 1)  # both children's standard normal draws, packed
+    grid = policy.to_noise_grid(eps)
+    # the packing is diffusers' own
+    torch.testing.assert_close(policy.pipe._pack_latents(grid, 2, c, h, w), eps)
+    tiles = grid.reshape(2, c, h // b, b, w // b, b)
+    assert float((tiles - tiles[:, :, :, :1, :, :1]).abs().max()) < 1e-4  # constant over each b×b square
+    means = tiles[:, :, :, 0, :, 0]
+    assert means.unique().numel() > 0.9 * means.numel()  # and one draw per square, channel and child
+    assert abs(float(means.std()) - 1.0) < 0.25
+    from grpo.core.update import edge_terms
+
+    batch = EdgeBatch.gather(ro, Advantages([torch.zeros(2), torch.zeros(2)]), EdgeSet.all_stochastic(ro))
+    log_prob, _, _ = edge_terms(policy, sampler, ro, cond, batch, "nominal")
+    torch.testing.assert_close(log_prob, batch.old_log_prob, atol=1e-4, rtol=0)
