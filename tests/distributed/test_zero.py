@@ -27,7 +27,8 @@ def args(model_dir, stage: int | None, iterations: int = 2, extra=()) -> list[st
     """Overrides for a short run; `stage` None is the plain torch backend, else DeepSpeed's ZeRO stage."""
     sets = [
         f"model.path='{model_dir}'", f"train.iterations={iterations}", "train.prompts_per_iteration=4",
-        "sampler.steps=8", "train.micro_batch=6", "train.rollout_batch=16", "train.checkpoint_every=1",
+        "sampler.steps=8", "strategy.pruned_depths=[]",  # the recipe prunes depths 11-16, beyond 8 steps
+        "train.micro_batch=6", "train.rollout_batch=16", "train.checkpoint_every=1",
         "train.lr=1e-3", "train.optimizer_steps=3", "eval.every=2", "eval.grid_images=4",
         "prompts.eval_train_samples=0", "prompts.eval_held_out_samples=1",
         "backend={use='torch'}" if stage is None else f"backend={{use='deepspeed', zero_stage={stage}}}", *extra,
