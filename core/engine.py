@@ -84,7 +84,7 @@ class Trainer:
         self.update_cfg = UpdateConfig(clip_range=c.parts.clip_range, optimizer_steps=t.optimizer_steps,
                                        epochs=t.epochs, micro_batch=t.micro_batch,
                                        accumulation_unit=t.accumulation_unit, kl_beta=t.kl_beta,
-                                       split_logprob=c.parts.split_logprob)  # type: ignore[arg-type]
+                                       split_logprob=c.parts.split_logprob, kl_form=t.kl_form)  # type: ignore[arg-type]
         params = c.policy.trainable_parameters()
         if not params:
             raise UserError("the model has no trainable parameters", where="model",

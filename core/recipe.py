@@ -55,6 +55,8 @@ class TrainConfig:
     micro_batch: Annotated[int, Range(ge=1), Doc("edges per forward/backward in the update")] = 16
     rollout_batch: Annotated[int, Range(ge=1), Doc("nodes per forward in the rollout")] = 64
     kl_beta: Annotated[float, Range(ge=0), Doc("weight of the KL penalty to the base policy (0 = off)")] = 0.0
+    kl_form: Annotated[Literal["gaussian", "flow-grpo"], Doc(
+        "the exact Gaussian KL per noise draw, or Flow-GRPO's (the gaussian one × the step size Δ)")] = "gaussian"
     init_same_noise: Annotated[bool, Doc("one initial noise shared by all prompts of an iteration")] = True
     reward_aggregation: Annotated[
         Literal["sum", "advantage"], Doc("weight rewards before advantages ('sum') or advantages per reward")

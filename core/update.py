@@ -15,7 +15,7 @@ from .backend import Backend
 from .dist import Group
 from .policy import Conditioning, Policy
 from .rollout import SplitLogProb, chunked, edge_log_prob
-from .sampler import Sampler
+from .sampler import Sampler, block_mean
 from .tree import Advantages, EdgeSet, Rollout
 
 AccumulationUnit = Literal["edges", "chains"]
@@ -74,6 +74,7 @@ class UpdateConfig:
     accumulation_unit: AccumulationUnit
     kl_beta: float
     split_logprob: SplitLogProb
+    kl_form: str = "gaussian"
 
 
 @dataclass
@@ -154,6 +155,7 @@ def edge_terms(
     batch: EdgeBatch,
     split_logprob: SplitLogProb,
     with_reference: bool = False,
+    kl_form: str = "gaussian",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Re-evaluate the log-probabilities of a micro-batch of stored edges under the current policy.
 
@@ -181,8 +183,24 @@ def edge_terms(
         with torch.no_grad(), policy.reference():
             v_ref = policy.velocity(x, sigma, sub).float()
         mean_ref, _ = sampler.step(x, v_ref, sigma, sigma_next)
-        kl = ((mean - mean_ref) ** 2).flatten(1).mean(dim=1) / (2.0 * std.detach() ** 2)
+        kl = reference_kl(policy, sampler, mean, mean_ref, std.detach(), sigma - sigma_next, kl_form)
     return log_prob, std, kl
+
+
+def reference_kl(policy: Policy, sampler: Sampler, mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor,
+                 delta: torch.Tensor, kl_form: str = "gaussian") -> torch.Tensor:
+    """(E,) KL of the policy's step to the reference's, on the draws the noise is made of.
+
+    ``gaussian``: the exact KL of N(μ̄, τ²) to N(μ̄_ref, τ²) per draw, μ̄ the means over the
+    sampler's noise tiles on the policy's noise grid (the elements themselves for ``noise_block``
+    1), averaged over the draws like the log-probability. ``flow-grpo``: Flow-GRPO's
+    ‖μ − μ_ref‖² / (2σ_t²) with its σ_t² = τ²/Δ (no step size Δ in the denominator), that is the
+    gaussian form × Δ: a β taken from Flow-GRPO's recipes means the same here only in this form.
+    """
+    policy, sampler = complete(policy, "policy"), complete(sampler, "sampler")
+    d = block_mean(policy.to_noise_grid(mean) - policy.to_noise_grid(mean_ref), sampler.noise_block)
+    kl = (d**2).flatten(1).mean(dim=1) / (2.0 * std**2)
+    return kl * delta if kl_form == "flow-grpo" else kl
 
 
 def _global_layout(rollout: Rollout, batch: EdgeBatch, group: Group) -> tuple[EdgeBatch, torch.Tensor, torch.Tensor]:
@@ -265,7 +283,7 @@ def _optimizer_step(policy: Policy, sampler: Sampler, backend: Backend, rollout:
         else:  # keeps the ranks' collectives paired; contributes no gradient
             mb, weight = (batch if len(batch) else _any_edge(rollout)).take(torch.tensor([0])), 0.0
         log_prob, _, kl = edge_terms(policy, sampler, rollout, cond, mb, config.split_logprob,
-                                     with_reference=config.kl_beta > 0)
+                                     with_reference=config.kl_beta > 0, kl_form=config.kl_form)
         loss_e, ratio, finite = edge_losses(log_prob, mb.old_log_prob.to(log_prob.device),
                                             mb.advantage.to(log_prob.device), kl, config)
         loss = loss_e.sum() * (weight * group.size / n_step)

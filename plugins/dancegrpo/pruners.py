@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 
+from grpo.core.errors import UserError
 from grpo.core.pruner import PruneContext
 from grpo.core.schema import Doc, Range
-from grpo.core.tree import Advantages, EdgeSet, Rollout
+from grpo.core.tree import Advantages, EdgeSet, Rollout, TreePlan
 
 
 class TimestepFraction:
-    """Per chain (leaf path), keep a random ⌈f·W⌉ of the W candidate steps.
+    """Per chain (leaf path), train a random subset of its candidate steps.
 
-    The candidates are all T steps (DanceGRPO), or the steps ``step_window = [start, stop)`` when given;
-    `ignore_last` removes the last step from them. An edge shared by several chains is kept when any
-    of them keeps its step.
+    The candidates are all T steps (DanceGRPO), or the steps ``step_window = [start, stop)`` when
+    given; `ignore_last` removes the last step from them. How many: with ``step_rounding = "up"``
+    (this project's default) ⌈f·W⌉ of the W steps of the window (all T without one); with
+    ``"down"``, ⌊f·C⌋ of the C candidates, as DanceGRPO's released trainer counts (it always
+    drops the last step: ⌊f·(T − 1)⌋). An edge shared by several chains is kept when any of them
+    keeps its step.
     """
 
     def __init__(
@@ -26,24 +30,39 @@ class TimestepFraction:
         timestep_fraction: Annotated[float, Range(gt=0, le=1), Doc("share f of candidate steps trained per chain")] = 0.6,
         ignore_last: Annotated[bool, Doc("never train the last step")] = False,
         step_window: Annotated[list[int], Range(ge=0), Doc("[start, stop) of candidate steps; empty = all")] = [],  # noqa: B006
+        step_rounding: Annotated[Literal["up", "down"], Doc(
+            "⌈f·window⌉ steps, or ⌊f·candidates⌋ as DanceGRPO's released trainer")] = "up",
     ) -> None:
         if step_window and (len(step_window) != 2 or step_window[0] >= step_window[1]):
-            from grpo.core.errors import UserError
-
             raise UserError(f"step_window must be [start, stop) with start < stop, got {step_window}",
                             where="strategy.step_window")
         self.timestep_fraction, self.ignore_last, self.step_window = timestep_fraction, ignore_last, list(step_window)
+        self.step_rounding = step_rounding
+
+    def candidates(self, steps: int) -> torch.Tensor:
+        start, stop = self.step_window if self.step_window else (0, steps)
+        return torch.arange(start, min(stop, steps - 1 if self.ignore_last else steps))
+
+    def trained_per_chain(self, steps: int) -> int:
+        """How many steps each chain trains in a tree of `steps` steps."""
+        n = self.candidates(steps).numel()
+        if self.step_rounding == "down":
+            return int(self.timestep_fraction * n)
+        span = self.step_window[1] - self.step_window[0] if self.step_window else steps
+        return min(math.ceil(self.timestep_fraction * span), n)
+
+    def check_plan(self, plan: TreePlan) -> None:
+        if self.trained_per_chain(plan.steps) == 0:
+            raise UserError(f"timestep_fraction {self.timestep_fraction} of {self.candidates(plan.steps).numel()} "
+                            "candidate steps trains no step", where="timestep_fraction",
+                            hint="raise timestep_fraction, widen step_window, or use step_rounding = 'up'")
 
     def __call__(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: PruneContext) -> EdgeSet:
         steps = rollout.steps
-        start, stop = self.step_window if self.step_window else (0, steps)
-        stop = min(stop, steps - 1 if self.ignore_last else steps)
-        candidates = torch.arange(start, stop)
+        candidates = self.candidates(steps)
         if candidates.numel() == 0:
             return EdgeSet([torch.zeros_like(m) for m in edges.masks])
-        span = self.step_window[1] - self.step_window[0] if self.step_window else steps
-        keep = min(math.ceil(self.timestep_fraction * span),
-                   candidates.numel())
+        keep = self.trained_per_chain(steps)
         n_leaves = rollout.states[-1].shape[0]
         chosen = torch.zeros(n_leaves, steps, dtype=torch.bool)
         for leaf in range(n_leaves):

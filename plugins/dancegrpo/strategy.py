@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from grpo.core.schema import Doc, Part, Range
 from grpo.core.strategy import Make, StrategyParts
@@ -24,7 +24,10 @@ class DanceGRPO:
         advantage_clamp: Annotated[float, Range(gt=0), Advantage, Doc("bound on the magnitude of an advantage")] = 5.0,
         step_window: Annotated[list[int], Range(ge=0), Pruner,
                                Doc("[start, stop) of steps that may be trained; empty = all")] = [],  # noqa: B006
+        step_rounding: Annotated[Literal["up", "down"], Pruner, Doc(
+            "⌈f·T⌉ steps trained per chain, or ⌊f·candidates⌋ as DanceGRPO's released trainer")] = "up",
     ) -> None:
+        self.step_rounding = step_rounding
         self.step_window = list(step_window)
         self.group_size = group_size
         self.timestep_fraction = timestep_fraction
@@ -36,7 +39,8 @@ class DanceGRPO:
         pruners = []
         if self.timestep_fraction < 1.0 or self.ignore_last or self.step_window:
             pruners.append(make("pruner", "timestep-fraction", timestep_fraction=self.timestep_fraction,
-                                ignore_last=self.ignore_last, step_window=self.step_window))
+                                ignore_last=self.ignore_last, step_window=self.step_window,
+                                step_rounding=self.step_rounding))
         return StrategyParts(
             topology=make("topology", "fan", group_size=self.group_size, noise_scale=1.0),
             advantage=make("advantage", "group", advantage_clamp=self.advantage_clamp),

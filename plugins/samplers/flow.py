@@ -4,7 +4,7 @@ deterministic ODE."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 
@@ -66,7 +66,10 @@ class DanceSDE(_GridSampler):
 
 
 class FlowSDE(_GridSampler):
-    """Flow-GRPO's SDE: g = a·sqrt(σ/(1−σ)) (σ = 1 replaced by σ_1), τ = g·sqrt(−Δ)."""
+    """Flow-GRPO's SDE: g = a·sqrt(σ/(1−σ)), τ = g·sqrt(−Δ). At σ = 1, where g is undefined,
+    Flow-GRPO's released code replaces σ by σ_1 in the denominator only (``first_step =
+    "flow-grpo"``, the default: τ_0 = a exactly); ``"sigma1"`` evaluates g at σ_1 instead, the
+    noise level of the next step (τ_0 = a·sqrt(σ_1))."""
 
     def __init__(
         self,
@@ -75,15 +78,19 @@ class FlowSDE(_GridSampler):
         shift: Shift = 1.0,
         noise_level: Annotated[float, Range(gt=0), Doc("noise level a")] = 0.7,
         noise_block: NoiseBlock = 1,
+        first_step: Annotated[Literal["flow-grpo", "sigma1"], Doc(
+            "g at σ = 1: σ_1 in the denominator only (Flow-GRPO's code), or g(σ_1)")] = "flow-grpo",
     ) -> None:
         super().__init__(steps, shift, noise_block)
-        self.noise_level = noise_level
+        self.noise_level, self.first_step = noise_level, first_step
 
     def step(self, x, v, sigma, sigma_next):
         x, v = x.float(), v.float()
         sig = self.sigmas()
-        sigma_safe = torch.where(sigma >= 1.0, torch.full_like(sigma, float(sig[1])), sigma)
-        g = self.noise_level * torch.sqrt(sigma_safe / (1.0 - sigma_safe))
+        first = sigma >= 1.0
+        below = torch.where(first, torch.full_like(sigma, float(sig[1])), sigma)
+        above = below if self.first_step == "sigma1" else sigma
+        g = self.noise_level * torch.sqrt(above / (1.0 - below))
         s, delta, gb = _bcast(sigma, x), _bcast(sigma_next - sigma, x), _bcast(g, x)
         mean = x * (1.0 + gb**2 * delta / (2.0 * s)) + v * delta * (1.0 + gb**2 * (1.0 - s) / (2.0 * s))
         std = (g * torch.sqrt((sigma - sigma_next).clamp_min(0.0))).clamp_min(1e-8)

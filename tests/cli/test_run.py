@@ -144,7 +144,7 @@ def test_sigkill_and_resume_match_an_uninterrupted_run(tiny_model_dir, tmp_path)
 
 def test_kl_penalty_with_lora(tiny_model_dir, tmp_path):
     out = tmp_path / "kl"
-    extra = ["--set", "train.kl_beta=0.1", "--set", "model.lora_rank=2", "--set", "eval.every=0",
+    extra = ["--set", "train.kl_beta=0.1", "--set", "sampler.noise_block=1", "--set", "model.lora_rank=2", "--set", "eval.every=0",
              "--set", "train.lr=1e-2", "--set", "reward=[{use='jpeg-compressibility'}]"]
     result = CliRunner().invoke(app, ["run", DANCE, *small(tiny_model_dir, 2, extra), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output

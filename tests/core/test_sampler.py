@@ -80,20 +80,28 @@ def test_dance_sde_closed_form():
         assert math.isclose(float(std[i]), eta * math.sqrt(si - sni), rel_tol=1e-5)
 
 
-def test_flow_sde_closed_form_and_sigma_one_substitution():
+@pytest.mark.parametrize("first_step", ["flow-grpo", "sigma1"])
+def test_flow_sde_closed_form_and_sigma_one_substitution(first_step):
+    """Flow-GRPO's code replaces σ = 1 by σ_1 in the denominator of sqrt(σ/(1 − σ)) only: the first
+    step's τ is then a·sqrt(1/(1 − σ_1))·sqrt(1 − σ_1) = a exactly (0.700 at T = 10, shift 3); the
+    "sigma1" reading gives a·sqrt(σ_1) (0.687)."""
     x, v, s, sn = _step_inputs()
     a = 0.7
-    sampler = FlowSDE(steps=10, shift=3.0, noise_level=a)
+    sampler = FlowSDE(steps=10, shift=3.0, noise_level=a, first_step=first_step)
     mean, std = sampler.step(x, v, s, sn)
     sig1 = float(sigma_grid(10, 3.0)[1])
     for i in range(3):
         si, sni = float(s[i]), float(sn[i])
-        sg = sig1 if si >= 1.0 else si
-        g = a * math.sqrt(sg / (1 - sg))
+        below = sig1 if si >= 1.0 else si
+        above = below if first_step == "sigma1" else si
+        g = a * math.sqrt(above / (1 - below))
         d = sni - si
         expect = x[i] * (1 + g * g * d / (2 * si)) + v[i] * d * (1 + g * g * (1 - si) / (2 * si))
         torch.testing.assert_close(mean[i], expect, atol=1e-5, rtol=1e-5)
         assert math.isclose(float(std[i]), g * math.sqrt(-d), rel_tol=1e-5)
+    if float(s[0]) >= 1.0:
+        first = round(float(std[0]), 3)
+        assert first == (0.700 if first_step == "flow-grpo" else round(a * math.sqrt(sig1), 3))
 
 
 def test_ode_is_euler_and_deterministic():

@@ -222,7 +222,8 @@ def test_strategy_sampler_defaults_give_the_reference_plan(tmp_path):
     r, _ = load_recipe(recipe, ["sampler.steps=16"], env=False)
     assert r.sampler.options == {"steps": 16, "shift": 3.0, "eta": 0.3, "noise_block": 1}  # the recipe's key wins
     r, _ = load_recipe(recipe, ["sampler.use=flow-sde"], env=False)
-    assert r.sampler.options == {"steps": 16, "shift": 1.0, "noise_level": 0.7, "noise_block": 1}  # another sampler: its own
+    assert r.sampler.options == {"steps": 16, "shift": 1.0, "noise_level": 0.7, "noise_block": 1,
+                                 "first_step": "flow-grpo"}  # another sampler: its own
 
 
 @pytest.mark.parametrize("fraction,active", [(0.5, 150), (0.0, 0), (1.0, 300), (0.25, 75)])

@@ -63,3 +63,17 @@ def test_timestep_fraction_window():
     per_chain = torch.stack(edges.masks, dim=1)
     assert per_chain.sum(dim=1).tolist() == [8, 8]
     assert not per_chain[:, 10:].any()
+
+
+def test_released_step_count():
+    """DanceGRPO's released trainer drops the last step and trains int(f·(T − 1)) of the others:
+    9 of steps 0-14 at T = 16, f = 0.6 (this project's default, ⌈f·T⌉, trains 10)."""
+    steps, group = 16, 3
+    ro = skeleton(Fan(group_size=group).plan(steps), sigma_grid(steps))
+    adv = Advantages([torch.zeros(group) for _ in range(steps)])
+    released = TimestepFraction(timestep_fraction=0.6, ignore_last=True, step_rounding="down")
+    edges = released(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 10, torch.Generator().manual_seed(0)))
+    per_chain = torch.stack(edges.masks, dim=1)  # (chains, steps)
+    assert per_chain.sum(dim=1).tolist() == [9] * group and not per_chain[:, 15].any()
+    ours = TimestepFraction(timestep_fraction=0.6)(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 10, torch.Generator()))
+    assert torch.stack(ours.masks, dim=1).sum(dim=1).tolist() == [10] * group
