@@ -3,7 +3,9 @@ reproduces the metrics recorded in ``tests/data/pinned_metrics.json`` (1e-6): a 
 engine, the strategies or the recipes that changes what a recipe computes fails here.
 
 The LoRA recipe's values were recorded with the global torch seed set from ``train.seed`` before
-the model is built (its adapters are initialised at random); the others before any of that.
+the model is built (its adapters are initialised at random); ``shapes_dance``'s after the KL term
+was taken on the noise's 8×8 tiles (it took it per element before: its second iteration's reward
+moved by 0.009); the other four before either change, and they have not moved since.
 
 Re-record (only when a change is meant to move results, and say so in its commit):
 ``GRPO_REPIN=1 python -m pytest tests/core/test_pinned_metrics.py``.
