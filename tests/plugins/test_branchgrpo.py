@@ -260,3 +260,41 @@ def test_pruned_depths_beyond_the_tree_are_refused(tmp_path):
     result = CliRunner().invoke(app, ["validate", recipe, "--set", "strategy.pruned_depths=[16, 17]"])
     assert result.exit_code == 2 and "strategy.pruned_depths" in result.output and "17" in result.output, result.output
     assert "16 steps" in result.output
+
+
+def test_pooled_width_pruning_by_hand():
+    """Two trees of 4 leaves; ratio 0.5 keeps 4 chains after the last split. Pooled: the 2 best and 2
+    worst of all 8 leaves (all of tree 1's best are better than tree 2's); per tree: the best and the
+    worst of each."""
+    ro = skeleton(Branching(split_points=[0], branch_factor=4).plan(2), sigma_grid(2), trees=2)
+    leaf = torch.tensor([0.9, 0.8, 0.7, 0.6, -0.1, -0.2, -0.3, -0.4])
+    adv = Advantages([leaf.clone(), leaf.clone()])
+    full = EdgeSet.all_stochastic(ro)
+    ctx = PruneContext(0, 1, torch.Generator())
+    pooled = WidthPruner(width_ratio=0.5, width_pooled=True)(ro, adv, full, ctx)
+    assert pooled.masks[0].all()  # the split edges are always trained
+    assert pooled.masks[1].tolist() == [True, True, False, False, False, False, True, True]
+    per_tree = WidthPruner(width_ratio=0.5)(ro, adv, full, ctx)
+    assert per_tree.masks[1].tolist() == [True, False, False, True, True, False, False, True]
+
+
+@pytest.mark.parametrize("mode", ["nominal", "scaled"])
+def test_split_log_probabilities_in_closed_form(tiny_policy, mode):
+    """A split child is x' = μ + λτε. Nominal scores it under N(μ, τ²): mean of −(λε)²/2 − log τ −
+    log √(2π); scaled under N(μ, (λτ)²): mean of −ε²/2 − log λτ − log √(2π)."""
+    lam, sampler = 3.0, DanceSDE(steps=3, eta=0.5)
+    plan = Branching(split_points=[0], branch_factor=2, split_noise_scale=lam).plan(3)
+    cond = tiny_policy.encode_prompts(["one red circle on a white background"])
+    ro = rollout(tiny_policy, sampler, plan, cond, generator=torch.Generator().manual_seed(4), max_batch=4,
+                 split_logprob=mode)
+    x, sigma, sigma_next = ro.states[0], ro.sigmas[0].expand(1), ro.sigmas[1].expand(1)
+    with torch.no_grad():
+        mean, tau = sampler.step(x, tiny_policy.velocity(x, sigma, cond).float(), sigma, sigma_next)
+    eps = (ro.states[1] - mean) / (lam * tau)
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    if mode == "nominal":
+        want = (-0.5 * (lam * eps) ** 2).flatten(1).mean(1) - math.log(float(tau)) - half_log_2pi
+    else:
+        want = (-0.5 * eps**2).flatten(1).mean(1) - math.log(lam * float(tau)) - half_log_2pi
+    torch.testing.assert_close(ro.log_prob[0], want.float(), rtol=1e-5, atol=1e-5)
+    assert abs(float(eps.std()) - 1.0) < 0.05  # the children's noise is standard normal
