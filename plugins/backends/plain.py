@@ -44,6 +44,7 @@ class TorchBackend:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.module: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self._gradient_bytes = 0
         self._owns_group = False
 
     def _init_distributed(self) -> None:
@@ -78,10 +79,21 @@ class TorchBackend:
     def backward(self, loss: torch.Tensor, *, boundary: bool) -> None:
         loss.backward()
 
+    def memory(self) -> dict[str, int]:
+        """Bytes this rank holds: every parameter of the module, the trained ones' gradients at the
+        last optimizer step, and the optimizer's state (AdamW: two moments per trained weight)."""
+        assert self.module is not None and self.optimizer is not None
+        size = lambda t: t.numel() * t.element_size()  # noqa: E731
+        state = sum(size(v) for s in self.optimizer.state.values() for v in s.values()
+                    if isinstance(v, torch.Tensor) and v.dim() > 0)
+        return {"parameters": sum(size(p) for p in self.module.parameters()), "gradients": self._gradient_bytes,
+                "optimizer_state": state}
+
     def step(self) -> float:
         assert self.optimizer is not None
         if self.world_size > 1:
             self._average_gradients()
+        self._gradient_bytes = sum(p.grad.numel() * p.grad.element_size() for p in self.parameters if p.grad is not None)
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.optim.grad_clip)
         if torch.isfinite(norm):
             self.optimizer.step()

@@ -101,3 +101,19 @@ def test_the_engine_binds_the_gpu_before_building(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="stop here"):
         trainer.setup()
     assert order == ["bind", "build"]
+
+
+def test_the_torch_backend_reports_its_memory():
+    """Parameters, gradients at the step and AdamW's two moments per trained weight, in bytes."""
+    from grpo.core.backend import OptimizerConfig
+
+    module = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
+    trained = list(module[1].parameters())
+    backend = TorchBackend(device="cpu")
+    backend.setup(module, trained, OptimizerConfig(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
+                                                   grad_clip=1.0))
+    module(torch.randn(3, 8)).square().sum().backward()
+    backend.step()
+    memory = backend.memory()
+    assert memory["parameters"] == (8 * 4 + 4 + 4 * 2 + 2) * 4
+    assert memory["gradients"] == (4 * 2 + 2) * 4 and memory["optimizer_state"] == 2 * (4 * 2 + 2) * 4
