@@ -23,7 +23,7 @@ import tomllib
 from PIL import Image, ImageDraw, ImageFont
 
 from grpo.core.errors import UserError
-from grpo.core.rundir import FINISHED, RESOLVED
+from grpo.core.rundir import FINISHED, METRICS, RESOLVED, SAMPLES, TENSORBOARD
 from grpo.core.runlog import read_metrics
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
@@ -64,7 +64,7 @@ class RunSummary:
     @classmethod
     def load(cls, run_dir: Path, label: str | None = None) -> RunSummary:
         run_dir = Path(run_dir)
-        for required in ("metrics.jsonl", RESOLVED):
+        for required in (METRICS, RESOLVED):
             if not (run_dir / required).is_file():
                 raise UserError(f"{str(run_dir)!r} is not a finished run directory (no {required})",
                                 where="--from", hint="give --out directories of `grpo run` or runs/<name> of a comparison")
@@ -267,7 +267,7 @@ def samples_side_by_side(runs: list[RunSummary], out: Path) -> bool:
     for run in sorted(runs, key=lambda r: r.seed):
         firsts.setdefault(run.label, run)
     for label, run in firsts.items():
-        grids = sorted((run.run_dir / "samples").glob("eval_*.png"))
+        grids = sorted((run.run_dir / SAMPLES).glob("eval_*.png"))
         if not grids:
             continue
         if not panels:
@@ -291,7 +291,7 @@ def samples_side_by_side(runs: list[RunSummary], out: Path) -> bool:
 def collect_tensorboard(runs: list[RunSummary], out: Path) -> None:
     """One TensorBoard log directory with every run under its own name."""
     for run in runs:
-        src = run.run_dir / "tensorboard"
+        src = run.run_dir / TENSORBOARD
         if src.is_dir():
             dest = out / run.name
             shutil.rmtree(dest, ignore_errors=True)

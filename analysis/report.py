@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from grpo.core.errors import UserError
+from grpo.core.rundir import RunDir
 from grpo.core.runlog import read_metrics
 
 
@@ -33,11 +34,11 @@ class PairedDifference:
 
 
 def eval_iterations(run_dir: Path) -> list[int]:
-    return sorted(int(p.stem.split("_")[1]) for p in (run_dir / "eval").glob("iter_*.pt"))
+    return RunDir(run_dir).evaluated_iterations()
 
 
 def load_eval(run_dir: Path, iteration: int) -> dict[str, dict[str, list[float]]]:
-    return torch.load(run_dir / "eval" / f"iter_{iteration:06d}.pt", weights_only=False)
+    return torch.load(RunDir(run_dir).eval_scores(iteration), weights_only=False)
 
 
 def paired_differences(run_dir: Path, base: int | None = None, final: int | None = None) -> list[PairedDifference]:
@@ -160,8 +161,8 @@ def plot_gains(run_dirs: dict[str, Path], measures: list[str], out: Path) -> Non
 
 def before_after(run_dir: Path, base: int, final: int, out: Path) -> None:
     """The evaluation sample grids of two iterations side by side (same prompts, same noise)."""
-    a = Image.open(run_dir / "samples" / f"eval_{base:06d}.png").convert("RGB")
-    b = Image.open(run_dir / "samples" / f"eval_{final:06d}.png").convert("RGB")
+    a = Image.open(RunDir(run_dir).sample_grid(base)).convert("RGB")
+    b = Image.open(RunDir(run_dir).sample_grid(final)).convert("RGB")
     pad = 24
     canvas = Image.new("RGB", (a.width + b.width + pad, max(a.height, b.height) + pad), (255, 255, 255))
     canvas.paste(a, (0, pad))
@@ -185,7 +186,7 @@ def write_report(run_dir: Path) -> Path:
     plot_curves({run_dir.name: run_dir}, measures, out / "curves.png")
     if len(its) > 1:
         plot_gains({run_dir.name: run_dir}, measures, out / "gains.png")
-    if (run_dir / "samples" / f"eval_{its[0]:06d}.png").is_file() and len(its) > 1:
+    if RunDir(run_dir).sample_grid(its[0]).is_file() and len(its) > 1:
         before_after(run_dir, its[0], its[-1], out / "before_after.png")
     train = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
     minutes = sum(r.get("time/iteration", 0.0) for r in train) / 60

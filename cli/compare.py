@@ -26,7 +26,7 @@ from rich.table import Table
 from grpo.analysis import compare as report
 from grpo.core.errors import UserError
 from grpo.core.recipe import INFORMATIONAL
-from grpo.core.rundir import FINISHED, RESOLVED
+from grpo.core.rundir import FINISHED, RESOLVED, RunDir
 from grpo.core.runlog import read_metrics
 
 from .common import console, err_console, guard, load_recipe
@@ -130,7 +130,7 @@ def _check_same_settings(run_dir: Path, new: dict[str, Any]) -> None:
 
 def _row(job: Job) -> list[str]:
     it, score, per_it, minutes = "–", "–", "–", "–"
-    if (job.run_dir / "metrics.jsonl").is_file():
+    if RunDir(job.run_dir).metrics.is_file():
         try:
             records = read_metrics(job.run_dir)
         except ValueError:  # a line being written

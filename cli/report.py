@@ -9,6 +9,7 @@ import typer
 
 from grpo.analysis.report import write_report
 from grpo.core.errors import UserError
+from grpo.core.rundir import RunDir
 
 from .common import console, guard
 
@@ -16,7 +17,7 @@ from .common import console, guard
 @guard
 def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
     """Summarise a run: what changed between its first and last evaluation, with 95% intervals."""
-    if not (run_dir / "metrics.jsonl").is_file():
+    if not RunDir(run_dir).metrics.is_file():
         raise UserError(f"{str(run_dir)!r} is not a run directory (no metrics.jsonl)",
                         hint="give the --out directory of a `grpo run`")
     out = write_report(run_dir)
