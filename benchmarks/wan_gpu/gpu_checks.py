@@ -34,23 +34,9 @@ import tomli_w
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-VIDEO_REWARD = '''
-from grpo.core.hookspecs import hookimpl
-from grpo.core.reward import RewardOutput
+sys.path.insert(0, str(HERE))
+from run import REWARD_MODULE  # noqa: E402  (the benchmark's brightness reward, for videos)
 
-
-class Brightness:
-    """Mean brightness of a video."""
-    media = "video"
-
-    def score(self, videos, prompts):
-        return RewardOutput(videos.float().mean(dim=(1, 2, 3, 4)))
-
-
-@hookimpl
-def grpo_register_reward(registry):
-    registry.add("check-brightness", Brightness)
-'''
 FAMILIES = {"FLUX": "flux_dance.toml", "SD3": "sd35_branch.toml", "Wan": "wanx_branch.toml"}
 PROMPTS = ["a red fox in the snow", "a lighthouse at dusk", "a bowl of ramen", "a city street in the rain"]
 
@@ -61,7 +47,7 @@ def tiny_recipe(name: str, folder: Path, prompts: Path, backend: str, device: st
     model.update(path=str(folder), height=32, width=32, max_sequence_length=16, device=device)
     if "frames" in model:
         model["frames"] = 5
-    data["reward"] = [{"use": "check-brightness"}] if name == "Wan" else [{"use": "jpeg-compressibility"}]
+    data["reward"] = [{"use": "benchmark-brightness"}] if name == "Wan" else [{"use": "jpeg-compressibility"}]
     data["prompts"] = {"use": "file", "path": str(prompts), "eval_count": 2}
     data["train"].update(iterations=2, prompts_per_iteration=1, optimizer_steps=1, checkpoint_every=2)
     data["eval"] = {"every": 2, "grid_images": 2}
@@ -112,7 +98,7 @@ def main() -> None:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "check_reward.py").write_text(VIDEO_REWARD)
+        (tmp / "check_reward.py").write_text(REWARD_MODULE)
         (tmp / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp), os.environ.get("PYTHONPATH")]))}
         env.pop("DS_ACCELERATOR", None)  # the backend must choose it from its device
