@@ -156,8 +156,8 @@ def check_replaced_options(strategy: Component, table: dict[str, Any], slots: Sl
         if opt.part in replaced and opt.name in table:
             slot_key = f"[[strategy.{opt.part}]]" if opt.part == "pruner" else f"[strategy.{opt.part}]"
             errors.append(UserError(
-                f"strategy.{opt.name} configures the default {opt.part} of {strategy.entry.name!r}, which "
-                f"{slot_key} replaces", where=f"strategy.{opt.name}",
+                f"configures the default {opt.part} of {strategy.entry.name!r}, which {slot_key} replaces",
+                where=f"strategy.{opt.name}",
                 hint=f"remove strategy.{opt.name}, or give the part's own options in {slot_key}"))
     if errors:
         raise UserErrors(errors)

@@ -18,10 +18,11 @@ def grpo_register_model(registry) -> None:
 
 @hookimpl
 def grpo_register_sampler(registry) -> None:
-    from .samplers.flow import ODE, DanceSDE, FlowSDE
+    from .samplers.flow import CPS, ODE, DanceSDE, FlowSDE
 
     registry.add("dance-sde", DanceSDE)
     registry.add("flow-sde", FlowSDE)
+    registry.add("cps", CPS)
     registry.add("ode", ODE)
 
 
@@ -67,9 +68,10 @@ def grpo_register_advantage(registry) -> None:
 @hookimpl
 def grpo_register_pruner(registry) -> None:
     from .branchgrpo.pruners import DepthPruner, LastStepPruner, WidthPruner
-    from .dancegrpo.pruners import TimestepFraction
+    from .dancegrpo.pruners import BestOfN, TimestepFraction
 
     registry.add("timestep-fraction", TimestepFraction)
+    registry.add("best-of-n", BestOfN)
     registry.add("depth", DepthPruner)
     registry.add("width", WidthPruner)
     registry.add("last-step", LastStepPruner)

@@ -73,3 +73,32 @@ class TimestepFraction:
             any_chain = chosen[:, k].reshape(-1, per_node).any(dim=1)
             masks.append(mask & any_chain)
         return EdgeSet(masks)
+
+
+class BestOfN:
+    """Of each tree's leaves, train only the chains of the `keep` / 2 best and `keep` / 2 worst by
+    advantage (DanceGRPO's video recipe, ``bestofn`` = 8 of 24 generations). An edge is trained when
+    a kept leaf is below it; a tree with no more than `keep` leaves keeps them all."""
+
+    def __init__(self, *, keep: Annotated[int, Range(ge=2), Doc("chains trained per tree: half best, half worst")] = 8
+                 ) -> None:
+        self.keep = keep
+
+    def kept_leaves(self, rollout: Rollout, leaf_advantage: torch.Tensor) -> torch.Tensor:
+        """(N_T,) bool: the leaves whose chains are trained."""
+        per = rollout.plan.leaves
+        kept = torch.zeros_like(leaf_advantage, dtype=torch.bool)
+        for start in range(0, leaf_advantage.numel(), per):
+            adv = leaf_advantage[start:start + per]
+            if per <= self.keep:
+                kept[start:start + per] = True
+                continue
+            order = torch.argsort(adv, descending=True, stable=True)
+            best = self.keep // 2
+            kept[start + torch.cat([order[:best], order[per - (self.keep - best):]])] = True
+        return kept
+
+    def __call__(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: PruneContext) -> EdgeSet:
+        kept = self.kept_leaves(rollout, advantages.values[-1])
+        return EdgeSet([m & kept.reshape(-1, rollout.leaves_per_node(k + 1)).any(dim=1)
+                        for k, m in enumerate(edges.masks)])

@@ -1,14 +1,15 @@
-"""The three built-in samplers of flow-matching models: Dance-SDE (DanceGRPO), Flow-SDE (Flow-GRPO) and the
-deterministic ODE."""
+"""The built-in samplers of flow-matching models: Dance-SDE (DanceGRPO), Flow-SDE and CPS (Flow-GRPO),
+and the deterministic ODE."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import torch
 
-from grpo.core.sampler import EulerODE, draw_noise, gaussian_log_prob, sigma_grid
+from grpo.core.sampler import EulerODE, block_mean, draw_noise, gaussian_log_prob, sigma_grid
 from grpo.core.schema import Doc, Range
 
 Steps = Annotated[int, Range(ge=1, le=1000), Doc("number of denoising steps T")]
@@ -95,6 +96,45 @@ class FlowSDE(_GridSampler):
         mean = x * (1.0 + gb**2 * delta / (2.0 * s)) + v * delta * (1.0 + gb**2 * (1.0 - s) / (2.0 * s))
         std = (g * torch.sqrt((sigma - sigma_next).clamp_min(0.0))).clamp_min(1e-8)
         return mean, std
+
+
+class CPS(_GridSampler):
+    """Coefficients-preserving sampling (Flow-GRPO's ``sde_type = "cps"``): from the predicted clean
+    sample x̂0 = x − σ·v and noise x̂1 = x + (1 − σ)·v, the next state is
+    μ = (1 − σ')·x̂0 + sqrt(σ'² − τ²)·x̂1 plus τ·ε with τ = σ'·sin(ηπ/2), so that the coefficients of
+    x0 and of the noise stay those of σ' (σ' the next noise level; the last step is deterministic).
+
+    ``log_prob = "flow-grpo"`` scores a transition as Flow-GRPO's code does, −mean‖x' − μ‖² (the
+    constants and the 1/(2τ²) scale dropped; pair it with a small clip range, 1e-5 as released);
+    ``"gaussian"`` with the exact Gaussian density, like the other samplers. The last step has no
+    noise (σ' = 0), so under ``"gaussian"`` it has no density to train: leave it out (the strategy's
+    ``ignore_last`` or ``train_last_step = false``)."""
+
+    def __init__(
+        self,
+        *,
+        steps: Steps = 10,
+        shift: Shift = 1.0,
+        eta: Annotated[float, Range(gt=0, le=1), Doc("noise level η (τ = σ'·sin(ηπ/2))")] = 0.8,
+        noise_block: NoiseBlock = 1,
+        log_prob: Annotated[Literal["flow-grpo", "gaussian"], Doc(
+            "−mean‖x' − μ‖² as Flow-GRPO's code, or the exact Gaussian density")] = "flow-grpo",
+    ) -> None:
+        super().__init__(steps, shift, noise_block)
+        self.eta, self.log_prob_form = eta, log_prob
+
+    def step(self, x, v, sigma, sigma_next):
+        x, v = x.float(), v.float()
+        s, sn = _bcast(sigma, x), _bcast(sigma_next, x)
+        x0, x1 = x - s * v, x + (1.0 - s) * v
+        std = sigma_next * math.sin(self.eta * math.pi / 2)
+        mean = (1.0 - sn) * x0 + torch.sqrt((sn**2 - _bcast(std, x) ** 2).clamp_min(0.0)) * x1
+        return mean, std.clamp_min(1e-8)
+
+    def log_prob(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        if self.log_prob_form == "gaussian":
+            return super().log_prob(x, mean, std)
+        return -(block_mean(x.float() - mean.float(), self.noise_block) ** 2).flatten(1).mean(dim=1)
 
 
 class ODE(EulerODE):

@@ -185,7 +185,7 @@ def test_an_empty_pruner_list_means_no_pruning(tmp_path):
     plan = json.loads(out)
     assert plan["parts"]["pruner"] == [] and [s["trained_edges"] for s in plan["per_step"]] == [3, 3, 3, 3]
     code, out = invoke("plan", recipe, "--json", "--set", "sampler.steps=4", "--set", "strategy.timestep_fraction=0.5")
-    assert code == 2 and "strategy.timestep_fraction configures the default pruner" in out
+    assert code == 2 and "strategy.timestep_fraction: configures the default pruner" in out
 
 
 def test_an_override_reaches_a_part_of_a_list(sources):

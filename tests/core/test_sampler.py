@@ -110,3 +110,37 @@ def test_ode_is_euler_and_deterministic():
     torch.testing.assert_close(mean, x + (sn - s).view(-1, 1, 1, 1) * v)
     assert torch.all(std == 0)
     assert ODE().stochastic is False
+
+
+@pytest.mark.parametrize("eta", [0.5, 0.8])
+def test_cps_closed_form(eta):
+    """CPS against its formulas, written out: x̂0 = x − σv, x̂1 = x + (1 − σ)v, τ = σ'·sin(ηπ/2),
+    μ = (1 − σ')·x̂0 + √(σ'² − τ²)·x̂1; its released log-probability −mean‖x' − μ‖², and the exact
+    Gaussian one equal to torch's Normal."""
+    from torch.distributions import Normal
+
+    from grpo.plugins.samplers.flow import CPS
+
+    x, v, s, sn = _step_inputs()
+    sampler = CPS(steps=10, shift=3.0, eta=eta)
+    mean, std = sampler.step(x, v, s, sn)
+    for i in range(3):
+        si, sni = float(s[i]), float(sn[i])
+        tau = sni * math.sin(eta * math.pi / 2)
+        x0, x1 = x[i] - si * v[i], x[i] + (1 - si) * v[i]
+        torch.testing.assert_close(mean[i], (1 - sni) * x0 + math.sqrt(max(sni**2 - tau**2, 0.0)) * x1,
+                                   atol=1e-5, rtol=1e-5)
+        assert math.isclose(float(std[i]), max(tau, 1e-8), rel_tol=1e-5)
+    x_next = mean + std.view(-1, 1, 1, 1) * torch.randn_like(mean)
+    torch.testing.assert_close(sampler.log_prob(x_next, mean, std), -((x_next - mean) ** 2).flatten(1).mean(1))
+    exact = CPS(steps=10, shift=3.0, eta=eta, log_prob="gaussian").log_prob(x_next, mean, std)
+    torch.testing.assert_close(exact[:2], Normal(mean[:2], std[:2].view(-1, 1, 1, 1)).log_prob(x_next[:2]).flatten(1).mean(1),
+                               atol=1e-4, rtol=1e-5)
+    assert math.isclose(float(std[2]), 1e-8, rel_tol=1e-6)  # the last step (σ' = 0) has no noise
+
+
+def test_cps_keeps_the_sampler_contract():
+    from grpo.plugins.samplers.flow import CPS
+    from grpo.testing import check_sampler
+
+    check_sampler(CPS(steps=4))  # the released log-probability: on-policy ratio 1 on every step

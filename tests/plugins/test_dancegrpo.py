@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import torch
 
@@ -77,3 +78,32 @@ def test_released_step_count():
     assert per_chain.sum(dim=1).tolist() == [9] * group and not per_chain[:, 15].any()
     ours = TimestepFraction(timestep_fraction=0.6)(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 10, torch.Generator()))
     assert torch.stack(ours.masks, dim=1).sum(dim=1).tolist() == [10] * group
+
+
+def test_best_of_n_keeps_the_best_and_worst_chains_by_hand():
+    """Six chains with advantages 3, −1, 0.5, −2, 1, 0; keep 4: the chains of 3 and 1 (best) and of
+    −2 and −1 (worst) are trained at every step, the others at none; a tree of ≤ keep leaves keeps all."""
+    from grpo.plugins.dancegrpo.pruners import BestOfN
+
+    ro = skeleton(Fan(group_size=6).plan(3), sigma_grid(3))
+    leaf = torch.tensor([3.0, -1.0, 0.5, -2.0, 1.0, 0.0])
+    adv = Advantages([leaf.clone() for _ in range(3)])
+    out = BestOfN(keep=4)(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 1, torch.Generator()))
+    for mask in out.masks:
+        assert mask.tolist() == [True, True, False, True, True, False]
+    everything = BestOfN(keep=6)(ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 1, torch.Generator()))
+    assert all(m.all() for m in everything.masks)
+
+
+def test_best_of_n_in_a_recipe_slot(tmp_path):
+    from grpo.plugins.dancegrpo.pruners import BestOfN
+    from grpo.testing import check_pruner, run_tiny_recipe
+
+    check_pruner(BestOfN(keep=2))
+    from grpo.core.recipe import load_toml
+
+    recipe = load_toml(Path(__file__).resolve().parents[2] / "recipes" / "shapes_dance.toml")
+    recipe["strategy"] = {"use": "dancegrpo", "group_size": 6, "pruner": [{"use": "best-of-n", "keep": 2}]}
+    records = run_tiny_recipe(recipe, tmp_path / "r")
+    train = next(r for r in records if r["kind"] == "train")
+    assert train["cost/trained_edges"] == 2 * 2 * 4  # two trees, two chains each, four steps
