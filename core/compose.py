@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import PluginError, UserErrors
 from .registry import Entry, Registry, attributed, instantiate, load_registry
-from .schema import toml_value, validate
+from .schema import component_table, validate
 from .strategy import SLOTS, StrategyParts
 
 if TYPE_CHECKING:
@@ -33,12 +33,15 @@ class PartRecord:
     chosen_by: str
     plugin: str = ""
 
+    @classmethod
+    def of(cls, component: Component) -> PartRecord:
+        """The record of a part a recipe table chose."""
+        entry = component.entry
+        return cls(entry.kind, entry.name, component.options, entry.distribution, component.where, entry.plugin)
+
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"use": self.name}
-        out.update({k: toml_value(v) for k, v in self.options.items() if v is not None})
-        out["provided_by"] = self.distribution
-        out["chosen_by"] = self.chosen_by
-        return out
+        return {**component_table(self.name, self.options), "provided_by": self.distribution,
+                "chosen_by": self.chosen_by}
 
 
 class PartMaker:
@@ -135,13 +138,10 @@ def compose(strategy: Component, slots: Slots, registry: Registry) -> Compositio
     for slot in ("topology", "advantage"):
         comp = getattr(slots, slot)
         if comp is not None:
-            chosen[slot] = comp.create()
-            records[slot] = PartRecord(slot, comp.entry.name, comp.options, comp.entry.distribution, comp.where,
-                                       comp.entry.plugin)
+            chosen[slot], records[slot] = comp.create(), PartRecord.of(comp)
     if slots.pruner is not None:
         chosen["pruners"] = [c.create() for c in slots.pruner]
-        records["pruner"] = [PartRecord("pruner", c.entry.name, c.options, c.entry.distribution, c.where,
-                                        c.entry.plugin) for c in slots.pruner]
+        records["pruner"] = [PartRecord.of(c) for c in slots.pruner]
     return Composition(instance, replace(parts, **chosen), records)
 
 

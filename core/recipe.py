@@ -22,7 +22,7 @@ from .compose import Composition, Slots, check_replaced_options, compose
 from .errors import UserError, UserErrors, closest, unknown_name_hint
 from .registry import Entry, Registry, attributed, instantiate
 from .sampler import check_noise_block
-from .schema import Doc, Range, options_of, toml_value, validate
+from .schema import Doc, Range, component_table, options_of, toml_value, validate
 from .strategy import SLOTS
 
 if sys.version_info >= (3, 11):
@@ -114,9 +114,7 @@ class Component:
 
     def table(self) -> dict[str, Any]:
         """The component's table with every option filled in (``recipe.resolved.toml``)."""
-        out = {"use": self.entry.name}
-        out.update({k: toml_value(v) for k, v in self.options.items() if v is not None})
-        return out
+        return component_table(self.entry.name, self.options)
 
 
 @dataclass
@@ -421,7 +419,7 @@ def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = Non
             composition = compose(strategy, slots, registry)
             parts = composition.parts
             sampler_table = _with_strategy_defaults(sampler_table, parts.sampler, parts.sampler_defaults)
-        except (UserError, UserErrors) as e:
+        except UserError as e:  # UserErrors too
             errors.extend(e.errors if isinstance(e, UserErrors) else [e])
     default_sampler = composition.parts.sampler if composition else None
     sampler = _component(registry, "sampler", sampler_table, "sampler", errors, default_use=default_sampler)

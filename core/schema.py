@@ -247,6 +247,11 @@ def validate(factory: Any, table: dict[str, Any], where: str, *, ignore: tuple[s
     return kwargs
 
 
+def component_table(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A component as a recipe table: ``use`` and every option (None dropped), TOML-ready."""
+    return {"use": name, **{k: toml_value(v) for k, v in options.items() if v is not None}}
+
+
 def toml_value(value: Any) -> Any:
     """A value as it can be written to TOML (tuples become lists; None is dropped by the caller)."""
     if isinstance(value, tuple):

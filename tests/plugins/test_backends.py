@@ -94,7 +94,6 @@ def test_the_engine_binds_the_gpu_before_building(monkeypatch, tmp_path):
     monkeypatch.setattr(engine, "build", build)
     from grpo.core.recipe import load_toml, parse
     from grpo.core.registry import load_registry
-    from grpo.testing.tiny import TINY_OVERRIDES  # noqa: F401  (the shared tiny setup imports cleanly)
 
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
     trainer = engine.Trainer(parse(load_toml(root / "recipes" / "shapes_dance.toml"), load_registry()), tmp_path)
