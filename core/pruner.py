@@ -32,6 +32,20 @@ class PruneContext:
     rank: int = 0
 
 
+def best_and_worst(values: torch.Tensor, group: int, count: Callable[[int], int]) -> torch.Tensor:
+    """(N,) bool: within each run of `group` consecutive values, the ⌊k/2⌋ largest and the k − ⌊k/2⌋
+    smallest, k = ``count(size of the run)`` (ties broken by position). The chains pruners keep by
+    advantage (BranchGRPO's width pruning, DanceGRPO's best-of-N)."""
+    keep = torch.zeros_like(values, dtype=torch.bool)
+    for start in range(0, values.numel(), group):
+        run = values[start:start + group]
+        k = count(run.numel())
+        order = torch.argsort(run, descending=True, stable=True)
+        best = k // 2
+        keep[start + torch.cat([order[:best], order[run.numel() - (k - best):]])] = True
+    return keep
+
+
 @runtime_checkable
 class Pruner(Protocol):
     """Narrows the set of trained edges. Never changes the rollout, the rewards or the advantages."""

@@ -7,7 +7,7 @@ from typing import Annotated
 import torch
 
 from grpo.core.errors import UserError
-from grpo.core.pruner import PruneContext
+from grpo.core.pruner import PruneContext, best_and_worst
 from grpo.core.schema import Doc, Range
 from grpo.core.tree import Advantages, EdgeSet, Rollout, TreePlan
 
@@ -85,15 +85,7 @@ class WidthPruner:
     def kept_leaves(self, rollout: Rollout, leaf_advantage: torch.Tensor) -> torch.Tensor:
         """Boolean (N_T,) of leaves whose chains are trained."""
         group = leaf_advantage.numel() if self.width_pooled else rollout.plan.leaves
-        keep = torch.zeros_like(leaf_advantage, dtype=torch.bool)
-        for start in range(0, leaf_advantage.numel(), group):
-            adv = leaf_advantage[start : start + group]
-            n_keep = min(max(2, int(adv.numel() * self.width_ratio)), adv.numel())
-            order = torch.argsort(adv, descending=True, stable=True)
-            best = n_keep // 2
-            chosen = torch.cat([order[:best], order[adv.numel() - (n_keep - best) :]])
-            keep[start + chosen] = True
-        return keep
+        return best_and_worst(leaf_advantage, group, lambda n: min(max(2, int(n * self.width_ratio)), n))
 
     def __call__(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: PruneContext) -> EdgeSet:
         splits = rollout.plan.split_steps

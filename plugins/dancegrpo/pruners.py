@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import torch
 
 from grpo.core.errors import UserError
-from grpo.core.pruner import PruneContext
+from grpo.core.pruner import PruneContext, best_and_worst
 from grpo.core.schema import Doc, Range
 from grpo.core.tree import Advantages, EdgeSet, Rollout, TreePlan
 
@@ -86,17 +86,7 @@ class BestOfN:
 
     def kept_leaves(self, rollout: Rollout, leaf_advantage: torch.Tensor) -> torch.Tensor:
         """(N_T,) bool: the leaves whose chains are trained."""
-        per = rollout.plan.leaves
-        kept = torch.zeros_like(leaf_advantage, dtype=torch.bool)
-        for start in range(0, leaf_advantage.numel(), per):
-            adv = leaf_advantage[start:start + per]
-            if per <= self.keep:
-                kept[start:start + per] = True
-                continue
-            order = torch.argsort(adv, descending=True, stable=True)
-            best = self.keep // 2
-            kept[start + torch.cat([order[:best], order[per - (self.keep - best):]])] = True
-        return kept
+        return best_and_worst(leaf_advantage, rollout.plan.leaves, lambda n: min(self.keep, n))
 
     def __call__(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: PruneContext) -> EdgeSet:
         kept = self.kept_leaves(rollout, advantages.values[-1])
