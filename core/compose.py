@@ -13,9 +13,11 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import PluginError, UserErrors
+from .pruner import PruneContext
 from .registry import Entry, Registry, attributed, instantiate, load_registry
 from .schema import component_table, validate
 from .strategy import SLOTS, StrategyParts
+from .tree import Advantages, EdgeSet, Rollout
 
 if TYPE_CHECKING:
     from .recipe import Component
@@ -100,6 +102,15 @@ class Composition:
     strategy: Any
     parts: StrategyParts
     records: dict[str, Any] = field(default_factory=dict)
+
+    def prune(self, rollout: Rollout, advantages: Advantages, ctx: PruneContext) -> EdgeSet:
+        """The trained edges: every stochastic edge, narrowed by each pruner in order (a failure
+        inside one names its plugin)."""
+        edges = EdgeSet.all_stochastic(rollout)
+        for pruner, record in zip(self.parts.pruners, self.records["pruner"], strict=True):
+            with attributed(record, "pruning"):
+                edges = pruner(rollout, advantages, edges, ctx)
+        return edges
 
     def to_dict(self) -> dict[str, Any]:
         """``[parts]`` of ``recipe.resolved.toml``: every part that runs, in slot order."""

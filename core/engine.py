@@ -33,7 +33,6 @@ from .evaluation import Evaluator
 from .progress import NoLog, Silent, timed, update_progress
 from .pruner import PruneContext
 from .recipe import Recipe
-from .registry import attributed
 from .rollout import rollout
 from .rundir import RunDir, write_runtime
 from .runlog import RunLog, truncate_jsonl
@@ -166,12 +165,9 @@ class Trainer:
     def _prune(self, it: int, ro: Any, adv: Any, failed: torch.Tensor) -> EdgeSet:
         """The pruners in order, then: a leaf without a score trains nothing but edges it shares."""
         t = self.recipe.train
-        edges = EdgeSet.all_stochastic(ro)
         ctx = PruneContext(it, t.iterations, streams.pruner_generator(t.seed, it, self.group.rank),
                            gather=self.group.gather, rank=self.group.rank)
-        for pruner, record in zip(self.c.parts.pruners, self.recipe.composition.records["pruner"], strict=True):
-            with attributed(record, "pruning"):
-                edges = pruner(ro, adv, edges, ctx)
+        edges = self.recipe.composition.prune(ro, adv, ctx)
         if failed.any():
             edges = EdgeSet([m & (ro.reduce_leaves(failed.float(), k + 1) < 1.0 - 1e-6)
                              for k, m in enumerate(edges.masks)])

@@ -9,7 +9,7 @@ import torch
 from . import streams
 from .pruner import PruneContext
 from .recipe import Recipe
-from .tree import Advantages, EdgeSet, Rollout, TreePlan
+from .tree import Advantages, Rollout, TreePlan
 
 
 @dataclass
@@ -70,8 +70,6 @@ def cost(recipe: Recipe, iteration: int = 0) -> CostReport:
     sigmas = sampler.sigmas()
     ro = skeleton(plan, sigmas)
     adv = Advantages([torch.zeros(plan.live(k + 1)) for k in range(plan.steps)])
-    edges = EdgeSet.all_stochastic(ro)
     ctx = PruneContext(iteration, recipe.train.iterations, streams.pruner_generator(recipe.train.seed, iteration, 0))
-    for pruner in parts.pruners:
-        edges = pruner(ro, adv, edges, ctx)
+    edges = recipe.composition.prune(ro, adv, ctx)
     return CostReport(plan, sigmas.tolist(), edges.per_step(), recipe.composition.to_dict())
