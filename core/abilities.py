@@ -84,6 +84,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "reward": {
         "fps": None,  # a reward that does not look at frame rates
     },
+    "advantage": {
+        "uses_all_ranks": False,  # called as estimator(rollout, rewards), on this rank's trees alone
+    },
     "pruner": {
         "check_plan": _pruner_check_plan,  # accepts every tree
     },

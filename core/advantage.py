@@ -27,7 +27,14 @@ def normalise_groups(values: torch.Tensor, group: int, clamp: float, eps: float 
 
 @runtime_checkable
 class AdvantageEstimator(Protocol):
-    """Turns leaf rewards into one advantage per edge (reward fusion lives here)."""
+    """Turns leaf rewards into one advantage per edge (reward fusion lives here).
+
+    Attributes:
+        uses_all_ranks: optional (default False). True: the estimator is called with a third
+            argument, ``gather``, which concatenates a tensor over every rank's trees in rank order
+            (for statistics of the whole batch, such as Flow-GRPO's global std); every rank calls
+            it the same number of times.
+    """
 
     def __call__(self, rollout: Rollout, rewards: torch.Tensor) -> Advantages:
         """Args: rollout (P trees); rewards (N_T,) fp32 leaf rewards in leaf order.

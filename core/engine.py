@@ -36,7 +36,7 @@ from .recipe import Recipe
 from .rollout import rollout
 from .rundir import RunDir, write_runtime
 from .runlog import RunLog, truncate_jsonl
-from .scoring import impute_failed, iteration_metrics
+from .scoring import impute_failed, iteration_metrics, zero_std_ratio
 from .tree import EdgeSet
 from .update import EdgeBatch, UpdateConfig, update
 
@@ -133,7 +133,7 @@ class Trainer:
         cond = self.prompts.encode(prompts)
         with self._stage(times, "rollout"):
             plan = c.parts.topology.plan(c.sampler.steps, it)
-            shared = streams.shared_noise(t.seed, it, tuple(c.policy.latent_shape), len(prompts)) \
+            shared = streams.shared_noise(t.seed, it, tuple(c.policy.latent_shape), len(prompts), plan.roots) \
                 if t.init_same_noise else None
             ro = rollout(c.policy, c.sampler, plan, cond, max_batch=t.rollout_batch, init_noise=shared,
                          generator=streams.tree_generators(t.seed, it, trees), split_logprob=c.parts.split_logprob,
@@ -142,13 +142,15 @@ class Trainer:
             scores, report = c.rewards.score(c.policy.decode(ro.final), [prompts[i] for i in ro.tree[-1].tolist()])
         with timed(times, "advantage"):
             scores, failed = impute_failed(ro, scores)
-            adv = c.rewards.advantages(c.parts.advantage, self.recipe.composition.records["advantage"], ro, scores)
+            adv = c.rewards.advantages(c.parts.advantage, self.recipe.composition.records["advantage"], ro, scores,
+                                       self.group)
+            flat = zero_std_ratio(ro, c.rewards.total(scores), self.group)
             batch = EdgeBatch.gather(ro, adv, self._prune(it, ro, adv, failed))
         with self._stage(times, "update"):
             stats = update(c.policy, c.sampler, c.backend, ro, cond, batch, self.update_cfg, gen, group=self.group,
                            on_micro_batch=update_progress(self.reporter, len(batch) * t.epochs))
         return iteration_metrics(ro, report, failed, stats, times, group=self.group, lr=t.lr,
-                                 memory=c.backend.memory())
+                                 memory=c.backend.memory(), zero_std_ratio=flat)
 
     def _prompts(self, it: int, gen: torch.Generator) -> tuple[list[str], range]:
         """The iteration's prompts (logged by rank 0) and this rank's share of them: whole trees, so

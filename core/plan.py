@@ -29,6 +29,7 @@ class CostReport:
             "parts": self.parts,
             "steps": p.steps,
             "split_steps": list(p.split_steps),
+            "roots_per_tree": p.roots,
             "leaves_per_tree": p.leaves,
             "rollout_forwards_per_tree": p.rollout_forwards,
             "edges_per_tree": p.edges,

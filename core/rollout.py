@@ -90,7 +90,7 @@ def rollout(
 
     Args:
         cond: embeddings of P prompts (one tree each).
-        init_noise: optional (P, *latent) root states (evaluation uses fixed noise; the engine passes one
+        init_noise: optional (P · plan.roots, *latent) root states (evaluation uses fixed noise; the engine passes one
             noise for every tree when `train.init_same_noise` is on).
     """
     sampler, policy = complete(sampler, "sampler"), complete(policy, "policy")
@@ -98,8 +98,11 @@ def rollout(
     num_trees = int(next(t for t in vars(cond).values() if isinstance(t, torch.Tensor)).shape[0])
     sigmas, shape, grid = sampler.sigmas(), tuple(policy.latent_shape), policy.noise_grid()
     if init_noise is None:
-        init_noise = draw_noise(torch.ones(num_trees, dtype=torch.long), shape, generator)
-    states, trees = [init_noise.to(device, torch.float32)], [torch.arange(num_trees)]
+        init_noise = draw_noise(torch.full((num_trees,), plan.roots, dtype=torch.long), shape, generator)
+    if init_noise.shape[0] != num_trees * plan.roots:
+        raise ValueError(f"{init_noise.shape[0]} initial noises for {num_trees} trees of {plan.roots} root(s)")
+    states = [init_noise.to(device, torch.float32)]
+    trees = [torch.arange(num_trees).repeat_interleave(plan.roots)]
     parents: list[torch.Tensor] = []
     log_probs: list[torch.Tensor] = []
     for k in range(plan.steps):

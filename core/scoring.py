@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .abilities import complete
 from .advantage import AdvantageEstimator
 from .dist import Group
 from .recipe import RewardSpec
@@ -42,18 +43,26 @@ class Rewards:
                 report[f"{spec.label}/{comp}"] = values.float()
         return scores, report
 
+    def total(self, scores: list[torch.Tensor]) -> torch.Tensor:
+        """(N,) the weighted sum of the rewards."""
+        return sum(s.weight * v for s, v in zip(self.specs, scores, strict=True))
+
     def advantages(self, estimator: AdvantageEstimator, record: Any, rollout: Rollout,
-                   scores: list[torch.Tensor]) -> Advantages:
+                   scores: list[torch.Tensor], group: Group = Group()) -> Advantages:
         """``sum``: the estimator on the weighted sum of the rewards; ``advantage``: the weighted sum
-        of the estimator on each reward. `record` names the estimator's plugin in a failure."""
+        of the estimator on each reward. `record` names the estimator's plugin in a failure; an
+        estimator that ``uses_all_ranks`` is given `group`'s gather."""
         weights = [s.weight for s in self.specs]
+        estimator = complete(estimator, "advantage")
 
         def estimate(rewards: torch.Tensor) -> Advantages:
             with attributed(record, "computing advantages"):
+                if estimator.uses_all_ranks:
+                    return estimator(rollout, rewards, group.gather)
                 return estimator(rollout, rewards)
 
         if self.aggregation == "sum":
-            return estimate(sum(w * s for w, s in zip(weights, scores, strict=True)))
+            return estimate(self.total(scores))
         per = [estimate(s) for s in scores]
         return Advantages([sum(w * a.values[k] for w, a in zip(weights, per, strict=True))
                            for k in range(rollout.steps)])
@@ -77,6 +86,14 @@ def impute_failed(rollout: Rollout, scores: list[torch.Tensor]) -> tuple[list[to
     return out, failed
 
 
+def zero_std_ratio(rollout: Rollout, total: torch.Tensor, group: Group) -> float:
+    """The share of every rank's trees whose leaves all got the same total reward (std below 1e-6):
+    groups that carry no advantage at all."""
+    per_tree = total.float().reshape(-1, rollout.plan.leaves)
+    flat = group.gather((per_tree.std(dim=1, correction=0) < 1e-6).float())
+    return float(flat.mean()) if flat.numel() else 0.0
+
+
 def reward_metrics(report: dict[str, torch.Tensor], failed: torch.Tensor, group: Group) -> dict[str, float]:
     """Means (and, for each reward itself, the std) over every rank's leaves; failed scores left out."""
     metrics: dict[str, float] = {}
@@ -91,10 +108,13 @@ def reward_metrics(report: dict[str, torch.Tensor], failed: torch.Tensor, group:
 
 
 def iteration_metrics(rollout: Rollout, report: dict[str, torch.Tensor], failed: torch.Tensor, stats: Any,
-                      times: dict[str, float], *, group: Group, lr: float, memory: dict[str, int]) -> dict[str, float]:
-    """Everything an iteration logs: rewards, the update's statistics, costs of the whole iteration
-    (every rank's trees), this rank's memory (MiB) and the time of each stage."""
+                      times: dict[str, float], *, group: Group, lr: float, memory: dict[str, int],
+                      zero_std_ratio: float = 0.0) -> dict[str, float]:
+    """Everything an iteration logs: rewards (with the share of groups whose rewards are all equal),
+    the update's statistics, costs of the whole iteration (every rank's trees), this rank's memory
+    (MiB) and the time of each stage."""
     metrics = reward_metrics(report, failed, group)
+    metrics["reward/zero_std_ratio"] = zero_std_ratio
     metrics.update({f"update/{k}": float(v) for k, v in vars(stats).items()})
     metrics["update/lr"] = lr
     metrics["cost/rollout_forwards"] = float(sum(s.shape[0] for s in rollout.states[:-1])) * group.size

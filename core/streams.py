@@ -38,7 +38,7 @@ def pruner_generator(seed: int, iteration: int, rank: int) -> torch.Generator:
     return iteration_generator(seed, iteration, PRUNERS + rank)
 
 
-def shared_noise(seed: int, iteration: int, shape: tuple[int, ...], trees: int) -> torch.Tensor:
-    """(trees, *shape) copies of one standard normal initial noise."""
-    noise = torch.randn((1, *shape), generator=iteration_generator(seed, iteration, SHARED_NOISE))
-    return noise.expand(trees, *shape).clone()
+def shared_noise(seed: int, iteration: int, shape: tuple[int, ...], trees: int, roots: int = 1) -> torch.Tensor:
+    """(trees · roots, *shape): `roots` independent standard normal initial noises, the same in every tree."""
+    noise = torch.randn((roots, *shape), generator=iteration_generator(seed, iteration, SHARED_NOISE))
+    return noise.repeat(trees, *([1] * len(shape)))

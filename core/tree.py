@@ -21,15 +21,20 @@ class TreePlan:
         noise_scale: per step, the factor λ applied to τ_k when drawing the children of a split.
         stochastic: per step, whether it is an SDE step (it has a log-probability and may be
             trained) or a deterministic ODE step (never trained).
+        roots: nodes of depth 0 per tree, each its own initial noise (1: every chain of the tree
+            starts from one noise; G: G chains from independent noises, Flow-GRPO's group).
     """
 
     branch: tuple[int, ...]
     noise_scale: tuple[float, ...]
     stochastic: tuple[bool, ...]
+    roots: int = 1
 
     def __post_init__(self) -> None:
         if not (len(self.branch) == len(self.noise_scale) == len(self.stochastic)):
             raise ValueError("branch, noise_scale and stochastic need one entry per step")
+        if self.roots < 1:
+            raise ValueError("a tree needs at least one root")
         if any(b < 1 for b in self.branch):
             raise ValueError("branch factors must be >= 1")
         for k, (b, lam) in enumerate(zip(self.branch, self.noise_scale, strict=True)):
@@ -42,8 +47,8 @@ class TreePlan:
         return len(self.branch)
 
     def live(self, depth: int) -> int:
-        """Number of nodes of one tree at `depth` (0 = root)."""
-        n = 1
+        """Number of nodes of one tree at `depth` (0 = the roots)."""
+        n = self.roots
         for b in self.branch[:depth]:
             n *= b
         return n
@@ -78,7 +83,8 @@ class Rollout:
     Attributes:
         plan: the tree plan every tree follows.
         sigmas: (T + 1,) noise levels, σ_0 = 1 … σ_T = 0.
-        states: T + 1 tensors; ``states[d]`` is (N_d, *latent), N_d = P · plan.live(d).
+        states: T + 1 tensors; ``states[d]`` is (N_d, *latent), N_d = P · plan.live(d) (the roots of
+            a tree are contiguous in ``states[0]``).
         parent: T tensors; ``parent[k][j]`` is the index in ``states[k]`` of the parent of node j
             of ``states[k + 1]`` (long, (N_{k+1},)); children of one parent are contiguous.
         tree: T + 1 tensors; ``tree[d][j]`` is the prompt (tree) index of node j at depth d.
@@ -98,7 +104,7 @@ class Rollout:
 
     @property
     def num_trees(self) -> int:
-        return int(self.states[0].shape[0])
+        return int(self.states[0].shape[0]) // self.plan.roots
 
     @property
     def steps(self) -> int:

@@ -29,9 +29,10 @@ def grpo_register_sampler(registry) -> None:
 @hookimpl
 def grpo_register_topology(registry) -> None:
     from .branchgrpo.topology import Branching
-    from .trees.topologies import Fan
+    from .trees.topologies import Chains, Fan
 
     registry.add("fan", Fan)
+    registry.add("chains", Chains)
     registry.add("branching", Branching)
 
 
@@ -90,8 +91,10 @@ def grpo_register_backend(registry) -> None:
 def grpo_register_strategy(registry) -> None:
     from .branchgrpo.strategy import BranchGRPO, BranchGRPOMix
     from .dancegrpo.strategy import DanceGRPO
+    from .flowgrpo.strategy import FlowGRPO
 
     registry.add("dancegrpo", DanceGRPO)
+    registry.add("flow-grpo", FlowGRPO)
     registry.add("branchgrpo", BranchGRPO)
     registry.add("branchgrpo-mix", BranchGRPOMix)
 

@@ -31,3 +31,25 @@ class Fan:
         branch = (self.group_size,) + (1,) * (steps - 1)
         scale = (self.noise_scale,) + (1.0,) * (steps - 1)
         return TreePlan(branch, scale, (True,) * steps)
+
+
+class Chains:
+    """`group_size` chains per prompt, each from its own initial noise (Flow-GRPO's group).
+
+    The tree has `group_size` roots and never splits, so the chains share nothing. With
+    ``same_latent`` they start from one initial noise instead and differ from the first step on
+    (Flow-GRPO's ``same_latent`` option; the same tree as ``fan``).
+    """
+
+    def __init__(
+        self,
+        *,
+        group_size: Annotated[int, Range(ge=2), Doc("chains per prompt G")] = 24,
+        same_latent: Annotated[bool, Doc("one initial noise for the prompt's chains instead of G")] = False,
+    ) -> None:
+        self.group_size, self.same_latent = group_size, same_latent
+
+    def plan(self, steps: int, iteration: int = 0) -> TreePlan:
+        if self.same_latent:
+            return Fan(group_size=self.group_size).plan(steps, iteration)
+        return TreePlan((1,) * steps, (1.0,) * steps, (True,) * steps, roots=self.group_size)

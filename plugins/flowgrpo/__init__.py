@@ -1,0 +1,1 @@
+"""Flow-GRPO (Liu et al. 2025) as a composition of registered parts."""
