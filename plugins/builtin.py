@@ -30,9 +30,11 @@ def grpo_register_sampler(registry) -> None:
 def grpo_register_topology(registry) -> None:
     from .branchgrpo.topology import Branching
     from .trees.topologies import Chains, Fan
+    from .trees.window import SDEWindow
 
     registry.add("fan", Fan)
     registry.add("chains", Chains)
+    registry.add("sde-window", SDEWindow)
     registry.add("branching", Branching)
 
 
@@ -92,9 +94,11 @@ def grpo_register_strategy(registry) -> None:
     from .branchgrpo.strategy import BranchGRPO, BranchGRPOMix
     from .dancegrpo.strategy import DanceGRPO
     from .flowgrpo.strategy import FlowGRPO
+    from .mixgrpo.strategy import MixGRPO
 
     registry.add("dancegrpo", DanceGRPO)
     registry.add("flow-grpo", FlowGRPO)
+    registry.add("mixgrpo", MixGRPO)
     registry.add("branchgrpo", BranchGRPO)
     registry.add("branchgrpo-mix", BranchGRPOMix)
 

@@ -22,7 +22,8 @@ class GroupAdvantage:
 
     By default (DanceGRPO) the std is the group's own, unbiased, ε = 1e-8, and a flat group gets 0.
     Flow-GRPO's form is ``std = "global"`` (one std over every leaf of every rank, so a group's
-    scale is the batch's), ``std_ddof = 0`` and ``std_eps = 1e-4``.
+    scale is the batch's), ``std_ddof = 0`` and ``std_eps = 1e-4``. MixGRPO's trimmed statistics
+    (``trim_lowest`` = r) take the mean and std over each group without its ⌊r·G⌋ lowest rewards.
     """
 
     def __init__(
@@ -33,8 +34,11 @@ class GroupAdvantage:
             "divide by each group's std, or by one std over every rank's leaves (Flow-GRPO's global_std)")] = "group",
         std_ddof: Annotated[Literal[0, 1], Doc("1: unbiased std (DanceGRPO), 0: population std (Flow-GRPO)")] = 1,
         std_eps: Annotated[float, Range(gt=0), Doc("ε added to the std")] = 1e-8,
+        trim_lowest: Annotated[float, Range(ge=0, lt=1), Doc(
+            "share of each group's lowest rewards left out of its mean and std (MixGRPO's trimmed_ratio)")] = 0.0,
     ) -> None:
         self.advantage_clamp, self.std, self.std_ddof, self.std_eps = advantage_clamp, std, std_ddof, std_eps
+        self.trim_lowest = trim_lowest
 
     @property
     def uses_all_ranks(self) -> bool:
@@ -43,14 +47,15 @@ class GroupAdvantage:
     def leaf_advantages(self, rewards: torch.Tensor, group: int,
                         gather: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
         """(N,) advantages of leaf rewards in consecutive groups of `group`."""
-        if self.std == "group" and self.std_ddof == 1 and self.std_eps == 1e-8:
+        if self.std == "group" and self.std_ddof == 1 and self.std_eps == 1e-8 and not self.trim_lowest:
             return normalise_groups(rewards, group, self.advantage_clamp)
         v = rewards.float().reshape(-1, group)
+        kept = v.sort(dim=1).values[:, int(group * self.trim_lowest):]  # the lowest left out of the statistics
         if self.std == "global":
             std = gather(rewards.float()).std(correction=self.std_ddof)
         else:
-            std = v.std(dim=1, correction=self.std_ddof, keepdim=True)
-        adv = (v - v.mean(dim=1, keepdim=True)) / (std + self.std_eps)
+            std = kept.std(dim=1, correction=self.std_ddof, keepdim=True)
+        adv = (v - kept.mean(dim=1, keepdim=True)) / (std + self.std_eps)
         return adv.clamp(-self.advantage_clamp, self.advantage_clamp).reshape(-1)
 
     def __call__(self, rollout: Rollout, rewards: torch.Tensor,

@@ -20,8 +20,9 @@ class TimestepFraction:
     given; `ignore_last` removes the last step from them. How many: with ``step_rounding = "up"``
     (this project's default) ⌈f·W⌉ of the W steps of the window (all T without one); with
     ``"down"``, ⌊f·C⌋ of the C candidates, as DanceGRPO's released trainer counts (it always
-    drops the last step: ⌊f·(T − 1)⌋). An edge shared by several chains is kept when any of them
-    keeps its step.
+    drops the last step: ⌊f·(T − 1)⌋). Which: a random subset per chain (``step_choice =
+    "random"``), or the first candidates of every chain (``"first"``, Flow-GRPO: ⌊0.99·10⌋ = 9 →
+    steps 0-8). An edge shared by several chains is kept when any of them keeps its step.
     """
 
     def __init__(
@@ -32,12 +33,14 @@ class TimestepFraction:
         step_window: Annotated[list[int], Range(ge=0), Doc("[start, stop) of candidate steps; empty = all")] = [],  # noqa: B006
         step_rounding: Annotated[Literal["up", "down"], Doc(
             "⌈f·window⌉ steps, or ⌊f·candidates⌋ as DanceGRPO's released trainer")] = "up",
+        step_choice: Annotated[Literal["random", "first"], Doc(
+            "a random subset of the candidates per chain (DanceGRPO), or the first ones (Flow-GRPO)")] = "random",
     ) -> None:
         if step_window and (len(step_window) != 2 or step_window[0] >= step_window[1]):
             raise UserError(f"step_window must be [start, stop) with start < stop, got {step_window}",
                             where="strategy.step_window")
         self.timestep_fraction, self.ignore_last, self.step_window = timestep_fraction, ignore_last, list(step_window)
-        self.step_rounding = step_rounding
+        self.step_rounding, self.step_choice = step_rounding, step_choice
 
     def candidates(self, steps: int) -> torch.Tensor:
         start, stop = self.step_window if self.step_window else (0, steps)
@@ -65,7 +68,9 @@ class TimestepFraction:
         keep = self.trained_per_chain(steps)
         n_leaves = rollout.states[-1].shape[0]
         chosen = torch.zeros(n_leaves, steps, dtype=torch.bool)
-        for leaf in range(n_leaves):
+        if self.step_choice == "first":
+            chosen[:, candidates[:keep]] = True
+        for leaf in range(n_leaves if self.step_choice == "random" else 0):
             chosen[leaf, candidates[torch.randperm(candidates.numel(), generator=ctx.generator)[:keep]]] = True
         masks = []
         for k, mask in enumerate(edges.masks):

@@ -14,7 +14,7 @@ from grpo.cli.main import app
 ROOT = Path(__file__).resolve().parents[2]
 REAL = sorted(p for p in (ROOT / "recipes").glob("*.toml") if not p.name.startswith("shapes"))
 VARS = ("FLUX_PATH", "SD35_PATH", "WAN_PATH", "HPS_PATH", "CLIP_TOKENIZER_PATH", "HPD_PROMPTS", "VIDEO_PROMPTS",
-        "VIDEOALIGN_PATH", "QWEN2VL_PATH", "VIDEOALIGN_TEMPLATE")
+        "VIDEOALIGN_PATH", "QWEN2VL_PATH", "VIDEOALIGN_TEMPLATE", "PICKSCORE_PATH", "IMAGEREWARD_PATH", "BLIP_PATH")
 
 
 @pytest.fixture(autouse=True)

@@ -286,3 +286,37 @@ def test_bf16_rollout_and_update_stay_on_policy(name, folders):
     assert stats.trained_edges == 2 * 6 and stats.skipped_edges == 0 and stats.optimizer_steps == 1
     assert abs(stats.ratio_min - 1) < 2e-3 and abs(stats.ratio_max - 1) < 2e-3, (stats.ratio_min, stats.ratio_max)
     assert any(not torch.equal(p.detach().float(), b) for p, b in zip(params, before, strict=True))
+
+
+PEER_RECIPES = {"sd35_flowgrpo.toml": "sd3", "flux_mixgrpo.toml": "flux", "wanx_flowgrpo.toml": "wan-t2v"}
+
+
+@pytest.mark.parametrize("recipe,name", list(PEER_RECIPES.items()))
+def test_peer_recipes_run_an_iteration_on_their_tiny_model(recipe, name, folders, tmp_path, monkeypatch):
+    """The recipe's strategy, sampler and training settings as shipped; what a tiny CPU model needs
+    changes (32² images, 5 frames, fp32, the torch backend, a reward that costs nothing, one prompt)."""
+    import tomllib
+
+    from grpo.core.engine import Trainer
+    from grpo.core.recipe import parse
+    from grpo.core.registry import load_registry
+    from grpo.core.runlog import read_metrics
+
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    (tmp_path / "video_reward.py").write_text(VIDEO_REWARD)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tomllib.loads((Path(__file__).resolve().parents[2] / "recipes" / recipe).read_text())
+    data["model"].update(path=str(folders[name]), precision="fp32", device="cpu", max_sequence_length=16,
+                         **{k: v for k, v in CASES[name][2].items() if k in ("height", "width", "frames")})
+    data["reward"] = [{"use": "test-mean-red" if name == "wan-t2v" else "jpeg-compressibility"}]
+    data["prompts"] = {"use": "file", "path": str(tmp_path / "prompts.txt"), "eval_count": 1}
+    data["train"].update(iterations=1, prompts_per_iteration=1, checkpoint_every=1)
+    data["eval"] = {"every": 1, "grid_images": 2, "steps": 4}
+    data["backend"] = {"use": "torch", "device": "cpu"}
+    data["plugins"] = {"modules": ["video_reward"]}
+    data["logging"] = {"tensorboard": False, "progress": False}
+    Trainer(parse(data, load_registry(["video_reward"])), tmp_path / "run").run()
+    train = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    group = data["strategy"]["group_size"]
+    assert len(train) == 1 and train[0]["cost/leaves"] == group and train[0]["update/grad_norm"] > 0
+    assert abs(train[0]["update/ratio_mean"] - 1) < 1e-2

@@ -89,7 +89,8 @@ def test_flow_grpo_trains_the_released_share_of_each_chain():
     adv = Advantages([torch.zeros(n.shape[0]) for n in ro.states[1:]])
     edges = parts.pruners[0](ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 1, torch.Generator().manual_seed(0)))
     per_chain = torch.stack(edges.masks, dim=1).sum(dim=1)
-    assert per_chain.tolist() == [9] * 6  # ⌊0.99 · 10⌋ of each chain's 10 steps
+    assert per_chain.tolist() == [9] * 6  # ⌊0.99 · 10⌋ of each chain's 10 steps: the first nine
+    assert all(bool(m.all()) for m in edges.masks[:9]) and not edges.masks[9].any()
     assert parts.clip_range == 1e-4 and parts.sampler == "flow-sde"
 
 

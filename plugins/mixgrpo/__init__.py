@@ -1,0 +1,1 @@
+"""MixGRPO (Li et al. 2025) as a composition of registered parts."""
