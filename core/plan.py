@@ -9,6 +9,7 @@ import torch
 from . import streams
 from .pruner import PruneContext
 from .recipe import Recipe
+from .rollout import plan_sigmas
 from .tree import Advantages, Rollout, TreePlan
 
 
@@ -45,7 +46,7 @@ class CostReport:
                     "live_nodes": p.live(k),
                     "branch": p.branch[k],
                     "noise_scale": p.noise_scale[k],
-                    "mode": "SDE" if p.stochastic[k] else "ODE",
+                    "mode": "SDE" if p.stochastic[k] else ("DPM" if p.solver and p.solver[k] == "dpm" else "ODE"),
                     "trained_edges": self.trained_per_step[k],
                 }
                 for k in range(p.steps)
@@ -68,7 +69,7 @@ def cost(recipe: Recipe, iteration: int = 0) -> CostReport:
     sampler = recipe.sampler_instance
     parts = recipe.composition.parts
     plan = parts.topology.plan(sampler.steps, iteration)
-    sigmas = sampler.sigmas()
+    sigmas = plan_sigmas(sampler, plan)
     ro = skeleton(plan, sigmas)
     adv = Advantages([torch.zeros(plan.live(k + 1)) for k in range(plan.steps)])
     ctx = PruneContext(iteration, recipe.train.iterations, streams.pruner_generator(recipe.train.seed, iteration, 0))

@@ -9,7 +9,7 @@ import torch
 
 from .abilities import complete
 from .policy import Conditioning, Policy
-from .sampler import Sampler, draw_noise, euler_step
+from .sampler import Sampler, dpm_solver_step, draw_noise, euler_step, shifted_sigmas
 from .tree import Rollout, TreePlan
 
 SplitLogProb = Literal["nominal", "scaled"]
@@ -49,6 +49,16 @@ def edge_log_prob(
     return sampler.log_prob(to_grid(x_next), to_grid(mean), std), mean, std
 
 
+def plan_sigmas(sampler: Sampler, plan: TreePlan) -> torch.Tensor:
+    """(steps + 1,) fp32 σ of the plan's steps: the sampler's grid, or the plan's own times under the
+    sampler's shift."""
+    sampler = complete(sampler, "sampler")
+    sigmas = shifted_sigmas(plan.times, sampler.shift) if plan.times else sampler.sigmas()
+    if sigmas.shape[0] != plan.steps + 1:
+        raise ValueError(f"a plan of {plan.steps} steps on a grid of {sigmas.shape[0] - 1}")
+    return sigmas
+
+
 def _transition(sampler: Sampler, plan: TreePlan, k: int, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
                 sigma_next: torch.Tensor, noise: Callable[[int], torch.Tensor], split_logprob: SplitLogProb,
                 to_grid: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,6 +76,30 @@ def _transition(sampler: Sampler, plan: TreePlan, k: int, x: torch.Tensor, v: to
     x_next = mean_c + (lam * std_c).view(-1, *([1] * (x.dim() - 1))) * noise(b).to(x.device)
     eval_std = std_c * (lam if split_logprob == "scaled" else 1.0)
     return x_next, sampler.log_prob(to_grid(x_next), to_grid(mean_c), eval_std), parent
+
+
+def _dpm_transition(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                    history: tuple[torch.Tensor, torch.Tensor] | None,
+                    parents: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A DPM-Solver++ ODE step: (children, NaN log-probabilities, parents). `history` is the previous
+    step's (x̂0, σ) per node of the previous frontier; each node sees its parent's."""
+    before: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    if history is not None:
+        up = parents[-1]
+        before = (history[0][up.to(x.device)], history[1][up].to(x.device))
+    n = x.shape[0]
+    return dpm_solver_step(x, x0, sigma, sigma_next, *before), torch.full((n,), float("nan")), torch.arange(n)
+
+
+def _roots(plan: TreePlan, num_trees: int, shape: tuple[int, ...],
+           generator: torch.Generator | Sequence[torch.Generator], init_noise: torch.Tensor | None,
+           device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """([depth-0 states], [their trees]): the given initial noise, or `plan.roots` draws per tree."""
+    if init_noise is None:
+        init_noise = draw_noise(torch.full((num_trees,), plan.roots, dtype=torch.long), shape, generator)
+    if init_noise.shape[0] != num_trees * plan.roots:
+        raise ValueError(f"{init_noise.shape[0]} initial noises for {num_trees} trees of {plan.roots} root(s)")
+    return [init_noise.to(device, torch.float32)], [torch.arange(num_trees).repeat_interleave(plan.roots)]
 
 
 @torch.no_grad()
@@ -96,13 +130,8 @@ def rollout(
     sampler, policy = complete(sampler, "sampler"), complete(policy, "policy")
     device = next(policy.denoiser.parameters()).device
     num_trees = int(next(t for t in vars(cond).values() if isinstance(t, torch.Tensor)).shape[0])
-    sigmas, shape, grid = sampler.sigmas(), tuple(policy.latent_shape), policy.noise_grid()
-    if init_noise is None:
-        init_noise = draw_noise(torch.full((num_trees,), plan.roots, dtype=torch.long), shape, generator)
-    if init_noise.shape[0] != num_trees * plan.roots:
-        raise ValueError(f"{init_noise.shape[0]} initial noises for {num_trees} trees of {plan.roots} root(s)")
-    states = [init_noise.to(device, torch.float32)]
-    trees = [torch.arange(num_trees).repeat_interleave(plan.roots)]
+    sigmas, shape, grid = plan_sigmas(sampler, plan), tuple(policy.latent_shape), policy.noise_grid()
+    states, trees = _roots(plan, num_trees, shape, generator, init_noise, device)
     parents: list[torch.Tensor] = []
     log_probs: list[torch.Tensor] = []
     for k in range(plan.steps):
@@ -115,10 +144,15 @@ def rollout(
             counts = torch.bincount(tree, minlength=num_trees) * b
             return policy.from_noise_grid(sampler.draw_noise(counts, grid, generator))
 
-        x_next, log_prob, parent = _transition(sampler, plan, k, x, v, sigma, sigma_next, noise, split_logprob,
-                                               policy.to_noise_grid)
+        x0 = x - sigma.view(-1, *([1] * len(shape))) * v
+        if plan.solver and plan.solver[k] == "dpm":
+            x_next, log_prob, parent = _dpm_transition(x, x0, sigma, sigma_next, history if k else None, parents)
+        else:
+            x_next, log_prob, parent = _transition(sampler, plan, k, x, v, sigma, sigma_next, noise, split_logprob,
+                                                   policy.to_noise_grid)
+        history = (x0, sigma.cpu())
         if k == plan.steps - 1:
-            final = (x - sigma.view(-1, *([1] * len(shape))) * v)[parent.to(device)]
+            final = x0[parent.to(device)]
         states.append(x_next.float())
         parents.append(parent)
         trees.append(tree[parent])

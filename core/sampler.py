@@ -20,7 +20,12 @@ def sigma_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
 
     Equals the sigmas of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=s)`` with a final 0.
     """
-    u = 1.0 - torch.arange(steps + 1, dtype=torch.float64) / steps
+    return shifted_sigmas((1.0 - torch.arange(steps + 1, dtype=torch.float64) / steps).tolist(), shift)
+
+
+def shifted_sigmas(times: Sequence[float], shift: float = 1.0) -> torch.Tensor:
+    """fp32 σ of unshifted times u (fp64 → fp32): ``σ = s·u / (1 + (s − 1)·u)``, the map of `sigma_grid`."""
+    u = torch.tensor(list(times), dtype=torch.float64)
     return (shift * u / (1.0 + (shift - 1.0) * u)).to(torch.float32)
 
 
@@ -145,6 +150,34 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next
     """The deterministic (ODE) step ``x + Δ·v``."""
     delta = (sigma_next - sigma).view(-1, *([1] * (x.dim() - 1)))
     return x + delta * v
+
+
+def dpm_solver_step(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                    prev_x0: torch.Tensor | None = None, prev_sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """One deterministic DPM-Solver++ step of a flow-matching model (``x_σ = (1 − σ)·x0 + σ·ε``), in
+    its data-prediction form with α = 1 − σ and λ = log(α/σ), h = λ' − λ:
+
+    - first order: ``x' = (σ'/σ)·x − α'·(e^{−h} − 1)·x̂0``;
+    - second order (multistep, midpoint), given the previous step's x̂0 at σ_prev:
+      ``x' = (σ'/σ)·x − α'·(e^{−h} − 1)·(D0 + ½·D1)``, D0 = x̂0, D1 = (x̂0 − x̂0_prev)·h / (λ − λ_prev).
+
+    The step to σ' = 0 is first order (it returns x̂0), as is one without a usable previous step
+    (none, or one at σ = 1, where λ = −∞). `sigma`, `sigma_next`, `prev_sigma` are (N,).
+    """
+    def lam(s: torch.Tensor) -> torch.Tensor:
+        return torch.log((1.0 - s.double()) / s.double())
+
+    if bool((sigma_next <= 0).all()):
+        return x0.float()
+    view = (-1, *([1] * (x.dim() - 1)))
+    h = lam(sigma_next) - lam(sigma)
+    coef = ((1.0 - sigma_next.double()) * torch.expm1(-h)).float().view(view)
+    ratio = (sigma_next / sigma).float().view(view)
+    d = x0.float()
+    if prev_x0 is not None and prev_sigma is not None and bool((prev_sigma < 1.0).all()):
+        r = ((lam(sigma) - lam(prev_sigma)) / h).float().view(view)
+        d = d + 0.5 * (x0.float() - prev_x0.float()) / r
+    return ratio * x.float() - coef * d
 
 
 class EulerODE:

@@ -23,18 +23,30 @@ class TreePlan:
             trained) or a deterministic ODE step (never trained).
         roots: nodes of depth 0 per tree, each its own initial noise (1: every chain of the tree
             starts from one noise; G: G chains from independent noises, Flow-GRPO's group).
+        times: empty (the sampler's own σ grid), or steps + 1 unshifted times u from 1 to 0 that
+            the sampler's shift maps to σ (a grid of the plan's own, e.g. a compressed tail).
+        solver: empty (every ODE step is an Euler step), or per step ``"euler"`` or ``"dpm"``
+            (DPM-Solver++, second order when the step before it is usable); ``"dpm"`` on ODE steps only.
     """
 
     branch: tuple[int, ...]
     noise_scale: tuple[float, ...]
     stochastic: tuple[bool, ...]
     roots: int = 1
+    times: tuple[float, ...] = ()
+    solver: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (len(self.branch) == len(self.noise_scale) == len(self.stochastic)):
             raise ValueError("branch, noise_scale and stochastic need one entry per step")
         if self.roots < 1:
             raise ValueError("a tree needs at least one root")
+        if self.times and (len(self.times) != self.steps + 1 or self.times[0] != 1.0 or self.times[-1] != 0.0
+                           or any(a <= b for a, b in zip(self.times, self.times[1:]))):
+            raise ValueError("times must be steps + 1 decreasing values from 1 to 0")
+        if self.solver and (len(self.solver) != self.steps or any(
+                m not in ("euler", "dpm") or (m == "dpm" and st) for m, st in zip(self.solver, self.stochastic))):
+            raise ValueError("solver needs one of 'euler' or 'dpm' per step, and 'dpm' on ODE steps only")
         if any(b < 1 for b in self.branch):
             raise ValueError("branch factors must be >= 1")
         for k, (b, lam) in enumerate(zip(self.branch, self.noise_scale, strict=True)):
@@ -74,6 +86,27 @@ class TreePlan:
     @property
     def stochastic_edges(self) -> int:
         return sum(self.live(k + 1) for k in range(self.steps) if self.stochastic[k])
+
+
+def compress_tail(plan: TreePlan, ratio: float) -> TreePlan:
+    """`plan` with the ODE steps after its last stochastic step replaced by DPM-Solver++ steps on a
+    coarser grid (MixGRPO-Flash): with ``last`` that step, the ``T − last − 1`` Euler steps from
+    u_{last+1} to 0 become ``n − 1`` steps of a uniform grid of n = max(⌊(T − last)·ratio⌋, 2) times
+    from u_{last+1} to 0 (MixGRPO's released rule, which allows n = 1; here the grid always reaches 0).
+    The plan is returned as it is when that saves no step."""
+    if plan.times or plan.solver:
+        raise ValueError("the plan already has its own grid")
+    T = plan.steps
+    last = max((k for k in range(T) if plan.stochastic[k]), default=-1)
+    n = max(int((T - last) * ratio), 2)
+    if last < 0 or n - 1 >= T - last - 1:
+        return plan
+    head = last + 1
+    base = [1.0 - k / T for k in range(head + 1)]
+    tail = [base[-1] * (1.0 - j / (n - 1)) for j in range(1, n)]
+    return TreePlan(branch=plan.branch[:head] + (1,) * (n - 1), noise_scale=plan.noise_scale[:head] + (1.0,) * (n - 1),
+                    stochastic=plan.stochastic[:head] + (False,) * (n - 1), roots=plan.roots,
+                    times=tuple(base + tail), solver=("euler",) * head + ("dpm",) * (n - 1))
 
 
 @dataclass

@@ -94,11 +94,12 @@ def grpo_register_strategy(registry) -> None:
     from .branchgrpo.strategy import BranchGRPO, BranchGRPOMix
     from .dancegrpo.strategy import DanceGRPO
     from .flowgrpo.strategy import FlowGRPO
-    from .mixgrpo.strategy import MixGRPO
+    from .mixgrpo.strategy import MixGRPO, MixGRPOFlash
 
     registry.add("dancegrpo", DanceGRPO)
     registry.add("flow-grpo", FlowGRPO)
     registry.add("mixgrpo", MixGRPO)
+    registry.add("mixgrpo-flash", MixGRPOFlash)
     registry.add("branchgrpo", BranchGRPO)
     registry.add("branchgrpo-mix", BranchGRPOMix)
 

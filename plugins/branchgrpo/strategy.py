@@ -92,15 +92,20 @@ class BranchGRPOMix(BranchOptions):
     deterministic ODE step that has no log-probability and is never trained.
 
     The window (start, size, optional progressive slide) is independent of depth pruning; in the
-    reference code its stride was tied to the depth-pruning slide interval.
+    reference code its stride was tied to the depth-pruning slide interval. ``flash_ratio`` > 0 is
+    BranchGRPO-Mix-Flash (not in any released code): the tail of ODE steps after the last split or
+    window step runs MixGRPO-Flash's second-order solver on its compressed grid.
     """
 
     window_size: Annotated[int, Range(ge=1), Topology, Doc("SDE window size w")] = 4
     window_start: Annotated[WindowStart, Topology] = 0
     window_slide_every: Annotated[WindowSlideEvery, Topology] = 0
     window_stride: Annotated[WindowStride, Topology] = 1
+    flash_ratio: Annotated[float, Range(ge=0, lt=1), Topology, Doc(
+        "Mix-Flash: the ODE steps after the last SDE step run DPM-Solver++ (second order) on a grid of "
+        "⌊(T − last)·ratio⌋ points, as MixGRPO-Flash (0 = Euler on the sampler's grid)")] = 0.0
 
     def build(self, make: Make) -> StrategyParts:
         return branch_parts(self, make, dict(window_size=self.window_size, window_start=self.window_start,
                                              window_slide_every=self.window_slide_every,
-                                             window_stride=self.window_stride))
+                                             window_stride=self.window_stride, flash_ratio=self.flash_ratio))

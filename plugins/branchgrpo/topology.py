@@ -7,7 +7,7 @@ from typing import Annotated
 
 from grpo.core.errors import UserError
 from grpo.core.schema import Doc, Range
-from grpo.core.tree import TreePlan
+from grpo.core.tree import TreePlan, compress_tail
 
 SplitPoints = Annotated[list[int], Range(ge=0), Doc("steps at which nodes split")]
 NumSplits = Annotated[int, Range(ge=0), Doc("if > 0: this many evenly spaced split points instead")]
@@ -45,6 +45,9 @@ class Branching:
         window_start: WindowStart = 0,
         window_slide_every: WindowSlideEvery = 0,
         window_stride: WindowStride = 1,
+        flash_ratio: Annotated[float, Range(ge=0, lt=1), Doc(
+            "Mix-Flash: the ODE steps after the last stochastic step become DPM-Solver++ steps on a grid "
+            "of ⌊(T − last)·ratio⌋ points (0 = off)")] = 0.0,
     ) -> None:
         self.split_points = list(split_points)
         self.num_splits = num_splits
@@ -52,6 +55,7 @@ class Branching:
         self.split_noise_scale = split_noise_scale
         self.window_size, self.window_start = window_size, window_start
         self.window_slide_every, self.window_stride = window_slide_every, window_stride
+        self.flash_ratio = flash_ratio
 
     def splits(self, steps: int) -> list[int]:
         points = even_split_points(steps, self.num_splits) if self.num_splits else self.split_points
@@ -79,8 +83,9 @@ class Branching:
     def plan(self, steps: int, iteration: int = 0) -> TreePlan:
         points = set(self.splits(steps))
         window = self.window(steps, iteration)
-        return TreePlan(
+        plan = TreePlan(
             branch=tuple(self.branch_factor if k in points else 1 for k in range(steps)),
             noise_scale=tuple(self.split_noise_scale if k in points else 1.0 for k in range(steps)),
             stochastic=tuple(k in points or k in window for k in range(steps)),
         )
+        return compress_tail(plan, self.flash_ratio) if self.flash_ratio else plan

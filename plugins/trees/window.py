@@ -15,7 +15,7 @@ import numpy as np
 
 from grpo.core.errors import UserError
 from grpo.core.schema import Doc, Range
-from grpo.core.tree import TreePlan
+from grpo.core.tree import TreePlan, compress_tail
 
 Schedule = Literal["fixed", "progressive", "decay", "exp-decay", "random"]
 
@@ -41,6 +41,10 @@ class SDEWindow:
     start reaches hi, runs one empty window (nothing stochastic, nothing trained) before rolling
     back; here the start rolls back as soon as the window would be empty, and without roll-back it
     stops at the last start that leaves one step.
+
+    With ``flash_ratio`` (MixGRPO-Flash) the ODE steps after the window run DPM-Solver++ (second
+    order) on a compressed grid, so a rollout costs fewer forwards; the steps up to the window's
+    last keep the sampler's grid.
     """
 
     def __init__(
@@ -60,6 +64,9 @@ class SDEWindow:
         exp_decay_from: Annotated[int, Range(ge=0), Doc("exp-decay: the start after which windows shorten")] = 13,
         exp_decay_rate: Annotated[float, Range(ge=0), Doc("exp-decay: rate k")] = 0.1,
         window_seed: Annotated[int, Range(ge=0), Doc("random: seed of the starts")] = 0,
+        flash_ratio: Annotated[float, Range(ge=0, lt=1), Doc(
+            "MixGRPO-Flash: the ODE steps after the window become DPM-Solver++ steps on a grid of "
+            "⌊(T − last)·ratio⌋ points (0 = Euler steps on the sampler's grid; released 0.4)")] = 0.0,
     ) -> None:
         if len(window_range) != 2:
             raise UserError(f"window_range must be [lo, hi), got {window_range}", where="window_range")
@@ -68,6 +75,7 @@ class SDEWindow:
         self.iters_per_window, self.window_stride, self.roll_back = iters_per_window, window_stride, roll_back
         self.max_iters, self.min_iters = max_iters_per_window, min_iters_per_window
         self.exp_decay_from, self.exp_decay_rate, self.window_seed = exp_decay_from, exp_decay_rate, window_seed
+        self.flash_ratio = flash_ratio
 
     def bounds(self, steps: int) -> tuple[int, int]:
         """(lo, hi) of the window's steps in a tree of `steps` steps."""
@@ -117,6 +125,8 @@ class SDEWindow:
                             "chains", where="window_range", hint=f"keep the window's steps below {steps - 1}")
         stochastic = tuple(k in window for k in range(steps))
         if not self.same_latent:
-            return TreePlan((1,) * steps, (1.0,) * steps, stochastic, roots=self.group_size)
-        branch = tuple(self.group_size if k == window.start else 1 for k in range(steps))
-        return TreePlan(branch, (1.0,) * steps, stochastic)
+            plan = TreePlan((1,) * steps, (1.0,) * steps, stochastic, roots=self.group_size)
+        else:
+            plan = TreePlan(tuple(self.group_size if k == window.start else 1 for k in range(steps)), (1.0,) * steps,
+                            stochastic)
+        return compress_tail(plan, self.flash_ratio) if self.flash_ratio else plan
