@@ -9,6 +9,7 @@ import torch
 import typer
 
 from grpo.core import checkpoint
+from grpo.core.ema import read as read_average
 from grpo.core.errors import UserError
 from grpo.core.rundir import RESOLVED
 
@@ -20,8 +21,10 @@ def export(
     run: Annotated[Path, typer.Argument(help="a run directory")],
     out: Annotated[Path, typer.Option("--out", help="folder to write (must not exist or be empty)")],
     iteration: Annotated[int | None, typer.Option("--iteration", help="checkpoint to export (default the latest)")] = None,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="the EMA weights when the run kept them (train.ema_decay)")] = True,
 ) -> None:
-    """Write the trained model of a run's checkpoint as a model folder (ZeRO shards gathered, LoRA merged)."""
+    """Write the trained model of a run's checkpoint as a model folder (ZeRO shards gathered, LoRA merged;
+    the EMA of the weights when the run kept one, unless --no-ema)."""
     from .run import _quiet_libraries
 
     _quiet_libraries()
@@ -51,6 +54,8 @@ def export(
         raise UserError(f"the {what} plugin cannot export (it has no {'read_trained' if read is None else 'export'})",
                         where=f"{what if what == 'model' else 'backend'}.use")
     state = read(folder)
+    averaged = read_average(folder) if ema else {}
+    state.update(averaged)
     params = dict(policy.denoiser.named_parameters())
     unknown = sorted(set(state) - set(params))
     if unknown:
@@ -61,4 +66,5 @@ def export(
             params[name].copy_(value.to(params[name].dtype))
     out.mkdir(parents=True, exist_ok=True)
     save(out)
-    console.print(f"[green]exported[/] {folder.name} of {run} ({len(state)} trained tensors) to {out}")
+    kind = "EMA" if averaged else "trained"
+    console.print(f"[green]exported[/] {folder.name} of {run} ({len(state)} {kind} tensors) to {out}")

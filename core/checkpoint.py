@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from .backend import Backend
@@ -19,10 +20,11 @@ def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
 
 
 def save(run_dir: Path, backend: Backend, iteration: int, keep: int, extra: dict | None = None,
-         group: Group | None = None) -> Path:
+         group: Group | None = None, also: Callable[[Path], None] | None = None) -> Path:
     """Save the state after `iteration` iterations (the next one to run is `iteration`).
 
     `extra` (JSON values) is kept beside the iteration in ``engine.json``; read it with `engine_state`.
+    `also` writes more files into the folder (rank 0 only: state every rank holds alike).
     With several ranks every rank calls this: each writes its shard into the temporary folder, and
     rank 0 writes ``engine.json`` and renames the folder once all have finished.
     """
@@ -37,6 +39,8 @@ def save(run_dir: Path, backend: Backend, iteration: int, keep: int, extra: dict
     backend.save(tmp)
     group.barrier()
     if group.main:
+        if also is not None:
+            also(tmp)
         with (tmp / "engine.json").open("w") as fh:
             json.dump({**(extra or {}), "iteration": iteration, "world_size": group.size}, fh)
             fh.flush()

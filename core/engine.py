@@ -28,6 +28,7 @@ from . import checkpoint, streams
 from .backend import OptimizerConfig
 from .components import PromptCache, build, check_world
 from .dist import Group, bind_local_gpu
+from .ema import weight_average
 from .errors import UserError
 from .evaluation import Evaluator
 from .progress import NoLog, Silent, timed, update_progress
@@ -95,6 +96,7 @@ class Trainer:
         c.backend.setup(c.policy.denoiser, params, OptimizerConfig(
             lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]), eps=t.eps, grad_clip=t.grad_clip))
         self.group = Group(c.backend.rank, c.backend.world_size)
+        self.ema = weight_average(c.policy.denoiser, params, t.ema_decay, t.ema_every)
         if t.kl_beta > 0:
             c.policy.place_reference(c.backend.place_frozen)
 
@@ -110,6 +112,7 @@ class Trainer:
                                     f"has {self.group.size}", where="--resume",
                                     hint=f"resume with --nproc {state.get('world_size', 1)}")
                 self.c.backend.load(found[0])
+                self.ema.load(found[0])
                 start, elapsed = found[1], float(state.get("elapsed", 0.0))
                 log.info("resuming at iteration %d from %s", start, found[0])
             self.group.barrier()  # every rank has read the checkpoint before rank 0 may replace it
@@ -148,7 +151,8 @@ class Trainer:
             batch = EdgeBatch.gather(ro, adv, self._prune(it, ro, adv, failed))
         with self._stage(times, "update"):
             stats = update(c.policy, c.sampler, c.backend, ro, cond, batch, self.update_cfg, gen, group=self.group,
-                           on_micro_batch=update_progress(self.reporter, len(batch) * t.epochs))
+                           on_micro_batch=update_progress(self.reporter, len(batch) * t.epochs),
+                           on_optimizer_step=self.ema.after_step)
         return iteration_metrics(ro, report, failed, stats, times, group=self.group, lr=t.lr,
                                  memory=c.backend.memory(), zero_std_ratio=flat)
 
@@ -189,7 +193,8 @@ class Trainer:
             return
         self.reporter.stage("evaluate")
         start = time.perf_counter()
-        ev = self.evaluator.evaluate(done)
+        with self.ema.applied():  # the averaged weights, when the recipe keeps an average
+            ev = self.evaluator.evaluate(done)
         ev["time/evaluation"] = time.perf_counter() - start
         self.log.write(done, "eval", ev)
         self.reporter.evaluation(done, ev)
@@ -223,7 +228,7 @@ class Trainer:
             if done % t.checkpoint_every == 0 or done == t.iterations or over:
                 self.reporter.stage("checkpoint")
                 checkpoint.save(self.run_dir, self.c.backend, done, t.keep_checkpoints, {"elapsed": elapsed},
-                                group=self.group)
+                                group=self.group, also=self.ema.save)
             self._maybe_evaluate(done, force=over)
             if over:
                 reason = "time_budget"

@@ -57,6 +57,9 @@ class TrainConfig:
     kl_beta: Annotated[float, Range(ge=0), Doc("weight of the KL penalty to the base policy (0 = off)")] = 0.0
     kl_form: Annotated[Literal["gaussian", "flow-grpo"], Doc(
         "the exact Gaussian KL per noise draw, or Flow-GRPO's (the gaussian one × the step size Δ)")] = "gaussian"
+    ema_decay: Annotated[float, Range(ge=0, lt=1), Doc(
+        "EMA of the trained weights, used by evaluation and export (0 = off; Flow-GRPO: 0.9)")] = 0.0
+    ema_every: Annotated[int, Range(ge=1), Doc("optimizer steps between EMA updates (Flow-GRPO: 8)")] = 1
     init_same_noise: Annotated[bool, Doc("one initial noise shared by all prompts of an iteration")] = True
     reward_aggregation: Annotated[
         Literal["sum", "advantage"], Doc("weight rewards before advantages ('sum') or advantages per reward")

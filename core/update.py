@@ -307,6 +307,7 @@ def update(
     generator: torch.Generator,
     on_micro_batch: Callable[[int], None] | None = None,
     group: Group | None = None,
+    on_optimizer_step: Callable[[], None] | None = None,
 ) -> UpdateStats:
     """Train on `batch` for ``config.epochs`` passes of ``config.optimizer_steps`` optimizer steps.
 
@@ -315,7 +316,8 @@ def update(
     trees would draw them, and each rank trains its members of each step. Every rank runs the same
     number of micro-batches (a rank short of edges runs a zero-weight one) so that the backend's
     collectives pair up, and each loss is divided by the step's global edge count times the number
-    of ranks the backend averages gradients over.
+    of ranks the backend averages gradients over. `on_optimizer_step` is called after every step
+    that was taken (not after one skipped for a non-finite gradient).
     """
     group = group or Group()
     every, owner, local_index = _global_layout(rollout, batch, group)
@@ -331,6 +333,8 @@ def update(
             tally.norms.append(norm)
             if math.isfinite(norm):
                 stats.optimizer_steps += 1
+                if on_optimizer_step is not None:
+                    on_optimizer_step()
             else:
                 stats.skipped_steps += 1
     stats = tally.finish(stats, group)

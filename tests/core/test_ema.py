@@ -1,0 +1,83 @@
+"""The EMA of the trained weights: its update by hand, evaluation and export with the averaged
+weights, an exact resume, and the refusal under ZeRO-3."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from grpo.cli.main import app
+from grpo.core.ema import NoAverage, WeightAverage, read, weight_average
+from grpo.core.errors import UserError
+from grpo.core.runlog import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DANCE = str(ROOT / "recipes" / "shapes_dance.toml")
+
+
+def test_average_moves_every_n_steps_by_hand(tmp_path):
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    ema = WeightAverage([p], ["w"], decay=0.9, every=2)
+    with torch.no_grad():
+        p.copy_(torch.tensor([3.0, 2.0]))
+    ema.after_step()  # step 1: not yet
+    torch.testing.assert_close(ema.shadow[0], torch.tensor([1.0, 2.0]))
+    ema.after_step()  # step 2: 0.9·1 + 0.1·3
+    torch.testing.assert_close(ema.shadow[0], torch.tensor([1.2, 2.0]))
+    with ema.applied():
+        torch.testing.assert_close(p.detach(), torch.tensor([1.2, 2.0]))
+    torch.testing.assert_close(p.detach(), torch.tensor([3.0, 2.0]))  # the trained weights come back
+    ema.save(tmp_path)
+    again = WeightAverage([p], ["w"], decay=0.9, every=2)
+    again.load(tmp_path)
+    assert again.steps == 2 and torch.equal(again.shadow[0], ema.shadow[0])
+    assert read(tmp_path).keys() == {"w"}
+
+
+def test_zero3_partitioned_weights_are_refused():
+    partitioned = torch.nn.Parameter(torch.empty(0))  # how ZeRO-3 leaves a parameter on each rank
+    module = torch.nn.Module()
+    module.w = partitioned
+    with pytest.raises(UserError, match="ZeRO-3"):
+        weight_average(module, [partitioned], 0.9, 1)
+    assert isinstance(weight_average(module, [partitioned], 0.0, 1), NoAverage)
+
+
+def args(model_dir, iterations, ema=True):
+    sets = [f"model.path='{model_dir}'", f"train.iterations={iterations}", "train.prompts_per_iteration=2",
+            "strategy.group_size=3", "strategy.step_window=[]", "sampler.steps=4", "train.micro_batch=5",
+            "train.checkpoint_every=1", "train.lr=1e-3", "eval.every=2", "eval.grid_images=4",
+            "prompts.eval_train_samples=0", "prompts.eval_held_out_samples=1",
+            *(["train.ema_decay=0.5", "train.ema_every=2"] if ema else [])]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def test_evaluation_and_export_use_the_average_and_resume_is_exact(tiny_model_dir, tmp_path):
+    run = lambda *a: CliRunner().invoke(app, [*a, "--quiet"])  # noqa: E731
+    whole, cut, plain = tmp_path / "whole", tmp_path / "cut", tmp_path / "plain"
+    assert run("run", DANCE, *args(tiny_model_dir, 4), "--out", str(whole)).exit_code == 0
+    assert run("run", DANCE, *args(tiny_model_dir, 4, ema=False), "--out", str(plain)).exit_code == 0
+    # the same training either way; only what evaluation sees differs
+    train = lambda r: [x for x in read_metrics(r) if x["kind"] == "train"]  # noqa: E731
+    assert [x["update/loss"] for x in train(whole)] == [x["update/loss"] for x in train(plain)]
+    ev = lambda r: [x["held-out/shapes-faithfulness"] for x in read_metrics(r) if x["kind"] == "eval"]  # noqa: E731
+    assert ev(whole)[0] == ev(plain)[0] and ev(whole)[1:] != ev(plain)[1:]
+    last = whole / "checkpoints" / "iter_000004"
+    averaged, trained = read(last), load_file(str(last / "trained.safetensors"))
+    assert averaged.keys() == trained.keys()
+    assert any(not torch.equal(averaged[k], trained[k]) for k in trained)
+    # resume from the checkpoint after two iterations: the same average and evaluations as the whole run
+    assert run("run", DANCE, *args(tiny_model_dir, 2), "--out", str(cut)).exit_code == 0
+    assert run("run", "--resume", str(cut), "--set", "train.iterations=4").exit_code == 0
+    resumed = read(cut / "checkpoints" / "iter_000004")
+    for k in averaged:
+        assert torch.equal(resumed[k], averaged[k]), k
+    assert ev(cut) == ev(whole)
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["export", str(whole), "--out", str(out)])
+    assert result.exit_code == 0 and "EMA tensors" in result.output, result.output
+    raw = tmp_path / "export-raw"
+    result = CliRunner().invoke(app, ["export", str(whole), "--out", str(raw), "--no-ema"])
+    assert result.exit_code == 0 and "trained tensors" in result.output, result.output
