@@ -84,7 +84,8 @@ class Trainer:
         self.update_cfg = UpdateConfig(clip_range=c.parts.clip_range, optimizer_steps=t.optimizer_steps,
                                        epochs=t.epochs, micro_batch=t.micro_batch,
                                        accumulation_unit=t.accumulation_unit, kl_beta=t.kl_beta,
-                                       split_logprob=c.parts.split_logprob, kl_form=t.kl_form)  # type: ignore[arg-type]
+                                       split_logprob=c.parts.split_logprob, kl_form=t.kl_form,  # type: ignore[arg-type]
+                                       grpo_guard=t.grpo_guard)
         params = c.policy.trainable_parameters()
         if not params:
             raise UserError("the model has no trainable parameters", where="model",
@@ -140,6 +141,7 @@ class Trainer:
                 if t.init_same_noise else None
             ro = rollout(c.policy, c.sampler, plan, cond, max_batch=t.rollout_batch, init_noise=shared,
                          generator=streams.tree_generators(t.seed, it, trees), split_logprob=c.parts.split_logprob,
+                         keep_means=t.grpo_guard,
                          on_step=lambda k: self.reporter.stage(f"rollout {k + 1}/{plan.steps}"))
         with self._stage(times, "reward"):
             scores, report = c.rewards.score(c.policy.decode(ro.final), [prompts[i] for i in ro.tree[-1].tolist()])

@@ -57,6 +57,9 @@ class TrainConfig:
     kl_beta: Annotated[float, Range(ge=0), Doc("weight of the KL penalty to the base policy (0 = off)")] = 0.0
     kl_form: Annotated[Literal["gaussian", "flow-grpo"], Doc(
         "the exact Gaussian KL per noise draw, or Flow-GRPO's (the gaussian one × the step size Δ)")] = "gaussian"
+    grpo_guard: Annotated[bool, Doc(
+        "GRPO-Guard: the re-centred log-ratio s·(log r + ‖Δμ‖²/2s²) in the clipped objective and each step's "
+        "loss divided by its Δσ (pair with a clip range near 1e-6 as released)")] = False
     ema_decay: Annotated[float, Range(ge=0, lt=1), Doc(
         "EMA of the trained weights, used by evaluation and export (0 = off; Flow-GRPO: 0.9)")] = 0.0
     ema_every: Annotated[int, Range(ge=1), Doc("optimizer steps between EMA updates (Flow-GRPO: 8)")] = 1

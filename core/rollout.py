@@ -61,34 +61,36 @@ def plan_sigmas(sampler: Sampler, plan: TreePlan) -> torch.Tensor:
 
 def _transition(sampler: Sampler, plan: TreePlan, k: int, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor,
                 sigma_next: torch.Tensor, noise: Callable[[int], torch.Tensor], split_logprob: SplitLogProb,
-                to_grid: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                to_grid: Callable[[torch.Tensor], torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step k for the frontier `x`: (children, their log-probabilities (fp32, NaN for ODE steps),
-    each child's parent). `noise(b)` draws the children's standard normal noise, in latent layout."""
+    each child's parent, the children's mean μ (empty for ODE steps)). `noise(b)` draws the children's standard normal noise, in latent layout."""
     n, b, lam = x.shape[0], plan.branch[k], plan.noise_scale[k]
     parent = torch.arange(n).repeat_interleave(b)
     if not plan.stochastic[k]:
         if b != 1:
             raise ValueError(f"step {k} splits but is deterministic; split steps must be stochastic")
-        return euler_step(x, v, sigma, sigma_next), torch.full((n,), float("nan")), parent
+        return euler_step(x, v, sigma, sigma_next), torch.full((n,), float("nan")), parent, x.new_zeros(0)
     mean, std = sampler.step(x, v, sigma, sigma_next)
     on = parent.to(x.device)
     mean_c, std_c = mean[on], std[on]
     x_next = mean_c + (lam * std_c).view(-1, *([1] * (x.dim() - 1))) * noise(b).to(x.device)
     eval_std = std_c * (lam if split_logprob == "scaled" else 1.0)
-    return x_next, sampler.log_prob(to_grid(x_next), to_grid(mean_c), eval_std), parent
+    return x_next, sampler.log_prob(to_grid(x_next), to_grid(mean_c), eval_std), parent, mean_c
 
 
 def _dpm_transition(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
                     history: tuple[torch.Tensor, torch.Tensor] | None,
-                    parents: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A DPM-Solver++ ODE step: (children, NaN log-probabilities, parents). `history` is the previous
+                    parents: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A DPM-Solver++ ODE step: (children, NaN log-probabilities, parents, no means). `history` is the previous
     step's (x̂0, σ) per node of the previous frontier; each node sees its parent's."""
     before: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
     if history is not None:
         up = parents[-1]
         before = (history[0][up.to(x.device)], history[1][up].to(x.device))
     n = x.shape[0]
-    return dpm_solver_step(x, x0, sigma, sigma_next, *before), torch.full((n,), float("nan")), torch.arange(n)
+    return (dpm_solver_step(x, x0, sigma, sigma_next, *before), torch.full((n,), float("nan")), torch.arange(n),
+            x.new_zeros(0))
 
 
 def _roots(plan: TreePlan, num_trees: int, shape: tuple[int, ...],
@@ -100,6 +102,17 @@ def _roots(plan: TreePlan, num_trees: int, shape: tuple[int, ...],
     if init_noise.shape[0] != num_trees * plan.roots:
         raise ValueError(f"{init_noise.shape[0]} initial noises for {num_trees} trees of {plan.roots} root(s)")
     return [init_noise.to(device, torch.float32)], [torch.arange(num_trees).repeat_interleave(plan.roots)]
+
+
+def _noise_drawer(policy: Policy, sampler: Sampler, grid: tuple[int, ...],
+                  generator: torch.Generator | Sequence[torch.Generator], tree: torch.Tensor,
+                  num_trees: int) -> Callable[[int], torch.Tensor]:
+    """`draw(b)`: standard normal noise for b children of every node of the frontier (whose trees
+    are `tree`), drawn on the policy's noise grid, tiles and all, in latent layout."""
+    def draw(b: int) -> torch.Tensor:
+        counts = torch.bincount(tree, minlength=num_trees) * b
+        return policy.from_noise_grid(sampler.draw_noise(counts, grid, generator))
+    return draw
 
 
 @torch.no_grad()
@@ -114,6 +127,7 @@ def rollout(
     init_noise: torch.Tensor | None = None,
     split_logprob: SplitLogProb = "nominal",
     on_step: Callable[[int], None] | None = None,
+    keep_means: bool = False,
 ) -> Rollout:
     """Sample one tree per prompt of `cond`.
 
@@ -124,6 +138,8 @@ def rollout(
 
     Args:
         cond: embeddings of P prompts (one tree each).
+        keep_means: also keep every stochastic transition's mean μ (``Rollout.means``; GRPO-Guard's
+            ratio needs the rollout's μ).
         init_noise: optional (P · plan.roots, *latent) root states (evaluation uses fixed noise; the engine passes one
             noise for every tree when `train.init_same_noise` is on).
     """
@@ -132,31 +148,28 @@ def rollout(
     num_trees = int(next(t for t in vars(cond).values() if isinstance(t, torch.Tensor)).shape[0])
     sigmas, shape, grid = plan_sigmas(sampler, plan), tuple(policy.latent_shape), policy.noise_grid()
     states, trees = _roots(plan, num_trees, shape, generator, init_noise, device)
-    parents: list[torch.Tensor] = []
-    log_probs: list[torch.Tensor] = []
+    out = Rollout(plan, sigmas, states, [], trees, [], states[0], [])
+    history = None  # the previous step's (x̂0, σ), for a second-order ODE step
     for k in range(plan.steps):
         x, tree = states[k], trees[k]
-        sigma = sigmas[k].expand(x.shape[0]).to(device)
-        sigma_next = sigmas[k + 1].expand(x.shape[0]).to(device)
+        sigma, sigma_next = (sigmas[i].expand(x.shape[0]).to(device) for i in (k, k + 1))
         v = batched_velocity(policy, x, sigma, cond, tree, max_batch)
-
-        def noise(b: int, tree: torch.Tensor = tree) -> torch.Tensor:  # drawn on the noise grid, tiles and all
-            counts = torch.bincount(tree, minlength=num_trees) * b
-            return policy.from_noise_grid(sampler.draw_noise(counts, grid, generator))
-
         x0 = x - sigma.view(-1, *([1] * len(shape))) * v
         if plan.solver and plan.solver[k] == "dpm":
-            x_next, log_prob, parent = _dpm_transition(x, x0, sigma, sigma_next, history if k else None, parents)
+            x_next, log_prob, parent, mean = _dpm_transition(x, x0, sigma, sigma_next, history, out.parent)
         else:
-            x_next, log_prob, parent = _transition(sampler, plan, k, x, v, sigma, sigma_next, noise, split_logprob,
-                                                   policy.to_noise_grid)
+            draw = _noise_drawer(policy, sampler, grid, generator, tree, num_trees)
+            x_next, log_prob, parent, mean = _transition(sampler, plan, k, x, v, sigma, sigma_next, draw,
+                                                         split_logprob, policy.to_noise_grid)
         history = (x0, sigma.cpu())
         if k == plan.steps - 1:
-            final = x0[parent.to(device)]
+            out.final = x0[parent.to(device)]
         states.append(x_next.float())
-        parents.append(parent)
+        out.parent.append(parent)
         trees.append(tree[parent])
-        log_probs.append(log_prob.float().cpu())
+        out.log_prob.append(log_prob.float().cpu())
+        if keep_means:
+            out.means.append(mean.float())
         if on_step is not None:
             on_step(k)
-    return Rollout(plan, sigmas, states, parents, trees, log_probs, final)
+    return out

@@ -7,7 +7,7 @@ step ``k`` is one batched transition from ``states[k]`` to ``states[k + 1]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -125,6 +125,8 @@ class Rollout:
             sampling policy (NaN for ODE steps).
         final: (N_T, *latent) the predicted clean sample x̂0 of the last step, which is decoded
             and rewarded.
+        means: empty, or (when the rollout was asked to keep them) T tensors: the mean μ of each
+            stochastic transition, aligned with ``states[k + 1]`` (empty for ODE steps).
     """
 
     plan: TreePlan
@@ -134,6 +136,7 @@ class Rollout:
     tree: list[torch.Tensor]
     log_prob: list[torch.Tensor]
     final: torch.Tensor
+    means: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def num_trees(self) -> int:

@@ -75,6 +75,7 @@ class UpdateConfig:
     kl_beta: float
     split_logprob: SplitLogProb
     kl_form: str = "gaussian"
+    grpo_guard: bool = False
 
 
 @dataclass
@@ -128,20 +129,24 @@ MAX_LOG_RATIO = 80.0  # |log r| beyond this overflows fp32 once multiplied: the 
 
 
 def edge_losses(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor,
-                kl: torch.Tensor | None, config: UpdateConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                kl: torch.Tensor | None, config: UpdateConfig, log_ratio: torch.Tensor | None = None,
+                weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-edge losses (E,), ratios (E,) and which edges are finite (E,) bool.
 
-    An edge whose log-ratio, advantage or KL is not finite (or whose log-ratio exceeds
-    ±``MAX_LOG_RATIO``) gets loss 0 with no gradient: its inputs are replaced *before* ``exp`` and
-    the products, so that the backward pass never meets 0·inf, and one bad edge cannot turn the
-    step's shared gradient into NaN."""
-    delta = log_prob - old_log_prob
+    The ratio is exp(log_prob − old_log_prob), or exp(`log_ratio`) when given (GRPO-Guard's); the
+    clipped term is multiplied by `weight` (E,) when given, the KL term is not. An edge whose
+    log-ratio, advantage or KL is not finite (or whose log-ratio exceeds ±``MAX_LOG_RATIO``) gets
+    loss 0 with no gradient: its inputs are replaced *before* ``exp`` and the products, so that the
+    backward pass never meets 0·inf, and one bad edge cannot turn the step's shared gradient into NaN."""
+    delta = log_prob - old_log_prob if log_ratio is None else log_ratio
     finite = torch.isfinite(delta) & (delta.abs() <= MAX_LOG_RATIO) & torch.isfinite(advantage)
     if kl is not None:
         finite &= torch.isfinite(kl)
     ratio = torch.exp(torch.where(finite, delta, torch.zeros_like(delta)))
     adv = torch.where(finite, advantage, torch.zeros_like(advantage))
     loss_e = clipped_loss(ratio, adv, config.clip_range)
+    if weight is not None:
+        loss_e = loss_e * weight
     if kl is not None:
         loss_e = loss_e + config.kl_beta * torch.where(finite, kl, torch.zeros_like(kl))
     return torch.where(finite, loss_e, torch.zeros_like(loss_e)), ratio, finite
@@ -156,10 +161,12 @@ def edge_terms(
     split_logprob: SplitLogProb,
     with_reference: bool = False,
     kl_form: str = "gaussian",
+    guard: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Re-evaluate the log-probabilities of a micro-batch of stored edges under the current policy.
 
     Returns (log_prob (E,), std (E,), reference-vs-policy KL (E,) or None), all fp32 with gradients.
+    With a `guard` list, GRPO-Guard's log-ratio of the edges is appended to it.
     """
     device = next(policy.denoiser.parameters()).device
     xs, xn = [], []
@@ -184,7 +191,32 @@ def edge_terms(
             v_ref = policy.velocity(x, sigma, sub).float()
         mean_ref, _ = sampler.step(x, v_ref, sigma, sigma_next)
         kl = reference_kl(policy, sampler, mean, mean_ref, std.detach(), sigma - sigma_next, kl_form)
+    if guard is not None:
+        guard.append(guarded_log_ratio(policy, sampler, rollout, batch, x_next, mean, std))
     return log_prob, std, kl
+
+
+def guarded_log_ratio(policy: Policy, sampler: Sampler, rollout: Rollout, batch: EdgeBatch, x_next: torch.Tensor,
+                      mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(E,) GRPO-Guard's re-centred log-ratio ``s·(log r + ‖Δμ‖²/(2s²))`` with Δμ = μ − μ_old and s
+    the step's standard deviation. For a Gaussian step it is ``mean(ε ⊙ Δμ)``, ε = (x' − μ_old)/s
+    the drawn noise: zero-mean under the rollout, where log r itself drifts to −‖Δμ‖²/(2s²) < 0,
+    and no longer scaled by 1/s, which is largest at the low-noise steps. Computed on the noise's
+    draws (tile means on the policy's noise grid), as the log-probabilities are; with gradients."""
+    if not rollout.means:
+        raise ValueError("GRPO-Guard needs the rollout's transition means (rollout(..., keep_means=True))")
+    to_grid, device = complete(policy, "policy").to_noise_grid, mean.device
+    old = torch.stack([rollout.means[k][c] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
+    old = old.to(device)
+    block = complete(sampler, "sampler").noise_block
+    drawn = block_mean(to_grid(x_next - old), block)
+    shift = block_mean(to_grid(mean - old), block)
+    return (drawn * shift).flatten(1).mean(dim=1) / std
+
+
+def step_sizes(rollout: Rollout, batch: EdgeBatch) -> torch.Tensor:
+    """(E,) the σ-step Δ = σ_k − σ_{k+1} of each edge (GRPO-Guard divides a step's loss by it)."""
+    return rollout.sigmas[batch.step] - rollout.sigmas[batch.step + 1]
 
 
 def reference_kl(policy: Policy, sampler: Sampler, mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor,
@@ -282,10 +314,13 @@ def _optimizer_step(policy: Policy, sampler: Sampler, backend: Backend, rollout:
             mb, weight = batch.take(mine[slices[i]]), 1.0
         else:  # keeps the ranks' collectives paired; contributes no gradient
             mb, weight = (batch if len(batch) else _any_edge(rollout)).take(torch.tensor([0])), 0.0
+        guard: list[torch.Tensor] | None = [] if config.grpo_guard else None
         log_prob, _, kl = edge_terms(policy, sampler, rollout, cond, mb, config.split_logprob,
-                                     with_reference=config.kl_beta > 0, kl_form=config.kl_form)
-        loss_e, ratio, finite = edge_losses(log_prob, mb.old_log_prob.to(log_prob.device),
-                                            mb.advantage.to(log_prob.device), kl, config)
+                                     with_reference=config.kl_beta > 0, kl_form=config.kl_form, guard=guard)
+        dev = log_prob.device
+        loss_e, ratio, finite = edge_losses(log_prob, mb.old_log_prob.to(dev), mb.advantage.to(dev), kl, config,
+                                            log_ratio=guard[0] if guard else None,
+                                            weight=1.0 / step_sizes(rollout, mb).to(dev) if guard else None)
         loss = loss_e.sum() * (weight * group.size / n_step)
         backend.backward(loss, boundary=i == n_micro - 1)
         if weight == 0.0:

@@ -6,7 +6,9 @@ Runs each strategy on the shapes world (bundled model, the shapes recipes' setti
 off) in one process, one after the other, and writes ``results.md``: measured seconds per
 iteration (rollout and update separately), the ratio to DanceGRPO, and the ratio predicted by the
 exact counts (rollout forwards + 3 × trained edges, a backward costing about two forwards).
-The paper's ratios (FLUX, 20 steps, 16 leaves): BranchGRPO 0.71, depth-pruned 0.45, Mix 0.21.
+The paper's ratios (FLUX, 20 steps, 16 leaves): BranchGRPO 0.71, depth-pruned 0.45, Mix 0.21. The
+peers' rows (Flow-GRPO, MixGRPO, MixGRPO-Flash) and BranchGRPO-Mix-Flash use their shapes recipes at
+iteration 0 (the windows at steps 0-3); the paper has no ratio for them.
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ VARIANTS = [
     ("BranchGRPO, depth-pruned", "shapes_branch_deppru.toml", []),
     ("BranchGRPO, width-pruned", "shapes_branch_widpru.toml", ["strategy.pruned_depths=[]"]),
     ("BranchGRPO-Mix", "shapes_branch_mix.toml", []),
+    ("BranchGRPO-Mix-Flash", "shapes_branch_mix_flash.toml", []),
+    ("Flow-GRPO", "shapes_flowgrpo.toml", []),
+    ("MixGRPO", "shapes_mixgrpo.toml", []),
+    ("MixGRPO-Flash", "shapes_mixgrpo_flash.toml", []),
 ]
 PAPER = {"DanceGRPO (f = 1.0)": 1.0, "BranchGRPO": 0.71, "BranchGRPO, depth-pruned": 0.45,
-         "BranchGRPO, width-pruned": 0.45, "BranchGRPO-Mix": 0.21}
+         "BranchGRPO, width-pruned": 0.45, "BranchGRPO-Mix": 0.21}  # the others: not in the paper
 
 
 def device_name() -> str:
@@ -71,7 +77,7 @@ def main() -> None:
     for name, fwd, edges, t_roll, t_upd, t_it in rows:
         predicted = (fwd + 3 * edges) / (base[1] + 3 * base[2])
         lines.append(f"| {name} | {fwd} | {edges} | {t_roll:.1f} | {t_upd:.1f} | {t_it:.1f} | {t_it / base[5]:.2f} "
-                     f"| {predicted:.2f} | {PAPER[name]:.2f} |")
+                     f"| {predicted:.2f} | {f'{PAPER[name]:.2f}' if name in PAPER else '—'} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / args.name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

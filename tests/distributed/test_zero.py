@@ -216,3 +216,25 @@ def test_torchrun_starts_the_same_run(tiny_model_dir, tmp_path):
     for key in ("update/loss", "update/grad_norm", "reward/shapes-faithfulness/mean"):
         assert a[0][key] == b[0][key], key
     assert done.stdout.count("done:") == 1  # rank 0 alone reports
+
+
+def test_flow_grpo_global_std_on_two_ranks_equals_one(tiny_model_dir, tmp_path):
+    """Flow-GRPO divides by one std over every rank's leaves: 2 ranks of 2 trees each give the
+    advantages, and so the losses, of 1 rank holding all 4 trees."""
+    recipe = str(ROOT / "recipes" / "shapes_flowgrpo.toml")
+    sets = [f"model.path='{tiny_model_dir}'", "train.iterations=2", "train.prompts_per_iteration=4",
+            "strategy.group_size=4", "sampler.steps=6", "train.micro_batch=8", "train.checkpoint_every=2",
+            "train.optimizer_steps=2", "eval.every=0", "backend={use='torch'}"]
+    argv = [x for s in sets for x in ("--set", s)]
+    runs = {}
+    for n in (1, 2):
+        runs[n] = tmp_path / f"ranks{n}"
+        grpo("run", recipe, *argv, "--out", str(runs[n]), nproc=n)
+    one, two = train_records(runs[1]), train_records(runs[2])
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two, strict=True):
+        assert a["reward/shapes-faithfulness/mean"] == b["reward/shapes-faithfulness/mean"]
+        assert a["cost/leaves"] == b["cost/leaves"] == 16 and a["cost/trained_edges"] == b["cost/trained_edges"]
+        assert b["update/loss"] == pytest.approx(a["update/loss"], rel=1e-3, abs=1e-8)
+        assert b["update/grad_norm"] == pytest.approx(a["update/grad_norm"], rel=1e-5)
+        assert b["reward/zero_std_ratio"] == a["reward/zero_std_ratio"]
