@@ -42,10 +42,10 @@ class TreePlan:
         if self.roots < 1:
             raise ValueError("a tree needs at least one root")
         if self.times and (len(self.times) != self.steps + 1 or self.times[0] != 1.0 or self.times[-1] != 0.0
-                           or any(a <= b for a, b in zip(self.times, self.times[1:]))):
+                           or any(a <= b for a, b in zip(self.times, self.times[1:], strict=False))):
             raise ValueError("times must be steps + 1 decreasing values from 1 to 0")
         if self.solver and (len(self.solver) != self.steps or any(
-                m not in ("euler", "dpm") or (m == "dpm" and st) for m, st in zip(self.solver, self.stochastic))):
+                m not in ("euler", "dpm") or (m == "dpm" and st) for m, st in zip(self.solver, self.stochastic, strict=True))):
             raise ValueError("solver needs one of 'euler' or 'dpm' per step, and 'dpm' on ODE steps only")
         if any(b < 1 for b in self.branch):
             raise ValueError("branch factors must be >= 1")

@@ -40,11 +40,11 @@ def test_guarded_ratio_is_the_released_formula(tiny_policy, sampler):
         lp, std, _ = edge_terms(tiny_policy, sampler, ro, cond, batch, "nominal", guard=guard)
         # the released code: μ_new from the step's mean, bias = mean((μ_new − μ_old)²) / (2 s²),
         # log r̂ = (log p_new − log p_old + bias) · s
-        xs = torch.stack([ro.states[k][ro.parent[k][c]] for k, c in zip(batch.step.tolist(), batch.child.tolist())])
+        xs = torch.stack([ro.states[k][ro.parent[k][c]] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
         sigma, sigma_next = ro.sigmas[batch.step], ro.sigmas[batch.step + 1]
         v = tiny_policy.velocity(xs, sigma, cond.select(torch.zeros(len(batch), dtype=torch.long))).float()
         mu_new, _ = sampler.step(xs, v, sigma, sigma_next)
-        mu_old = torch.stack([ro.means[k][c] for k, c in zip(batch.step.tolist(), batch.child.tolist())])
+        mu_old = torch.stack([ro.means[k][c] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
         bias = ((mu_new - mu_old) ** 2).flatten(1).mean(dim=1) / (2 * std**2)
         released = (lp - batch.old_log_prob + bias) * std
     assert float(guard[0].abs().max()) > 1e-4  # the policy moved

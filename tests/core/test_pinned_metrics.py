@@ -5,7 +5,9 @@ engine, the strategies or the recipes that changes what a recipe computes fails 
 The LoRA recipe's values were recorded with the global torch seed set from ``train.seed`` before
 the model is built (its adapters are initialised at random); ``shapes_dance``'s after the KL term
 was taken on the noise's 8×8 tiles (it took it per element before: its second iteration's reward
-moved by 0.009); the other four before either change, and they have not moved since.
+moved by 0.009); the other four before either change, and they have not moved since. The share of
+flat reward groups (``reward/zero_std_ratio``) was added to every record later without changing any
+other value; the Flow-GRPO, MixGRPO and Flash recipes were recorded when they were added.
 
 Re-record (only when a change is meant to move results, and say so in its commit):
 ``GRPO_REPIN=1 python -m pytest tests/core/test_pinned_metrics.py``.
