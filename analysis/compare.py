@@ -23,7 +23,7 @@ import tomllib
 from PIL import Image, ImageDraw, ImageFont
 
 from grpo.core.errors import UserError
-from grpo.core.rundir import FINISHED, METRICS, RESOLVED, SAMPLES, TENSORBOARD
+from grpo.core.rundir import FINISHED, METRICS, RESOLVED, SAMPLES, TENSORBOARD, RunDir
 from grpo.core.runlog import read_metrics
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
@@ -60,6 +60,7 @@ class RunSummary:
     evals: list[dict] = field(repr=False)
     train: list[dict] = field(repr=False)
     finished: bool
+    settings: dict = field(default_factory=dict, repr=False)  # the run's resolved recipe
 
     @classmethod
     def load(cls, run_dir: Path, label: str | None = None) -> RunSummary:
@@ -81,6 +82,7 @@ class RunSummary:
             evals=evals,
             train=train,
             finished=(run_dir / FINISHED).is_file(),
+            settings=resolved,
         )
 
     # -- per-run quantities ------------------------------------------------------------------------
@@ -99,6 +101,23 @@ class RunSummary:
             total += r.get("cost/rollout_forwards", 0.0) + r.get("update/trained_edges", r.get("cost/trained_edges", 0.0))
             out[r["iteration"] + 1] = total
         return out
+
+    def gain_curve(self, key: str, axis: str = "minutes") -> list[tuple[float, float]]:
+        """(training minutes or cumulative forwards, score − the base's score) at each evaluation."""
+        xs = self.clock() if axis == "minutes" else self.forwards()
+        scale = 60.0 if axis == "minutes" else 1.0
+        pts = [(xs.get(r["iteration"], float("nan")) / scale, r[key]) for r in self.evals if key in r]
+        return [(x, y - pts[0][1]) for x, y in pts] if pts else []
+
+    def per_image(self, key: str, which: int) -> list[float] | None:
+        """Per-image scores of the `which`-th evaluation (``eval/iter_N.pt``), when saved."""
+        from grpo.analysis.report import load_eval
+
+        set_name, reward = key.split("/")
+        path = RunDir(self.run_dir).eval_scores(self.evals[which]["iteration"])
+        if not path.is_file():
+            return None
+        return load_eval(self.run_dir, self.evals[which]["iteration"]).get(set_name, {}).get(reward)
 
     def mean_train(self, key: str) -> float:
         vals = [r[key] for r in self.train if key in r]
@@ -132,6 +151,53 @@ def main_measures(runs: list[RunSummary]) -> list[tuple[str, str]]:
     return sorted(found, key=lambda p: (p[0] != "held-out", p[0], p[1]))
 
 
+def time_to_target(points: list[tuple[float, float]], target: float) -> float | None:
+    """The first x at which a curve of (x, gain) reaches `target`, linearly interpolated between
+    evaluations; None when it never does."""
+    for i, (x, y) in enumerate(points):
+        if y >= target:
+            if i == 0:
+                return x
+            x0, y0 = points[i - 1]
+            return x0 + (target - y0) / (y - y0) * (x - x0)
+    return None
+
+
+def paired_interval(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of a − b over paired values (same images and noise) and its normal 95% half-width."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(d)
+    mean = sum(d) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1))
+    return mean, 1.96 * sd / math.sqrt(n)
+
+
+@dataclass
+class Reach:
+    """When the runs of one recipe first reached the target gain (the seeds that did)."""
+
+    minutes: tuple[float, float]  # mean and half-width over the seeds that reached it
+    forwards: tuple[float, float]
+    reached: int
+    seeds: int
+    budget_minutes: float  # the longest training of the recipe's runs (what "not reached" means)
+
+
+def reach(members: list[RunSummary], key: str, target: float) -> Reach:
+    minutes, forwards = [], []
+    for m in members:
+        t = time_to_target(m.gain_curve(key, "minutes"), target)
+        f = time_to_target(m.gain_curve(key, "forwards"), target)
+        if t is not None and f is not None:
+            minutes.append(t)
+            forwards.append(f)
+    nan = (float("nan"), float("nan"))
+    return Reach(seed_interval(minutes) if minutes else nan, seed_interval(forwards) if forwards else nan,
+                 len(minutes), len(members), max(m.training_seconds() for m in members) / 60)
+
+
 @dataclass
 class Row:
     label: str
@@ -145,10 +211,23 @@ class Row:
     edges_per_leaf: float
     training_minutes: float
     shares: dict[str, float]
+    reach: Reach | None = None  # time to the target gain (the first measure), when there is a target
 
 
-def summarise(runs: list[RunSummary]) -> tuple[list[Row], list[tuple[str, str]]]:
+def default_target(runs: list[RunSummary], measures: list[tuple[str, str]]) -> float | None:
+    """The first recipe's mean final gain in the first measure (None when it has no positive gain)."""
+    if not measures:
+        return None
+    key, first = "/".join(measures[0]), runs[0].label
+    gains = [r.gain_curve(key)[-1][1] for r in runs if r.label == first and r.gain_curve(key)]
+    gain = sum(gains) / len(gains) if gains else float("nan")
+    return gain if gain > 0 else None
+
+
+def summarise(runs: list[RunSummary], target: float | None = None) -> tuple[list[Row], list[tuple[str, str]]]:
+    """One row per recipe; time to `target` (default: the first recipe's final gain) in the first measure."""
     measures = main_measures(runs)
+    target = default_target(runs, measures) if target is None else target
     groups: dict[str, list[RunSummary]] = {}
     for run in runs:
         groups.setdefault(run.label, []).append(run)
@@ -165,7 +244,9 @@ def summarise(runs: list[RunSummary]) -> tuple[list[Row], list[tuple[str, str]]]
             deltas = [m.evals[-1][key] - m.evals[0][key] for m in with_key]
             if len(with_key) == 1:
                 finals[key] = (values[0], with_key[0].evals[-1].get(f"{key}/ci95", 0.0))
-                gains[key] = (deltas[0], float("nan"))
+                only = with_key[0]
+                a, b = only.per_image(key, -1), only.per_image(key, 0)
+                gains[key] = paired_interval(a, b) if a and b and len(a) == len(b) else (deltas[0], float("nan"))
             else:
                 finals[key] = seed_interval(values)
                 gains[key] = seed_interval(deltas)
@@ -182,8 +263,77 @@ def summarise(runs: list[RunSummary]) -> tuple[list[Row], list[tuple[str, str]]]
             edges_per_leaf=sum(m.per_leaf("cost/trained_edges") for m in members) / n,
             training_minutes=sum(m.training_seconds() for m in members) / n / 60,
             shares={s: sum(m.time_share(s) for m in members) / n for s in ("rollout", "reward", "update")},
+            reach=reach(members, "/".join(measures[0]), target) if measures and target is not None else None,
         ))
     return rows, measures
+
+
+def gain_difference(runs: list[RunSummary], label: str, reference: str, key: str) -> tuple[float, float, str]:
+    """Final gain of `label` minus that of `reference`: paired by seed over their common seeds, or,
+    with one seed, image by image (both runs' evaluations use the same images and noise)."""
+    mine = {r.seed: r for r in runs if r.label == label and r.gain_curve(key)}
+    ref = {r.seed: r for r in runs if r.label == reference and r.gain_curve(key)}
+    common = sorted(set(mine) & set(ref))
+    if not common:
+        return float("nan"), float("nan"), "no common seed"
+    if len(common) > 1:
+        d = [mine[s].gain_curve(key)[-1][1] - ref[s].gain_curve(key)[-1][1] for s in common]
+        return (*seed_interval(d), f"paired by seed, {len(common)} seeds")
+    a, b = mine[common[0]].per_image(key, -1), ref[common[0]].per_image(key, -1)
+    if a and b and len(a) == len(b):
+        return (*paired_interval(a, b), "paired by image, one seed")
+    d = mine[common[0]].gain_curve(key)[-1][1] - ref[common[0]].gain_curve(key)[-1][1]
+    return d, float("nan"), "one seed"
+
+
+def _pm(pair: tuple[float, float], digits: int = 1) -> str:
+    mean, half = pair
+    return f"{mean:.{digits}f}" if math.isnan(half) or half == 0 else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def headline(runs: list[RunSummary], rows: list[Row], measures: list[tuple[str, str]],
+             target: float | None = None) -> str:
+    """The outcome, one sentence per recipe against the first one: its time to the target gain and its
+    final gain's difference, each with its 95% interval, whichever way they go."""
+    if not rows or not measures:
+        return ""
+    key, ref = "/".join(measures[0]), rows[0]
+    tgt = target if target is not None else default_target(runs, measures)
+    source = "the given target" if target is not None else f"{ref.label}'s final gain"
+    out = []
+    if tgt is None:
+        out.append(f"{ref.label}'s final gain in {key} is not positive, so there is no target gain to time.")
+    for row in rows[1:]:
+        parts = []
+        if tgt is not None and row.reach and ref.reach:
+            a, b = row.reach, ref.reach
+            if a.reached and b.reached:
+                parts.append(f"{row.label} reached a gain of {tgt:+.3f} in {key} ({source}) after {_pm(a.minutes)} "
+                             f"training minutes ({a.reached}/{a.seeds} seeds), against {_pm(b.minutes)} for {ref.label} "
+                             f"({b.reached}/{b.seeds} seeds): {a.minutes[0] / b.minutes[0]:.2f}× the time"
+                             if b.minutes[0] > 0 else "")
+            elif b.reached:
+                parts.append(f"{row.label} did not reach a gain of {tgt:+.3f} in {key} ({source}) within "
+                             f"{a.budget_minutes:.1f} training minutes, where {ref.label} took {_pm(b.minutes)} "
+                             f"({b.reached}/{b.seeds} seeds)")
+            elif a.reached:
+                parts.append(f"{row.label} reached a gain of {tgt:+.3f} in {key} ({source}) after {_pm(a.minutes)} "
+                             f"training minutes ({a.reached}/{a.seeds} seeds), which {ref.label} did not reach "
+                             f"within {b.budget_minutes:.1f}")
+            else:
+                parts.append(f"neither {row.label} nor {ref.label} reached a gain of {tgt:+.3f} in {key} ({source})")
+        d, h, how = gain_difference(runs, row.label, ref.label, key)
+        if not math.isnan(d):
+            verdict = ("an interval that includes 0: no difference can be concluded" if math.isnan(h) or abs(d) <= h
+                       else "an interval above 0" if d > 0 else "an interval below 0")
+            lead = "its" if parts and parts[0] else row.label + "'s"
+            parts.append(f"{lead} final gain differs from {ref.label}'s by {d:+.3f}"
+                         + ("" if math.isnan(h) else f" ± {h:.3f}") + f" ({how}), {verdict}")
+        parts = [x for x in parts if x]
+        if parts:
+            text = "; ".join(parts) + "."
+            out.append(text[0].upper() + text[1:])
+    return " ".join(out)
 
 
 def _fmt(pair: tuple[float, float]) -> str:
@@ -191,10 +341,23 @@ def _fmt(pair: tuple[float, float]) -> str:
     return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
+def _reach_cells(r: Reach | None) -> list[str]:
+    if r is None:
+        return []
+    if not r.reached:
+        return [f"not in {r.budget_minutes:.1f} (0/{r.seeds})", f"– (0/{r.seeds})"]
+    m, f = r.minutes, r.forwards
+    tail = f" ({r.reached}/{r.seeds})"
+    return [(f"{m[0]:.1f}" if r.reached == 1 else f"{m[0]:.1f} ± {m[1]:.1f}") + tail,
+            (f"{f[0]:.3g}" if r.reached == 1 else f"{f[0]:.3g} ± {f[1]:.2g}") + tail]
+
+
 def table_rows(rows: list[Row], measures: list[tuple[str, str]]) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the comparison table (shared by the markdown and HTML reports)."""
     keys = [f"{s}/{r}" for s, r in measures]
+    reached = any(row.reach is not None for row in rows)
     header = ["recipe", "seeds", "iterations", *[f"{k} (final)" for k in keys], *[f"{k} (gain)" for k in keys[:1]],
+              *(["min to target", "forwards to target"] if reached else []),
               "s / iteration", "rollout forwards / leaf", "trained edges / leaf", "training min",
               "rollout %", "reward %", "update %"]
     cells = []
@@ -203,6 +366,7 @@ def table_rows(rows: list[Row], measures: list[tuple[str, str]]) -> tuple[list[s
             row.label, ",".join(map(str, row.seeds)), f"{row.iterations:g}",
             *[_fmt(row.finals[k]) if k in row.finals else "–" for k in keys],
             *[_fmt(row.gains[k]) if k in row.gains else "–" for k in keys[:1]],
+            *(_reach_cells(row.reach) if reached else []),
             f"{row.sec_per_iteration:.1f}", f"{row.forwards_per_leaf:.2f}", f"{row.edges_per_leaf:.2f}",
             f"{row.training_minutes:.1f}",
             *[f"{100 * row.shares[s]:.0f}" for s in ("rollout", "reward", "update")],
@@ -260,6 +424,37 @@ def plot(runs: list[RunSummary], measures: list[tuple[str, str]], x_axis: str, o
     plt.close(fig)
 
 
+def plot_gains(runs: list[RunSummary], key: str, target: float | None, out: Path) -> None:
+    """Each run's gain over the base in `key` against training minutes, with the target gain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(r.label for r in runs))
+    colours = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    seen: set[str] = set()
+    for run in runs:
+        pts = run.gain_curve(key, "minutes")
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o", markersize=3, color=colours[run.label], alpha=0.75,
+                label=None if run.label in seen else run.label)
+        seen.add(run.label)
+    if target is not None:
+        ax.axhline(target, color="k", linestyle="--", linewidth=1, label=f"target {target:+.3f}")
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_xlabel("training minutes (evaluations excluded)", fontsize=8)
+    ax.set_title(f"gain over the base in {key} (one line per seed)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def samples_side_by_side(runs: list[RunSummary], out: Path) -> bool:
     """The base model's and each recipe's final evaluation grid (first seed), same prompts and noise."""
     panels: list[tuple[str, Path]] = []
@@ -300,20 +495,45 @@ def collect_tensorboard(runs: list[RunSummary], out: Path) -> None:
 
 # -- the report ------------------------------------------------------------------------------------
 FIGURES = [("curves_iteration.png", "against iteration"), ("curves_seconds.png", "against training seconds"),
-           ("curves_forwards.png", "against cumulative model forwards")]
+           ("curves_forwards.png", "against cumulative model forwards"),
+           ("gains_minutes.png", "gain over the base against training minutes, with the target gain")]
 
 
-def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison") -> Path:
+def setting_differences(runs: list[RunSummary]) -> list[str]:
+    """Settings (besides the strategy and the seed) in which a recipe's runs differ from the first recipe's."""
+    firsts: dict[str, RunSummary] = {}
+    for run in runs:
+        firsts.setdefault(run.label, run)
+    labels = list(firsts)
+    out = []
+
+    def walk(a: object, b: object, path: str) -> list[tuple[str, object, object]]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)]
+        return [] if a == b else [(path, a, b)]
+
+    skip = ("strategy", "train.seed", "provenance", "parts")
+    for label in labels[1:]:
+        for where, a, b in walk(firsts[labels[0]].settings, firsts[label].settings, ""):
+            if not where.startswith(skip):
+                out.append(f"{label}: {where} = {b!r} (against {a!r})")
+    return out
+
+
+def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison", target: float | None = None) -> Path:
     """Write report.md, report.html (self-contained), the plots and tensorboard/ into `out`."""
     if not runs:
         raise UserError("no runs to compare", hint="give recipes to run, or --from run directories")
     if not any(r.evals for r in runs):
         raise UserError("none of the runs has an evaluation", hint="set [eval] every > 0")
     out.mkdir(parents=True, exist_ok=True)
-    rows, measures = summarise(runs)
+    rows, measures = summarise(runs, target)
+    lead = headline(runs, rows, measures, target)
     header, cells = table_rows(rows, measures)
-    for name, _ in FIGURES:
+    for name, _ in FIGURES[:3]:
         plot(runs, measures, name.removeprefix("curves_").removesuffix(".png"), out / name)
+    plot_gains(runs, "/".join(measures[0]), target if target is not None else default_target(runs, measures),
+               out / FIGURES[3][0])
     has_samples = samples_side_by_side(runs, out / "samples.png")
     collect_tensorboard(runs, out / "tensorboard")
     unfinished = [r.name for r in runs if not r.finished]
@@ -327,6 +547,15 @@ def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison") -> Pa
     ]
     if unfinished:
         notes.append("Unfinished runs (shown as far as they got): " + ", ".join(unfinished) + ".")
+    if any(row.reach for row in rows):
+        notes.append("Time to target: the training minutes (and model forwards) at which a run's gain over the base "
+                     "first reaches the target, interpolated linearly between evaluations; the mean over the seeds "
+                     "that reached it, with how many did.")
+    differ = setting_differences(runs)
+    if differ:
+        notes.append("Settings that differ besides the strategy: " + "; ".join(differ) + ".")
+    if lead:
+        notes.insert(0, lead)
     md = [f"# {title}", "", *[n + "\n" for n in notes], markdown(header, cells), ""]
     for name, caption in FIGURES:
         md += [f"Evaluation {caption}:", "", f"![{caption}]({name})", ""]

@@ -2,9 +2,12 @@
 
 Each (recipe, seed) runs as its own `grpo run` process into ``DIR/runs/<recipe>-seed<N>``, with
 its log in ``DIR/logs/``. The comparison is fair by construction and checked before anything runs:
-the recipes must agree on the prompts, the evaluation and the prompts per iteration, so that every
-run of a seed sees the same training prompts and every run the same evaluation prompts and noise.
-Running the same command again resumes: finished runs are kept, interrupted ones continue.
+the recipes must agree on the prompts, the evaluation noise and steps and the prompts per iteration,
+so that every run of a seed sees the same training prompts and every run the same evaluation prompts
+and noise; every other setting in which they differ is said before the runs start and in the report.
+With ``--time-budget`` every run trains for the same minutes and is evaluated at training-time marks
+(``eval.every_minutes``). Running the same command again resumes: finished runs are kept, interrupted
+ones continue.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from grpo.core.runlog import read_metrics
 
 from .common import console, err_console, guard, load_recipe
 
-# what every compared recipe must agree on (dotted paths into the resolved recipe)
-SHARED = ("prompts", "eval", "train.prompts_per_iteration")
+# what every compared recipe must agree on (dotted paths into the resolved recipe): the training
+# prompts, the evaluation prompts and noise, and the global batch. Other differences are reported.
+SHARED = ("prompts", "eval.seed", "eval.steps", "train.prompts_per_iteration")
+# what is expected to differ between compared recipes, and is not listed as a difference
+ALGORITHM = ("strategy", "train.seed", "parts", "provenance")
 
 
 @dataclass
@@ -80,29 +86,54 @@ def _parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def plan_jobs(recipes: list[Path], seeds: list[int], sets: list[str], out: Path) -> list[Job]:
-    """Validate the recipes, check that they compare fairly, and lay out one job per (recipe, seed)."""
-    labels = [p.stem for p in recipes]
-    dupes = {x for x in labels if labels.count(x) > 1}
-    if dupes:
-        raise UserError(f"two recipes share the name {sorted(dupes)[0]!r}", where="RECIPE",
-                        hint="give each compared recipe a distinct file name (it names the runs)")
+def _resolve(recipes: list[Path], sets: list[str]) -> dict[str, dict[str, Any]]:
     resolved = {}
     for path in recipes:
         if not path.is_file():
             raise UserError(f"recipe {str(path)!r} does not exist", where="RECIPE", hint="give the path of a .toml recipe")
         r, _ = load_recipe(path, sets, env=True)
         resolved[path.stem] = r.to_dict()
-    first = labels[0]
+    return resolved
+
+
+def _check_fair(resolved: dict[str, dict[str, Any]]) -> list[str]:
+    """Refuse recipes whose runs would not see the same prompts, evaluation or batch; return a line
+    per other setting in which a recipe differs from the first (compared anyway)."""
+    labels = list(resolved)
+    first, said = labels[0], []
     for label in labels[1:]:
         for key in SHARED:
             diffs = _differences(_lookup(resolved[first], key), _lookup(resolved[label], key), key)
             if diffs:
                 where, a, b = diffs[0]
                 raise UserError(
-                    f"recipes {first!r} and {label!r} differ in [{key}] ({where} = {a!r} vs {b!r}): their runs "
-                    "would not see the same prompts or evaluation",
+                    f"recipes {first!r} and {label!r} differ in {where} ({a!r} vs {b!r}): their runs would not see "
+                    "the same prompts, evaluation or batch",
                     where=where, hint=f"make {where} equal in both recipes, or pass --set {where}=... to the comparison")
+        for where, a, b in _differences(resolved[first], resolved[label], ""):
+            if not where.removeprefix(".").startswith(ALGORITHM):
+                said.append(f"{label} differs from {first} in {where.removeprefix('.')}: {b!r} (against {a!r})")
+    return said
+
+
+def plan_jobs(recipes: list[Path], seeds: list[int], sets: list[str], out: Path,
+              time_budget: float | None = None) -> tuple[list[Job], list[str]]:
+    """Validate the recipes, check that they compare fairly, and lay out one job per (recipe, seed);
+    also return what the comparison says before it runs (settings that differ, marks chosen)."""
+    labels = [p.stem for p in recipes]
+    dupes = {x for x in labels if labels.count(x) > 1}
+    if dupes:
+        raise UserError(f"two recipes share the name {sorted(dupes)[0]!r}", where="RECIPE",
+                        hint="give each compared recipe a distinct file name (it names the runs)")
+    resolved, notes = _resolve(recipes, sets), []
+    if time_budget is not None and not any(r["eval"]["every_minutes"] for r in resolved.values()):
+        # at equal training time, evaluations every N iterations land at different times: use time marks
+        minutes = round(time_budget / 4, 3)
+        sets = [*sets, f"eval.every_minutes={minutes}"]
+        resolved = _resolve(recipes, sets)
+        notes.append(f"evaluating every {minutes:g} minutes of training (eval.every_minutes), so that every run "
+                     "is evaluated at the same training times")
+    notes += _check_fair(resolved)
     jobs = []
     for path in recipes:
         for seed in seeds:
@@ -114,7 +145,7 @@ def plan_jobs(recipes: list[Path], seeds: list[int], sets: list[str], out: Path)
                 settings["train"]["seed"] = seed
                 _check_same_settings(run_dir, settings)
             jobs.append(Job(name, path.stem, seed, path, job_sets, run_dir, out / "logs" / f"{name}.log"))
-    return jobs
+    return jobs, notes
 
 
 def _check_same_settings(run_dir: Path, new: dict[str, Any]) -> None:
@@ -224,6 +255,9 @@ def compare(
     from_: Annotated[
         list[Path], typer.Option("--from", help="render a report from finished run directories instead")
     ] = [],  # noqa: B006
+    target: Annotated[float | None, typer.Option(
+        "--target", help="gain over the base whose time to reach the report gives (default: the first recipe's final gain)")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no live table")] = False,
 ) -> None:
     """Run recipes head to head on identical prompts, seeds and evaluation noise; write report.md/.html."""
@@ -234,7 +268,7 @@ def compare(
             raise UserError("--from takes run directories, not recipes", where="--from",
                             hint="either grpo compare RECIPE... --out DIR, or grpo compare --from RUN... --out DIR")
         runs = [report.RunSummary.load(p) for p in from_]
-        _finish(runs, out)
+        _finish(runs, out, target)
         return
     if not recipes:
         raise UserError("no recipes given", where="RECIPE", hint="grpo compare A.toml B.toml --out runs/cmp")
@@ -253,11 +287,13 @@ def compare(
         sets.append(f"train.iterations={iterations}")
     if time_budget is not None:
         sets.append(f"train.time_budget={time_budget}")
-    jobs = plan_jobs(recipes, _parse_seeds(seeds), sets, out)
+    jobs, notes = plan_jobs(recipes, _parse_seeds(seeds), sets, out, time_budget)
+    for line in notes:
+        console.print(f"[cyan]note[/]: {line}", markup=True, highlight=False)
     failed = run_jobs(jobs, parallel, quiet)
     finished = [report.RunSummary.load(j.run_dir, j.label) for j in jobs if (j.run_dir / FINISHED).is_file()]
     if finished:
-        _finish(finished, out)
+        _finish(finished, out, target)
     if failed:
         for job in failed:
             err_console.print(f"[bold red]failed[/]: {job.name}; its log: {job.log}")
@@ -266,9 +302,10 @@ def compare(
         raise typer.Exit(1)
 
 
-def _finish(runs: list[report.RunSummary], out: Path) -> None:
-    report.write(runs, out)
+def _finish(runs: list[report.RunSummary], out: Path, target: float | None = None) -> None:
+    report.write(runs, out, target=target)
     rows, measures = report.summarise(runs)
     header, cells = report.table_rows(rows, measures)
+    console.print(report.headline(runs, rows, measures, target), markup=False)
     console.print(report.markdown(header, cells), markup=False)
     console.print(f"[green]written[/]: {out / 'report.md'}, {out / 'report.html'}")

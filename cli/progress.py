@@ -32,6 +32,7 @@ class RichReporter:
             transient=False,
         )
         self.task = None
+        self.minutes = False
         self.last = time.perf_counter()
 
     def __enter__(self) -> RichReporter:
@@ -41,8 +42,14 @@ class RichReporter:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def start(self, total: int, done: int) -> None:
-        self.task = self.progress.add_task("training", total=total, completed=done, stage="", info="")
+    def start(self, total: int, done: int, budget: float = 0.0, elapsed: float = 0.0) -> None:
+        """A bar of iterations; of training minutes when the run has a time budget (`budget` seconds)."""
+        self.minutes = bool(budget)
+        if self.minutes:
+            self.task = self.progress.add_task("training minutes", total=round(budget / 60.0, 2),
+                                               completed=elapsed / 60.0, stage="", info="")
+        else:
+            self.task = self.progress.add_task("training", total=total, completed=done, stage="", info="")
 
     def stage(self, name: str) -> None:
         if self.task is not None:
@@ -56,7 +63,10 @@ class RichReporter:
                 parts.append(f"{key} {value:.3f}")
         parts.append(f"clip {metrics.get('update/clip_fraction', 0.0):.2f}")
         parts.append(f"{metrics.get('time/iteration', 0.0):.1f}s/it")
-        self.progress.update(self.task, completed=iteration + 1, info=" | ".join(parts))
+        if self.minutes:
+            parts.insert(0, f"it {iteration + 1}")
+        done = metrics.get("time/elapsed", 0.0) / 60.0 if self.minutes else iteration + 1
+        self.progress.update(self.task, completed=done, info=" | ".join(parts))
 
     def evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
         shown = []

@@ -188,16 +188,25 @@ class Trainer:
             yield
 
     # -- the run -----------------------------------------------------------------------------------
-    def _maybe_evaluate(self, done: int, force: bool = False) -> None:
-        """Evaluate after `done` iterations when ``[eval] every`` (or the end, or `force`) says so."""
-        every = self.recipe.eval.every
-        if not every or not self.c.eval_sets or not (force or done % every == 0 or done == self.recipe.train.iterations):
+    def _maybe_evaluate(self, done: int, elapsed: float, force: bool = False) -> None:
+        """Evaluate after `done` iterations and `elapsed` training seconds when ``[eval] every`` or
+        ``every_minutes`` says so (or at the end, or when `force`d)."""
+        e = self.recipe.eval
+        if not (e.every or e.every_minutes) or not self.c.eval_sets:
+            return
+        mark = int(elapsed // (e.every_minutes * 60.0)) if e.every_minutes else 0  # marks reached so far
+        due = mark > self._marks if e.every_minutes else done % e.every == 0
+        if not (force or due or done == self.recipe.train.iterations):
             return
         self.reporter.stage("evaluate")
         start = time.perf_counter()
         with self.ema.applied():  # the averaged weights, when the recipe keeps an average
             ev = self.evaluator.evaluate(done)
         ev["time/evaluation"] = time.perf_counter() - start
+        ev["time/training"] = elapsed
+        if e.every_minutes and (due or done == 0):
+            ev["time/mark"] = mark * e.every_minutes  # the training-time mark (minutes) this evaluation is for
+            self._marks = mark
         self.log.write(done, "eval", ev)
         self.reporter.evaluation(done, ev)
 
@@ -213,10 +222,12 @@ class Trainer:
         t, plan = self.recipe.train, self.c.plan
         self.log.write(start, "plan", {"leaves_per_tree": plan.leaves, "rollout_forwards_per_tree": plan.rollout_forwards,
                                         "edges_per_tree": plan.edges})
-        self.reporter.start(t.iterations, start)
         budget, last, done, reason = t.time_budget * 60.0, {}, start, "iterations"
+        self.reporter.start(t.iterations, start, budget, elapsed)
+        minutes = self.recipe.eval.every_minutes
+        self._marks = int(elapsed // (minutes * 60.0)) if minutes else 0  # training-time marks already evaluated
         if start < t.iterations:  # a fresh run evaluates the base; a resumed one repeats its checkpoint's evaluation
-            self._maybe_evaluate(start, force=start == 0)
+            self._maybe_evaluate(start, elapsed, force=start == 0)
         for it in range(start, t.iterations):
             if budget and elapsed >= budget:
                 reason = "time_budget"
@@ -231,12 +242,12 @@ class Trainer:
                 self.reporter.stage("checkpoint")
                 checkpoint.save(self.run_dir, self.c.backend, done, t.keep_checkpoints, {"elapsed": elapsed},
                                 group=self.group, also=self.ema.save)
-            self._maybe_evaluate(done, force=over)
+            self._maybe_evaluate(done, elapsed, force=over)
             if over:
                 reason = "time_budget"
                 break
         if start == done and start > 0:  # resumed a finished run: its last evaluation
-            self._maybe_evaluate(start, force=True)
+            self._maybe_evaluate(start, elapsed, force=True)
         if self.group.main:
             self.dirs.finished.write_text(json.dumps({"iterations": done, "reason": reason, "elapsed": elapsed}) + "\n")
         return last

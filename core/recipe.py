@@ -82,7 +82,10 @@ class TrainConfig:
 class EvalConfig:
     """``[eval]``: fixed prompts and fixed noise, sampled with the ODE sampler."""
 
-    every: Annotated[int, Range(ge=0), Doc("iterations between evaluations (0 = never)")] = 10
+    every: Annotated[int, Range(ge=0), Doc("iterations between evaluations (0 = never; unused when every_minutes is set)")] = 10
+    every_minutes: Annotated[float, Range(ge=0), Doc(
+        "evaluate at every multiple of this many minutes of training time (the clock of train.time_budget, "
+        "evaluations excluded), after the iteration that reaches it; 0 = count iterations (every)")] = 0.0
     steps: Annotated[int, Range(ge=0), Doc("ODE steps (0 = the sampler's steps)")] = 0
     seed: Annotated[int, Range(ge=0), Doc("seed of the evaluation noise (never used in training)")] = 1_000_003
     grid_images: Annotated[int, Range(ge=0), Doc("images in the saved sample grid")] = 32

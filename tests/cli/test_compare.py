@@ -117,7 +117,7 @@ def test_seed_interval_against_a_hand_computed_case():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["{r}/dance.toml", "{r}/other.toml"], "differ in [prompts]"),
+    (["{r}/dance.toml", "{r}/other.toml"], "differ in prompts.eval_held_out_samples"),
     (["{r}/dance.toml", "--iterations", "1", "--time-budget", "1"], "exclusive"),
     (["{r}/dance.toml", "--seeds", "0,x"], "--seeds"),
     (["{r}/missing.toml"], "does not exist"),
@@ -148,3 +148,80 @@ def test_html_report_renders_in_a_headless_browser(compared, tmp_path):
     assert sum(p != (255, 255, 255) for p in pixels) > 0.05 * len(pixels)
     # ... and so are the embedded plots: matplotlib's second colour (#ff7f0e) only appears in them
     assert sum(abs(r - 255) < 30 and abs(g - 127) < 30 and b < 60 for r, g, b in pixels) > 200
+
+
+def _run(label, seed, curve, *, minutes_per_iteration=1.0):
+    """A hand-made run: evaluations after the given iterations with the given scores (one iteration per
+    `minutes_per_iteration` of training)."""
+    from pathlib import Path
+
+    from grpo.analysis.compare import RunSummary
+
+    last = max(i for i, _ in curve)
+    train = [{"iteration": i, "kind": "train", "time/iteration": 60.0 * minutes_per_iteration,
+              "time/elapsed": 60.0 * minutes_per_iteration * (i + 1)} for i in range(last)]
+    evals = [{"iteration": i, "kind": "eval", "held-out/score": s} for i, s in curve]
+    return RunSummary(f"{label}-seed{seed}", label, seed, Path("/nonexistent"), last, evals, train, True)
+
+
+def test_time_to_target_against_hand_made_curves():
+    from grpo.analysis.compare import headline, reach, summarise, time_to_target
+
+    # gains 0, 0.02, 0.06 at 0, 10, 20 minutes: 0.04 is reached halfway between the last two
+    assert time_to_target([(0.0, 0.0), (10.0, 0.02), (20.0, 0.06)], 0.04) == pytest.approx(15.0)
+    assert time_to_target([(0.0, 0.0), (10.0, 0.02), (20.0, 0.06)], 0.02) == pytest.approx(10.0)
+    assert time_to_target([(0.0, 0.0), (10.0, 0.02)], 0.03) is None
+    assert time_to_target([(0.0, 0.0), (10.0, -0.01)], 0.0) == 0.0
+    # DanceGRPO's three seeds end at gains 0.02, 0.06, 0.07 (mean 0.05: the default target) after 20 iterations,
+    # half of it after 10; BranchGRPO, twice as fast per iteration, is at 0.1 after 8, 10 and 16 iterations and
+    # ends at 0.08 (scores are gains: the base scores 0)
+    dance = [_run("dance", s, [(0, 0.0), (10, g / 2), (20, g)]) for s, g in enumerate((0.02, 0.06, 0.07))]
+    branch = [_run("branch", s, [(0, 0.0), (e, 0.1), (20, 0.08)], minutes_per_iteration=0.5)
+              for s, e in enumerate((8, 10, 16))]
+    rows, _ = summarise(dance + branch)
+    assert rows[0].label == "dance" and rows[1].label == "branch"
+    r = rows[1].reach  # 0.05 is half of 0.1, reached at half of 4, 5 and 8 minutes
+    assert r.reached == 3 and r.minutes[0] == pytest.approx((2 + 2.5 + 4) / 3)
+    # sample sd of 2, 2.5, 4 is √(13/12); t(0.975, 2) = 4.303
+    assert r.minutes[1] == pytest.approx(4.303 * (13 / 12) ** 0.5 / 3 ** 0.5, rel=1e-6)
+    d = rows[0].reach  # seed 0 never reaches 0.05; seeds 1 and 2 between their 10- and 20-minute evaluations
+    assert d.reached == 2 and d.minutes[0] == pytest.approx((10 + 10 * 0.02 / 0.03 + 10 + 10 * 0.015 / 0.035) / 2)
+    assert reach(dance, "held-out/score", 0.2).reached == 0
+    text = headline(dance + branch, rows, [("held-out", "score")])
+    assert text.startswith("Branch reached a gain of +0.050 in held-out/score (dance's final gain) after 2.8 ± 2.6 "
+                           "training minutes (3/3 seeds), against 15.5 ± 15.1 for dance (2/3 seeds)"), text
+    # final gains 0.08 against 0.02, 0.06, 0.07, paired by seed: differences 0.06, 0.02, 0.01,
+    # mean 0.03, sd √0.0007, half-width 4.303 · √0.0007 / √3 = 0.066
+    assert "by +0.030 ± 0.066 (paired by seed, 3 seeds), an interval that includes 0" in text
+    # a target nobody reaches is said so
+    text = headline(dance + branch, *summarise(dance + branch, 0.5), 0.5)
+    assert text.startswith("Neither branch nor dance reached a gain of +0.500")
+
+
+def test_the_shipped_shapes_family_compares_as_is(tmp_path):
+    """Any two shapes recipes pass the fairness check with no override, and have nothing to declare
+    but their algorithm; a recipe with other evaluation settings is said, not refused."""
+    from pathlib import Path
+
+    from grpo.cli.compare import plan_jobs
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    family = sorted(recipes.glob("shapes_*.toml"))
+    jobs, notes = plan_jobs(family, [0, 1], [], tmp_path)
+    assert len(jobs) == 2 * len(family)
+    said = {(n.split(" differs ")[0], n.split(" in ")[1].split(":")[0]) for n in notes}
+    sde = {"sampler.use", "sampler.eta", "sampler.noise_level", "sampler.first_step"}
+    assert {k for r, k in said if r == "shapes_dance_lora"} == {"model.lora_rank", "train.lr", "train.kl_beta"}
+    assert {k for r, k in said if r in ("shapes_mixgrpo", "shapes_mixgrpo_flash")} == sde
+    assert {k for r, k in said if r == "shapes_flowgrpo"} == sde | {"train.kl_form"}
+    assert {r for r, _ in said} == {"shapes_dance_lora", "shapes_flowgrpo", "shapes_mixgrpo", "shapes_mixgrpo_flash"}
+    _, notes = plan_jobs([recipes / "shapes_dance.toml", recipes / "shapes_branch.toml"], [0],
+                         ["eval.every_minutes=5"], tmp_path)
+    assert notes == []
+    _, notes = plan_jobs([recipes / "shapes_dance.toml", recipes / "shapes_branch.toml"], [0], [], tmp_path,
+                         time_budget=40.0)
+    assert notes == []  # the recipes' own marks (every 10 minutes) are used
+    _, notes = plan_jobs([recipes / "shapes_dance.toml", recipes / "shapes_branch.toml"], [0],
+                         ["eval.every_minutes=0"], tmp_path, time_budget=40.0)
+    assert notes == ["evaluating every 10 minutes of training (eval.every_minutes), so that every run is "
+                     "evaluated at the same training times"]

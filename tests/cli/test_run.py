@@ -191,3 +191,30 @@ def test_training_raises_a_reward_the_policy_can_move(tmp_path):
     assert len(reward) == 10
     first, last = sum(reward[:3]) / 3, sum(reward[-3:]) / 3
     assert last - first > 0.15, reward
+
+
+def test_evaluations_at_training_time_marks_agree_for_a_fast_and_a_slow_strategy(tiny_model_dir, tmp_path):
+    """``eval.every_minutes``: each run is evaluated right after the iteration whose training clock first
+    reaches each mark, so a strategy with iterations several times slower is evaluated at the same marks."""
+    period, budget = 0.025, 0.08  # minutes: marks at 1.5, 3.0 and 4.5 s of training; the run ends at 4.8 s
+    runs = {}
+    for name, extra in (("fast", ["--set", "strategy.group_size=2"]),
+                        ("slow", ["--set", "strategy.group_size=8", "--set", "sampler.steps=8"])):
+        out = tmp_path / name
+        args = small(tiny_model_dir, iterations=1000, extra=[*extra, "--set", f"eval.every_minutes={period}",
+                                                              "--set", f"train.time_budget={budget}"])
+        result = CliRunner().invoke(app, ["run", DANCE, *args, "--out", str(out), "--quiet"])
+        assert result.exit_code == 0, result.output
+        runs[name] = read_metrics(out)
+    iterations = {}
+    for name, records in runs.items():
+        train = {r["iteration"]: r["time/elapsed"] for r in records if r["kind"] == "train"}
+        iterations[name] = len(train)
+        assert max(b - a for a, b in zip([0.0, *train.values()], train.values(), strict=False)) < period * 60
+        marked = [r for r in records if r["kind"] == "eval" and "time/mark" in r]
+        assert [r["time/mark"] for r in marked] == pytest.approx([0.0, period, 2 * period, 3 * period])
+        for r in marked[1:]:
+            it = r["iteration"]  # evaluated after `it` iterations: the first whose clock reached the mark
+            assert train[it - 1] >= r["time/mark"] * 60 > train.get(it - 2, 0.0)
+            assert r["time/training"] == pytest.approx(train[it - 1])
+    assert iterations["fast"] > 1.5 * iterations["slow"]  # the two strategies do run at different speeds

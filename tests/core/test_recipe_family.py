@@ -1,0 +1,59 @@
+"""The shapes recipe family: every ``recipes/shapes_*.toml`` agrees with ``shapes_dance.toml`` on
+everything but the algorithm, so that `grpo compare` of any subset of them compares algorithms only.
+
+What may differ: the ``[strategy]`` table (and the parts it expands to), the SDE's own noise options
+of the sampler (its ``use``, ``eta``, ``noise_level``, ``first_step``: each method's exploration), and the
+form of the KL term. A recipe that trains adapters (``model.lora_rank``) may also set its own adapter
+size, learning rate and KL weight. Everything else (model, steps, shift, ``noise_block``, rewards,
+prompts, evaluation set and schedule, iterations, batch, optimizer) is the family's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from grpo.cli.common import load_recipe
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+FAMILY = sorted(p for p in RECIPES.glob("shapes_*.toml") if p.stem != "shapes_dance")
+ALGORITHM = ("strategy", "parts", "provenance", "sampler.use", "sampler.eta", "sampler.noise_level",
+             "sampler.first_step", "train.kl_form")
+ADAPTERS = ("model.lora_rank", "model.lora_alpha", "train.lr", "train.kl_beta")
+
+
+def _flat(data: object, path: str = "") -> dict[str, object]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _flat(value, f"{path}.{key}" if path else key).items()}
+    if isinstance(data, list) and data and all(isinstance(x, dict) for x in data):
+        return {k: v for i, x in enumerate(data) for k, v in _flat(x, f"{path}.{i}").items()}
+    return {path: data}
+
+
+def family_differences(a: dict, b: dict) -> list[str]:
+    """Dotted keys in which two resolved recipes differ beyond what the family lets differ."""
+    fa, fb = _flat(a), _flat(b)
+    allowed = ALGORITHM + (ADAPTERS if fa.get("model.lora_rank") != fb.get("model.lora_rank") else ())
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and not k.startswith(allowed))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_recipe(RECIPES / "shapes_dance.toml", env=False)[0].to_dict()
+
+
+@pytest.mark.parametrize("path", FAMILY, ids=lambda p: p.stem)
+def test_shapes_recipes_differ_only_in_the_algorithm(path, reference):
+    assert family_differences(reference, load_recipe(path, env=False)[0].to_dict()) == []
+
+
+def test_the_family_check_catches_a_difference(reference):
+    """The check itself: a changed setting outside the algorithm is found, an allowed one is not."""
+    other = load_recipe(RECIPES / "shapes_branch.toml", ["sampler.noise_block=1", "eval.every_minutes=5",
+                                                          "strategy.clip_range=0.1"], env=False)[0].to_dict()
+    assert family_differences(reference, other) == ["eval.every_minutes", "sampler.noise_block"]
+    lr = load_recipe(RECIPES / "shapes_branch.toml", ["train.lr=1e-4"], env=False)[0].to_dict()
+    assert family_differences(reference, lr) == ["train.lr"]  # only an adapter recipe sets its own rate
+    lora = load_recipe(RECIPES / "shapes_dance_lora.toml", ["train.prompts_per_iteration=4"], env=False)[0].to_dict()
+    assert family_differences(reference, lora) == ["train.prompts_per_iteration"]
