@@ -321,7 +321,7 @@ def headline(runs: list[RunSummary], rows: list[Row], measures: list[tuple[str, 
                              f"training minutes ({a.reached}/{a.seeds} seeds), which {ref.label} did not reach "
                              f"within {b.budget_minutes:.1f}")
             else:
-                parts.append(f"neither {row.label} nor {ref.label} reached a gain of {tgt:+.3f} in {key} ({source})")
+                parts.append(f"Neither {row.label} nor {ref.label} reached a gain of {tgt:+.3f} in {key} ({source})")
         d, h, how = gain_difference(runs, row.label, ref.label, key)
         if not math.isnan(d):
             verdict = ("an interval that includes 0: no difference can be concluded" if math.isnan(h) or abs(d) <= h
@@ -331,8 +331,7 @@ def headline(runs: list[RunSummary], rows: list[Row], measures: list[tuple[str, 
                          + ("" if math.isnan(h) else f" ± {h:.3f}") + f" ({how}), {verdict}")
         parts = [x for x in parts if x]
         if parts:
-            text = "; ".join(parts) + "."
-            out.append(text[0].upper() + text[1:])
+            out.append("; ".join(parts) + ".")
     return " ".join(out)
 
 

@@ -30,7 +30,7 @@ from .components import PromptCache, build, check_world
 from .dist import Group, bind_local_gpu
 from .ema import weight_average
 from .errors import UserError
-from .evaluation import Evaluator
+from .evaluation import Evaluator, Schedule
 from .progress import NoLog, Silent, timed, update_progress
 from .pruner import PruneContext
 from .recipe import Recipe
@@ -189,24 +189,17 @@ class Trainer:
 
     # -- the run -----------------------------------------------------------------------------------
     def _maybe_evaluate(self, done: int, elapsed: float, force: bool = False) -> None:
-        """Evaluate after `done` iterations and `elapsed` training seconds when ``[eval] every`` or
-        ``every_minutes`` says so (or at the end, or when `force`d)."""
-        e = self.recipe.eval
-        if not (e.every or e.every_minutes) or not self.c.eval_sets:
-            return
-        mark = int(elapsed // (e.every_minutes * 60.0)) if e.every_minutes else 0  # marks reached so far
-        due = mark > self._marks if e.every_minutes else done % e.every == 0
-        if not (force or due or done == self.recipe.train.iterations):
+        """Evaluate after `done` iterations and `elapsed` training seconds when the schedule (or `force`) says so."""
+        due, mark = self.schedule.due(done, elapsed, force)
+        if not due or not self.c.eval_sets:
             return
         self.reporter.stage("evaluate")
         start = time.perf_counter()
         with self.ema.applied():  # the averaged weights, when the recipe keeps an average
             ev = self.evaluator.evaluate(done)
-        ev["time/evaluation"] = time.perf_counter() - start
-        ev["time/training"] = elapsed
-        if e.every_minutes and (due or done == 0):
-            ev["time/mark"] = mark * e.every_minutes  # the training-time mark (minutes) this evaluation is for
-            self._marks = mark
+        ev["time/evaluation"], ev["time/training"] = time.perf_counter() - start, elapsed
+        if mark is not None:
+            ev["time/mark"] = mark  # the training-time mark (minutes) this evaluation is for
         self.log.write(done, "eval", ev)
         self.reporter.evaluation(done, ev)
 
@@ -224,8 +217,7 @@ class Trainer:
                                         "edges_per_tree": plan.edges})
         budget, last, done, reason = t.time_budget * 60.0, {}, start, "iterations"
         self.reporter.start(t.iterations, start, budget, elapsed)
-        minutes = self.recipe.eval.every_minutes
-        self._marks = int(elapsed // (minutes * 60.0)) if minutes else 0  # training-time marks already evaluated
+        self.schedule = Schedule(self.recipe.eval, t.iterations, elapsed)
         if start < t.iterations:  # a fresh run evaluates the base; a resumed one repeats its checkpoint's evaluation
             self._maybe_evaluate(start, elapsed, force=start == 0)
         for it in range(start, t.iterations):

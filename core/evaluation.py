@@ -27,6 +27,35 @@ from .stats import mean_ci
 from .tree import TreePlan
 
 
+class Schedule:
+    """When to evaluate: every ``eval.every`` iterations, or after the iteration whose training clock
+    first reaches each multiple of ``eval.every_minutes``; always at the last iteration."""
+
+    def __init__(self, cfg: EvalConfig, iterations: int, elapsed: float = 0.0) -> None:
+        self.every, self.period, self.iterations = cfg.every, cfg.every_minutes * 60.0, iterations
+        self.marks = self._reached(elapsed)  # marks already passed (a resumed run's)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.every or self.period)
+
+    def _reached(self, elapsed: float) -> int:
+        return int(elapsed // self.period) if self.period else 0
+
+    def due(self, done: int, elapsed: float, force: bool = False) -> tuple[bool, float | None]:
+        """Whether to evaluate after `done` iterations and `elapsed` training seconds, and the mark in
+        minutes it is for (None when not a mark's); a mark's evaluation is recorded as made."""
+        if not self.active:
+            return False, None
+        if self.period:
+            mark = self._reached(elapsed)
+            if mark > self.marks or done == 0:
+                self.marks = mark
+                return True, mark * self.period / 60.0
+            return force or done == self.iterations, None
+        return force or done % self.every == 0 or done == self.iterations, None
+
+
 class Evaluator:
     """Evaluates the policy on the recipe's evaluation sets (``[eval]``)."""
 

@@ -74,12 +74,12 @@ def test_compared_runs_share_prompts_and_evaluation_noise(compared):
 
 def test_report_files_and_tensorboard(compared):
     for name in ("report.md", "report.html", "curves_iteration.png", "curves_seconds.png", "curves_forwards.png",
-                 "samples.png"):
+                 "gains_minutes.png", "samples.png"):
         assert (compared / name).is_file(), name
     md = (compared / "report.md").read_text()
     assert "| dance | 0,1 | 1 |" in md and "| branch | 0,1 | 1 |" in md
     html = (compared / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "<table>" in html and "src=\"curves" not in html
+    assert html.count("data:image/png;base64,") == 5 and "<table>" in html and "src=\"curves" not in html
     for name in ("dance-seed0", "branch-seed1"):
         assert list((compared / "tensorboard" / name).glob("events.out.tfevents.*"))
 
@@ -188,7 +188,7 @@ def test_time_to_target_against_hand_made_curves():
     assert d.reached == 2 and d.minutes[0] == pytest.approx((10 + 10 * 0.02 / 0.03 + 10 + 10 * 0.015 / 0.035) / 2)
     assert reach(dance, "held-out/score", 0.2).reached == 0
     text = headline(dance + branch, rows, [("held-out", "score")])
-    assert text.startswith("Branch reached a gain of +0.050 in held-out/score (dance's final gain) after 2.8 ± 2.6 "
+    assert text.startswith("branch reached a gain of +0.050 in held-out/score (dance's final gain) after 2.8 ± 2.6 "
                            "training minutes (3/3 seeds), against 15.5 ± 15.1 for dance (2/3 seeds)"), text
     # final gains 0.08 against 0.02, 0.06, 0.07, paired by seed: differences 0.06, 0.02, 0.01,
     # mean 0.03, sd √0.0007, half-width 4.303 · √0.0007 / √3 = 0.066

@@ -196,10 +196,10 @@ def test_training_raises_a_reward_the_policy_can_move(tmp_path):
 def test_evaluations_at_training_time_marks_agree_for_a_fast_and_a_slow_strategy(tiny_model_dir, tmp_path):
     """``eval.every_minutes``: each run is evaluated right after the iteration whose training clock first
     reaches each mark, so a strategy with iterations several times slower is evaluated at the same marks."""
-    period, budget = 0.025, 0.08  # minutes: marks at 1.5, 3.0 and 4.5 s of training; the run ends at 4.8 s
+    period, budget = 0.04, 0.13  # minutes: marks at 2.4, 4.8 and 7.2 s of training; the run ends at 7.8 s
     runs = {}
     for name, extra in (("fast", ["--set", "strategy.group_size=2"]),
-                        ("slow", ["--set", "strategy.group_size=8", "--set", "sampler.steps=8"])):
+                        ("slow", ["--set", "strategy.group_size=6"])):
         out = tmp_path / name
         args = small(tiny_model_dir, iterations=1000, extra=[*extra, "--set", f"eval.every_minutes={period}",
                                                               "--set", f"train.time_budget={budget}"])

@@ -7,7 +7,15 @@ the model is built (its adapters are initialised at random); ``shapes_dance``'s 
 was taken on the noise's 8×8 tiles (it took it per element before: its second iteration's reward
 moved by 0.009); the other four before either change, and they have not moved since. The share of
 flat reward groups (``reward/zero_std_ratio``) was added to every record later without changing any
-other value; the Flow-GRPO, MixGRPO and Flash recipes were recorded when they were added.
+other value; the Flow-GRPO, MixGRPO and Flash recipes were recorded when they were added. The
+BranchGRPO recipes and the LoRA one were re-recorded when the shapes recipes became one family, which
+gave them the 8×8 noise tiles (the family's iteration cap, time budget and evaluation marks change
+nothing in two iterations).
+
+Rewards, advantages and evaluations must agree to 1e-6. The update's statistics (``update/*``: ratios
+after several optimizer steps, losses, gradient norms) are compared to 1e-4 relative: CPUs with other
+vector units (an AMD EPYC and an Intel Xeon, measured) run other matrix kernels, and Flow-GRPO's
+smallest ratio after four optimizer steps moved by 1.4e-5 between them while every reward matched.
 
 Re-record (only when a change is meant to move results, and say so in its commit):
 ``GRPO_REPIN=1 python -m pytest tests/core/test_pinned_metrics.py``.
@@ -58,7 +66,8 @@ def test_short_runs_reproduce_their_pinned_metrics(recipe, tmp_path):
         assert sorted(got) == sorted(want), (got["kind"], got["iteration"])
         for key, value in want.items():
             if isinstance(value, float) and math.isfinite(value):
-                assert math.isclose(got[key], value, rel_tol=1e-6, abs_tol=1e-6), (got["kind"], got["iteration"], key,
-                                                                                   got[key], value)
+                rel = 1e-4 if key.startswith("update/") else 1e-6  # the update's statistics: see the docstring
+                assert math.isclose(got[key], value, rel_tol=rel, abs_tol=1e-6), (got["kind"], got["iteration"], key,
+                                                                                  got[key], value)
             else:
                 assert got[key] == value or (value != value and got[key] != got[key]), (key, got[key], value)
