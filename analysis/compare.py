@@ -18,6 +18,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import tomllib
 from PIL import Image, ImageDraw, ImageFont
@@ -498,25 +499,30 @@ FIGURES = [("curves_iteration.png", "against iteration"), ("curves_seconds.png",
            ("gains_minutes.png", "gain over the base against training minutes, with the target gain")]
 
 
+def differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """Dotted paths where two resolved recipes differ, with both values. Of a component whose ``use``
+    differs, only ``use`` and the options both components have are compared."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        if "use" in a and "use" in b and a["use"] != b["use"]:
+            keys = ["use", *[k for k in keys if k != "use" and a.get(k) is not None and b.get(k) is not None]]
+        return [d for k in keys for d in differences(a.get(k), b.get(k), f"{path}.{k}" if path else k)]
+    return [] if a == b else [(path, a, b)]
+
+
+# what compared recipes are expected to differ in, and is not listed as a difference
+ALGORITHM = ("strategy", "train.seed", "parts", "provenance")
+
+
 def setting_differences(runs: list[RunSummary]) -> list[str]:
     """Settings (besides the strategy and the seed) in which a recipe's runs differ from the first recipe's."""
     firsts: dict[str, RunSummary] = {}
     for run in runs:
         firsts.setdefault(run.label, run)
     labels = list(firsts)
-    out = []
-
-    def walk(a: object, b: object, path: str) -> list[tuple[str, object, object]]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) for d in walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)]
-        return [] if a == b else [(path, a, b)]
-
-    skip = ("strategy", "train.seed", "provenance", "parts")
-    for label in labels[1:]:
-        for where, a, b in walk(firsts[labels[0]].settings, firsts[label].settings, ""):
-            if not where.startswith(skip):
-                out.append(f"{label}: {where} = {b!r} (against {a!r})")
-    return out
+    return [f"{label}: {where} = {b!r} (against {a!r})" for label in labels[1:]
+            for where, a, b in differences(firsts[labels[0]].settings, firsts[label].settings)
+            if not where.startswith(ALGORITHM)]
 
 
 def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison", target: float | None = None) -> Path:
@@ -544,6 +550,10 @@ def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison", targe
         "Training seconds count rollout, reward, advantage and update (evaluations excluded). A model forward is "
         "one denoiser call on one sample: rollout forwards plus one update forward per trained edge.",
     ]
+    if any(len(row.seeds) == 1 for row in rows):
+        notes.append("An interval of one seed is over the evaluation images only: it leaves out how much another "
+                     "training seed would move the result, and with many recipes one in twenty such intervals "
+                     "excludes 0 by chance alone.")
     if unfinished:
         notes.append("Unfinished runs (shown as far as they got): " + ", ".join(unfinished) + ".")
     if any(row.reach for row in rows):

@@ -37,8 +37,6 @@ from .common import console, err_console, guard, load_recipe
 # what every compared recipe must agree on (dotted paths into the resolved recipe): the training
 # prompts, the evaluation prompts and noise, and the global batch. Other differences are reported.
 SHARED = ("prompts", "eval.seed", "eval.steps", "train.prompts_per_iteration")
-# what is expected to differ between compared recipes, and is not listed as a difference
-ALGORITHM = ("strategy", "train.seed", "parts", "provenance")
 
 
 @dataclass
@@ -68,11 +66,6 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
     return data
 
 
-def _differences(a: Any, b: Any, path: str) -> list[tuple[str, Any, Any]]:
-    """Dotted paths where two values differ, with both values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{path}.{k}")]
-    return [] if a == b else [(path, a, b)]
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -103,16 +96,16 @@ def _check_fair(resolved: dict[str, dict[str, Any]]) -> list[str]:
     first, said = labels[0], []
     for label in labels[1:]:
         for key in SHARED:
-            diffs = _differences(_lookup(resolved[first], key), _lookup(resolved[label], key), key)
+            diffs = report.differences(_lookup(resolved[first], key), _lookup(resolved[label], key), key)
             if diffs:
                 where, a, b = diffs[0]
                 raise UserError(
                     f"recipes {first!r} and {label!r} differ in {where} ({a!r} vs {b!r}): their runs would not see "
                     "the same prompts, evaluation or batch",
                     where=where, hint=f"make {where} equal in both recipes, or pass --set {where}=... to the comparison")
-        for where, a, b in _differences(resolved[first], resolved[label], ""):
-            if not where.removeprefix(".").startswith(ALGORITHM):
-                said.append(f"{label} differs from {first} in {where.removeprefix('.')}: {b!r} (against {a!r})")
+        for where, a, b in report.differences(resolved[first], resolved[label]):
+            if not where.startswith(report.ALGORITHM):
+                said.append(f"{label} differs from {first} in {where}: {b!r} (against {a!r})")
     return said
 
 
