@@ -525,8 +525,10 @@ def setting_differences(runs: list[RunSummary]) -> list[str]:
             if not where.startswith(ALGORITHM)]
 
 
-def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison", target: float | None = None) -> Path:
-    """Write report.md, report.html (self-contained), the plots and tensorboard/ into `out`."""
+def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison",
+          target: float | None = None) -> tuple[list[Row], list[tuple[str, str]], str]:
+    """Write report.md, report.html (self-contained), the plots and tensorboard/ into `out`; return the
+    table's rows, its measures and the outcome sentence, for printing."""
     if not runs:
         raise UserError("no runs to compare", hint="give recipes to run, or --from run directories")
     if not any(r.evals for r in runs):
@@ -575,7 +577,7 @@ def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison", targe
     (out / "report.html").write_text(_html(title, notes, header, cells, out, has_samples))
     (out / "runs.json").write_text(json.dumps(
         [{"name": r.name, "label": r.label, "seed": r.seed, "run_dir": str(r.run_dir)} for r in runs], indent=1) + "\n")
-    return out
+    return rows, measures, lead
 
 
 def _data_uri(path: Path) -> str:

@@ -296,9 +296,8 @@ def compare(
 
 
 def _finish(runs: list[report.RunSummary], out: Path, target: float | None = None) -> None:
-    report.write(runs, out, target=target)
-    rows, measures = report.summarise(runs)
+    rows, measures, lead = report.write(runs, out, target=target)
     header, cells = report.table_rows(rows, measures)
-    console.print(report.headline(runs, rows, measures, target), markup=False)
+    console.print(lead, markup=False)
     console.print(report.markdown(header, cells), markup=False)
     console.print(f"[green]written[/]: {out / 'report.md'}, {out / 'report.html'}")
