@@ -128,8 +128,8 @@ def plan_jobs(recipes: list[Path], seeds: list[int], sets: list[str], out: Path,
                      "is evaluated at the same training times")
     notes += _check_fair(resolved)
     jobs = []
-    for path in recipes:
-        for seed in seeds:
+    for seed in seeds:  # seed-major: the runs of one seed run side by side, so a partial comparison is paired
+        for path in recipes:
             name = f"{path.stem}-seed{seed}"
             run_dir = out / "runs" / name
             job_sets = [*sets, f"train.seed={seed}"]
