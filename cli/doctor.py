@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from grpo.core import hub
 from grpo.core.preflight import PATH_OPTIONS
 from grpo.core.recipe import ENV_PATTERN, apply_overrides, load_toml, parse, plugin_modules
 from grpo.core.registry import load_registry
@@ -43,9 +44,12 @@ def _env_checks(data: Any, where: str = "") -> list[Check]:
         for i, v in enumerate(data):
             out += _env_checks(v, f"{where}.{i}")
     elif isinstance(data, str):
-        for name in ENV_PATTERN.findall(data):
-            if name in os.environ:
+        for m in ENV_PATTERN.finditer(data):
+            name, default = m.group(1), m.group(2)
+            if os.environ.get(name) or (name in os.environ and default is None):
                 out.append(Check(f"${{{name}}}", where, True, os.environ[name]))
+            elif default is not None:
+                out.append(Check(f"${{{name}}}", where, True, f"not set: the recipe's default {default}"))
             else:
                 out.append(Check(f"${{{name}}}", where, False, f"not set: export {name}=..."))
     return out
@@ -57,39 +61,70 @@ def _expand_known(data: Any) -> Any:
     if isinstance(data, list):
         return [_expand_known(v) for v in data]
     if isinstance(data, str):
-        return ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1), m.group(0)), data)
+        return ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) if m.group(2) is not None
+                                                                        else m.group(0)), data)
     return data
 
 
-def _path_checks(table: dict[str, Any], where: str, kind: str, sources: dict[str, str]) -> list[Check]:
+def _local_check(p: Path, place: str, key: str, kind: str, source: str | None) -> Check:
+    """What is at the local path `p` that option `place` names."""
+    if not p.exists():
+        return Check(str(p), place, False, "does not exist" + (f"; get it: {source}" if source
+                                                               else ": download it there or change the path"))
+    if key == "tokenizer" or key == "processor":
+        found = p.is_dir() and any((p / f).is_file() for f in TOKENIZER_FILES)
+        return Check(str(p), place, found, "tokenizer files present" if found
+                     else f"no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    if kind == "model" and p.is_dir() and (p / "model_index.json").is_file():
+        index = json.loads((p / "model_index.json").read_text())
+        parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]]
+        missing = [k for k in parts if not (p / k).is_dir()]
+        return Check(str(p), place, not missing, f"diffusers pipeline ({index.get('_class_name')})"
+                     + (f", missing {', '.join(missing)}" if missing else f": {', '.join(parts)}"))
+    if kind == "model" and p.is_dir() and not any(p.iterdir()):
+        return Check(str(p), place, False, "empty folder")
+    if p.is_dir():
+        return Check(str(p), place, True, f"folder, {hub.size_of(p) / 2**20:.1f} MiB")
+    return Check(str(p), place, True, f"file, {p.stat().st_size / 2**20:.1f} MiB")
+
+
+def _hub_check(ref: hub.HubRef, patterns: tuple[str, ...], place: str, key: str, kind: str) -> Check:
+    """Is the Hub reference in the cache (whole), how big, and the command that fetches it."""
+    ok, detail = hub.describe(ref, patterns)
+    snapshot = hub.cached(hub.HubRef(ref.repo, ref.revision))
+    if snapshot is not None and patterns == hub.PIPELINE:  # say which components are there
+        local = _local_check(snapshot, place, key, kind, None)
+        detail = (f"{detail}; {local.detail}" if ok else
+                  f"{local.detail} in the Hub cache; fetch the rest: {hub.fetch_command(ref, patterns)}")
+    return Check(str(ref), place, ok, detail)
+
+
+def _bundled(folder: Path, place: str) -> Check:
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    if not files:
+        return Check(str(folder), place, False, "the bundled weights are missing: reinstall the package")
+    return Check("bundled weights", place, True, f"{len(files)} files, {hub.size_of(folder) / 2**20:.1f} MiB "
+                 f"at {folder}")
+
+
+def _path_checks(table: dict[str, Any], where: str, kind: str, factory: Any) -> list[Check]:
     out = []
+    sources = getattr(factory, "sources", {})
+    declared = getattr(factory, "hub_patterns", {})
     for key in PATH_OPTIONS:
         value = table.get(key)
+        place = f"{where}.{key}"
+        bundled = getattr(factory, "bundled", {}).get(key)
+        if bundled is not None and not value:  # the weights shipped with the package
+            out.append(_bundled(Path(bundled), place))
+            continue
         if not isinstance(value, str) or not value or ENV_PATTERN.search(value):
             continue  # empty (optional) or its variable is unset (reported above)
-        p = Path(os.path.expanduser(value))
-        place = f"{where}.{key}"
-        if not p.exists():
-            source = sources.get(key)
-            out.append(Check(str(p), place, False, "does not exist" + (f"; get it: {source}" if source
-                                                                          else ": download it there or change the path")))
-            continue
-        if key == "tokenizer" or key == "processor":
-            found = p.is_dir() and any((p / f).is_file() for f in TOKENIZER_FILES)
-            out.append(Check(str(p), place, found, "tokenizer files present" if found
-                             else f"no tokenizer files ({', '.join(TOKENIZER_FILES)})"))
-            continue
-        if kind == "model" and p.is_dir() and (p / "model_index.json").is_file():
-            index = json.loads((p / "model_index.json").read_text())
-            parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]]
-            missing = [k for k in parts if not (p / k).is_dir()]
-            out.append(Check(str(p), place, not missing, f"diffusers pipeline ({index.get('_class_name')})"
-                             + (f", missing {', '.join(missing)}" if missing else f": {', '.join(parts)}")))
-            continue
-        if kind == "model" and p.is_dir() and not any(p.iterdir()):
-            out.append(Check(str(p), place, False, "empty folder"))
-            continue
-        out.append(Check(str(p), place, True, "folder" if p.is_dir() else f"file, {p.stat().st_size / 2**20:.1f} MiB"))
+        ref = hub.hub_ref(value) if key in declared else None
+        if ref is not None:
+            out.append(_hub_check(ref, tuple(declared[key]), place, key, kind))
+        else:
+            out.append(_local_check(Path(os.path.expanduser(value)), place, key, kind, sources.get(key)))
     return out
 
 
@@ -109,9 +144,73 @@ def _source(registry, data: dict[str, Any], where: str) -> str:
     return getattr(factory, "sources", {}).get(key, "")
 
 
+PIP_NAMES = {"PIL": "pillow", "wandb": "'grpo[wandb]'"}  # import name -> what to pip install
+
+
 def _package(name: str, why: str) -> Check:
     found = importlib.util.find_spec(name) is not None
-    return Check(f"package {name}", why, found, "installed" if found else f"missing: pip install {name}")
+    return Check(f"package {name}", why, found,
+                 "installed" if found else f"missing: pip install {PIP_NAMES.get(name, name)}")
+
+
+def _factories(registry, data: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(where, factory) of every component the recipe names (defaults for tables it leaves out)."""
+    defaults = {"model": "shapes", "strategy": "dancegrpo", "prompts": "shapes", "backend": "torch"}
+    out = []
+    for kind in ("model", "strategy", "sampler", "topology", "advantage", "pruner", "prompts", "backend"):
+        table = data.get(kind)
+        name = table.get("use") if isinstance(table, dict) else None
+        name = name or defaults.get(kind)
+        if isinstance(name, str):
+            try:
+                out.append((f"{kind}.use", registry.get(kind, name).factory))
+            except Exception:  # an unknown name was reported by the recipe check
+                pass
+    for i, table in enumerate(data.get("reward", []) or []):
+        if isinstance(table, dict) and isinstance(table.get("use"), str):
+            try:
+                out.append((f"reward.{i}.use", registry.get("reward", table["use"]).factory))
+            except Exception:
+                pass
+    return out
+
+
+def _package_checks(registry, data: dict[str, Any]) -> list[Check]:
+    """The packages the recipe's components import when they are built (their ``requires``)."""
+    wanted: dict[str, str] = {"tensorboard": "logging"}
+    for where, factory in _factories(registry, data):
+        for name in getattr(factory, "requires", ()):
+            wanted.setdefault(name, where)
+    model = data.get("model") or {}
+    if int(model.get("lora_rank", 0) or 0) > 0:
+        wanted.setdefault("peft", "model.lora_rank")
+    if (data.get("logging") or {}).get("wandb"):
+        wanted.setdefault("wandb", "logging.wandb")
+    return [_package(name, where) for name, where in wanted.items()]
+
+
+def _torch_checks(data: dict[str, Any]) -> list[Check]:
+    """The torch build, the GPUs a real model needs, and the threads torch will use."""
+    import torch
+
+    model = data.get("model") or {}
+    cuda = torch.version.cuda
+    out = [Check("torch", "", True, f"{torch.__version__}, " + (f"CUDA {cuda} build" if cuda else "CPU build"))]
+    wants_gpu = model.get("use") not in (None, "shapes") and model.get("device", "auto") in ("auto", "cuda")
+    if wants_gpu and not cuda:
+        out.append(Check("GPUs", "model.device", False, "this torch is a CPU build: install a CUDA build of torch "
+                         "(pytorch.org/get-started), or set model.device = \"cpu\" for a tiny model"))
+    elif wants_gpu:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        out.append(Check("GPUs", "model.device", n > 0, f"{n} visible" if n else
+                         "none visible: this model needs GPUs (see the recipe's first lines)"))
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    env = os.environ.get("OMP_NUM_THREADS")
+    detail = f"torch uses {threads} of {cores} cores" + (f" (OMP_NUM_THREADS={env})" if env else "")
+    if not env and not wants_gpu:
+        detail += "; for several runs at once (grpo compare does it for you) export OMP_NUM_THREADS=1"
+    out.append(Check("threads", "", True, detail))
+    return out
 
 
 @guard
@@ -139,23 +238,12 @@ def doctor(
             tables.append((f"reward.{i}", "reward", table))
     for where, kind, table in tables:
         try:
-            sources = getattr(registry.get(kind, table.get("use", "")).factory, "sources", {})
+            factory = registry.get(kind, table.get("use", "")).factory
         except Exception:  # reported by the recipe check
-            sources = {}
-        checks += _path_checks(table, where, kind, sources)
-    backend = (expanded.get("backend") or {}).get("use", "torch")
-    if backend == "deepspeed":
-        checks.append(_package("deepspeed", "backend.use"))
-    model = expanded.get("model") or {}
-    if int(model.get("lora_rank", 0) or 0) > 0:
-        checks.append(_package("peft", "model.lora_rank"))
-    wants_gpu = model.get("use") not in (None, "shapes") and model.get("device", "auto") in ("auto", "cuda")
-    if wants_gpu:
-        import torch
-
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        checks.append(Check("GPUs", "model.device", n > 0, f"{n} visible" if n else
-                            "none visible: this model needs GPUs (see the recipe's first lines)"))
+            factory = None
+        checks += _path_checks(table, where, kind, factory)
+    checks += _package_checks(registry, expanded)
+    checks += _torch_checks(expanded)
     table = Table(title=f"grpo doctor {recipe}", show_lines=False)
     for col in ("", "what", "where", "detail"):
         table.add_column(col, overflow="fold")

@@ -5,11 +5,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import hub
 from .errors import UserError, UserErrors
 from .recipe import Recipe
 
 # Options that name a file or folder, whatever the plugin.
 PATH_OPTIONS = ("path", "base", "tokenizer", "processor", "head", "template_file", "config_file", "eval_path")
+
+
+def hub_patterns(factory, key: str) -> tuple[str, ...]:
+    """What a component reads of the Hub repository its option `key` names: the factory's
+    ``hub_patterns`` entry (``hub.PIPELINE`` for a diffusers model; () for the whole repository or
+    one file of it). Only the options a factory lists there accept a Hub id."""
+    return tuple(getattr(factory, "hub_patterns", {}).get(key, ()))
 
 
 def missing_paths(recipe: Recipe) -> list[UserError]:
@@ -20,6 +28,15 @@ def missing_paths(recipe: Recipe) -> list[UserError]:
         for key in PATH_OPTIONS:
             value = comp.options.get(key)
             if not isinstance(value, str) or not value:
+                continue
+            declared = getattr(comp.entry.factory, "hub_patterns", {})
+            ref = hub.hub_ref(value) if key in declared else None
+            if ref is not None:  # a Hub id: the run downloads what the cache lacks, unless offline
+                if hub.offline() and hub.cached(ref, hub_patterns(comp.entry.factory, key)) is None:
+                    errors.append(UserError(f"{str(ref)!r} is not in the Hugging Face cache and HF_HUB_OFFLINE "
+                                            "is set", where=f"{comp.where}.{key}",
+                                            hint="fetch it: " + hub.fetch_command(
+                                                ref, hub_patterns(comp.entry.factory, key))))
                 continue
             if not Path(os.path.expanduser(value)).exists():
                 source = sources.get(key)

@@ -30,7 +30,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${VAR} or ${VAR:-default}: the variable's value, else the default (a Hub id in the real recipes).
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 TABLES = ("model", "strategy", "sampler", "reward", "prompts", "train", "eval", "backend", "logging", "plugins")
 INFORMATIONAL = ("provenance", "parts")  # written into recipe.resolved.toml; ignored when read back
 
@@ -251,7 +252,9 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 
 
 def expand_env(data: Any, where: str = "", *, environ: dict[str, str] | None = None) -> Any:
-    """Replace ``${VAR}`` in every string; a missing variable is a UserError naming the TOML path."""
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; a missing variable without a
+    default is a UserError naming the TOML path (an empty one counts as missing where there is a
+    default)."""
     env = os.environ if environ is None else environ
     if isinstance(data, dict):
         return {k: expand_env(v, f"{where}.{k}" if where else k, environ=env) for k, v in data.items()}
@@ -259,7 +262,9 @@ def expand_env(data: Any, where: str = "", *, environ: dict[str, str] | None = N
         return [expand_env(v, f"{where}.{i}", environ=env) for i, v in enumerate(data)]
     if isinstance(data, str):
         def repl(m: re.Match[str]) -> str:
-            name = m.group(1)
+            name, default = m.group(1), m.group(2)
+            if default is not None and not env.get(name):
+                return default
             if name not in env:
                 raise UserError(
                     f"environment variable {name} is not set", where=where,

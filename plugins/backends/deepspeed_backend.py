@@ -85,6 +85,8 @@ def _match_accelerator(device: torch.device) -> None:
 class DeepSpeedBackend:
     """DeepSpeed ZeRO 0-3 with optional CPU offload, fp32 / bf16 / fp16 weights, gloo on CPU, NCCL on GPU."""
 
+    requires = ("deepspeed",)
+
     def __init__(
         self,
         *,

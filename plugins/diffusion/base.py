@@ -1,5 +1,5 @@
 """What the diffusers-backed policies (FLUX.1, SD3.5, Wan2.1) share: loading a pipeline folder by
-path, freezing everything but the transformer, LoRA through peft, the KL reference, export.
+path or Hub id, freezing everything but the transformer, LoRA through peft, the KL reference, export.
 
 Each model converts between the engine's convention and its own: the state ``x`` is the latent as
 the transformer sees it (FLUX: packed 2×2 patches), σ ∈ [0, 1] is the flow-matching noise level
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from grpo.core import hub
 from grpo.core.errors import UserError
 
 from ..policies import FrozenReference, merged_copy
@@ -25,15 +26,27 @@ DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k
                         "ff.net.0.proj", "ff.net.2"]
 
 
-def check_folder(path: str, env_hint: str, files: tuple[str, ...] = ("model_index.json",)) -> Path:
-    """The model folder, or a UserError naming `model.path` and the environment variable to set."""
+def check_folder(path: str, env_hint: str, files: tuple[str, ...] = ("model_index.json",), *,
+                 download: bool = True) -> Path:
+    """The pipeline folder `path` names (a local folder, or a Hub id resolved through the Hugging
+    Face cache), or a UserError naming `model.path`, the variable to set and the fetch command."""
     if not path:
         raise UserError("no model folder given", where="model.path",
-                        hint=f"set model.path, e.g. model.path = \"${{{env_hint}}}\" and export {env_hint}=/path/to/model")
-    folder = Path(os.path.expanduser(path))
-    if not folder.is_dir():
-        raise UserError(f"model folder {str(folder)!r} does not exist", where="model.path",
-                        hint=f"download the weights there, or point {env_hint} (or model.path) at them")
+                        hint=f"set model.path to a diffusers folder or a Hub id (owner/name), e.g. "
+                             f"model.path = \"${{{env_hint}}}\" and export {env_hint}=/path/to/model")
+    ref = hub.hub_ref(path)
+    if ref is not None:
+        if ref.file:
+            raise UserError(f"model.path {path!r} names one file of a repository", where="model.path",
+                            hint="name the repository of the diffusers pipeline (owner/name), without ':file'")
+        folder = hub.resolve(path, where="model.path", what="model", patterns=hub.PIPELINE, download=download,
+                             env=env_hint)
+    else:
+        folder = Path(os.path.expanduser(path))
+        if not folder.is_dir():
+            raise UserError(f"model folder {str(folder)!r} does not exist", where="model.path",
+                            hint=f"download the weights there, point {env_hint} (or model.path) at them, or name a "
+                                 "Hub id (owner/name)")
     missing = [f for f in files if not (folder / f).exists()]
     if missing:
         raise UserError(f"model folder {str(folder)!r} lacks {', '.join(missing)}", where="model.path",
@@ -42,10 +55,19 @@ def check_folder(path: str, env_hint: str, files: tuple[str, ...] = ("model_inde
 
 
 def folder_config(path: str, component: str) -> dict | None:
-    """``PATH/component/config.json`` of a pipeline folder, or None where it cannot be read yet (a
-    ``${VAR}`` not expanded, a folder not there): configs only, never weights."""
+    """``PATH/component/config.json`` of a pipeline folder (or of a Hub id's cached snapshot), or
+    None where it cannot be read yet (a ``${VAR}`` not expanded, a folder not there, an id not in
+    the cache): configs only, never weights, never a download."""
+    if "${" in path or not path:
+        return None
+    ref = hub.hub_ref(path)
+    if ref is not None:
+        snapshot = hub.cached(hub.HubRef(ref.repo, ref.revision))
+        if snapshot is None:
+            return None
+        path = str(snapshot)
     file = Path(path) / component / "config.json"
-    if "${" in path or not path or not file.is_file():
+    if not file.is_file():
         return None
     try:
         return json.loads(file.read_text())
@@ -58,6 +80,8 @@ class DiffusersPolicy(FrozenReference):
 
     pipeline_name = ""  # the diffusers pipeline class that loads the folder
     env_hint = "MODEL_PATH"
+    hub_patterns = {"path": hub.PIPELINE}
+    requires = ("diffusers", "transformers")
     media = "image"
 
     @classmethod

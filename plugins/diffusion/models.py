@@ -39,7 +39,7 @@ class FluxPolicy(DiffusersPolicy):
     """FLUX.1 (dev or schnell): T5 + CLIP text encoders, packed 2×2 latents, guidance embedding."""
 
     pipeline_name = "FluxPipeline"
-    sources = {"path": "huggingface-cli download black-forest-labs/FLUX.1-dev --local-dir DIR (accept the licence on the hub first)"}
+    sources = {"path": "the Hub id black-forest-labs/FLUX.1-dev (accept its licence on the Hub first)"}
     env_hint = "FLUX_PATH"
 
     def __init__(
@@ -126,7 +126,7 @@ class SD3Policy(DiffusersPolicy):
     """Stable Diffusion 3 / 3.5: three text encoders and true classifier-free guidance."""
 
     pipeline_name = "StableDiffusion3Pipeline"
-    sources = {"path": "huggingface-cli download stabilityai/stable-diffusion-3.5-medium --local-dir DIR (accept the licence first)"}
+    sources = {"path": "the Hub id stabilityai/stable-diffusion-3.5-medium (accept its licence on the Hub first)"}
     env_hint = "SD35_PATH"
 
     def __init__(
@@ -197,7 +197,7 @@ class WanPolicy(DiffusersPolicy):
     """Wan2.1 text-to-video (1.3B or 14B): UMT5 text encoder, 3D VAE, true CFG with a negative prompt."""
 
     pipeline_name = "WanPipeline"
-    sources = {"path": "huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers --local-dir DIR (or Wan-AI/Wan2.1-T2V-14B-Diffusers)"}
+    sources = {"path": "the Hub id Wan-AI/Wan2.1-T2V-1.3B-Diffusers (or Wan-AI/Wan2.1-T2V-14B-Diffusers)"}
     env_hint = "WAN_PATH"
     media = "video"
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from grpo.core import hub
 from grpo.core.errors import UserError
 from grpo.core.reward import RewardOutput
 from grpo.core.schema import Doc, Range
@@ -181,6 +182,8 @@ def _tokenizer(path: Path, where: str):
 class _ClipReward:
     """Shared by the CLIP-family rewards: a `CLIPModel`, a tokenizer, cosine similarities."""
 
+    requires = ("transformers",)
+
     media = "image"
     max_length = 77
     pad_to_max = True
@@ -213,8 +216,9 @@ class _ClipReward:
 class HPSv2Reward(_ClipReward):
     """HPS-v2.1: human preference score, the cosine of an open_clip ViT-H-14 fine-tuned on HPDv2."""
 
-    sources = {"path": "huggingface-cli download xswu/HPSv2 HPS_v2.1_compressed.pt --local-dir DIR",
-               "tokenizer": "huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K tokenizer.json tokenizer_config.json vocab.json merges.txt special_tokens_map.json --local-dir DIR"}
+    sources = {"path": "the Hub id xswu/HPSv2:HPS_v2.1_compressed.pt, or a local copy of that file",
+               "tokenizer": "the Hub id laion/CLIP-ViT-H-14-laion2B-s32B-b79K (its tokenizer files only)"}
+    hub_patterns = {"path": hub.MODEL, "tokenizer": hub.TOKENIZER}
 
     def __init__(
         self,
@@ -228,9 +232,9 @@ class HPSv2Reward(_ClipReward):
     ) -> None:
         from transformers import CLIPModel
 
-        weights = require_path(path, "reward.path", "HPS_PATH", "HPS-v2.1 weights")
+        weights = require_path(path, "reward.path", "HPS_PATH", "HPS-v2.1 weights", self.hub_patterns["path"])
         tok = _tokenizer(require_path(tokenizer or (path if weights.is_dir() else ""), "reward.tokenizer",
-                                   "CLIP_TOKENIZER_PATH", "CLIP tokenizer folder"), "reward.tokenizer")
+                                   "CLIP_TOKENIZER_PATH", "CLIP tokenizer folder", self.hub_patterns["tokenizer"]), "reward.tokenizer")
         if weights.is_dir():
             model = CLIPModel.from_pretrained(str(weights))
         else:
@@ -264,8 +268,9 @@ class PickScoreReward(_ClipReward):
     flow-grpo (100·cos/26) or mixgrpo ((100·cos − 18)/8)."""
 
     pad_to_max = False
-    sources = {"path": "huggingface-cli download yuvalkirstain/PickScore_v1 --local-dir DIR",
-               "processor": "huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K tokenizer.json tokenizer_config.json vocab.json merges.txt special_tokens_map.json --local-dir DIR"}
+    sources = {"path": "the Hub id yuvalkirstain/PickScore_v1, or a local copy of it",
+               "processor": "the Hub id laion/CLIP-ViT-H-14-laion2B-s32B-b79K (its tokenizer files only)"}
+    hub_patterns = {"path": hub.MODEL, "processor": hub.TOKENIZER}
 
     def __init__(
         self,
@@ -278,9 +283,9 @@ class PickScoreReward(_ClipReward):
     ) -> None:
         from transformers import CLIPModel
 
-        folder = require_path(path, "reward.path", "PICKSCORE_PATH", "PickScore folder")
+        folder = require_path(path, "reward.path", "PICKSCORE_PATH", "PickScore folder", self.hub_patterns["path"])
         tok = _tokenizer(require_path(processor or str(folder), "reward.processor", "CLIP_TOKENIZER_PATH",
-                                   "processor folder"), "reward.processor")
+                                   "processor folder", self.hub_patterns["processor"]), "reward.processor")
         model = CLIPModel.from_pretrained(str(folder))
         self.scaling, self.size = scaling, model.config.vision_config.image_size
         self._setup(model, tok, device, precision)
@@ -307,8 +312,8 @@ class ClipScoreReward(_ClipReward):
     loaded as a CLIPModel with quick_gelu, squashed to the input size, raw cosine; the paper weights
     it 1.4 against HPS's 0.7)."""
 
-    sources = {"path": "huggingface-cli download openai/clip-vit-large-patch14 --local-dir DIR "
-                       "(dancegrpo: apple/DFN5B-CLIP-ViT-H-14-378)"}
+    sources = {"path": "the Hub id openai/clip-vit-large-patch14 (dancegrpo: apple/DFN5B-CLIP-ViT-H-14-378)"}
+    hub_patterns = {"path": hub.MODEL}
 
     def __init__(
         self,
@@ -320,7 +325,7 @@ class ClipScoreReward(_ClipReward):
     ) -> None:
         from transformers import CLIPModel
 
-        folder = require_path(path, "reward.path", "CLIP_PATH", "CLIP folder")
+        folder = require_path(path, "reward.path", "CLIP_PATH", "CLIP folder", self.hub_patterns["path"])
         tok = _tokenizer(folder, "reward.path")
         model = CLIPModel.from_pretrained(str(folder))
         self.variant, self.size = variant, model.config.vision_config.image_size
@@ -345,8 +350,9 @@ class AestheticReward(_ClipReward):
     """LAION aesthetic predictor v2: an affine MLP head (no activations) on the normalised CLIP
     ViT-L/14 image embedding; about 1-10. The prompt is not used."""
 
-    sources = {"path": "huggingface-cli download openai/clip-vit-large-patch14 --local-dir DIR",
+    sources = {"path": "the Hub id openai/clip-vit-large-patch14",
                "head": "sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/improved-aesthetic-predictor"}
+    hub_patterns = {"path": hub.MODEL, "head": ()}
 
     def __init__(
         self,
@@ -358,8 +364,9 @@ class AestheticReward(_ClipReward):
     ) -> None:
         from transformers import CLIPModel
 
-        folder = require_path(path, "reward.path", "CLIP_L14_PATH", "CLIP folder")
-        head_file = require_path(head, "reward.head", "AESTHETIC_HEAD_PATH", "aesthetic head")
+        folder = require_path(path, "reward.path", "CLIP_L14_PATH", "CLIP folder", self.hub_patterns["path"])
+        head_file = require_path(head, "reward.head", "AESTHETIC_HEAD_PATH", "aesthetic head",
+                                 self.hub_patterns["head"])
         state = torch.load(str(head_file), map_location="cpu", weights_only=True)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         names = sorted({k.rsplit(".", 1)[0] for k in state}, key=lambda n: int(n.split(".")[1]))

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from grpo.core.errors import UserError
+from grpo.core import hub
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def require_path(value: str, where: str, env: str, what: str) -> Path:
-    """The file or folder `value`, or a UserError naming the recipe key and the variable to set."""
-    if not value:
-        raise UserError(f"no {what} given", where=where, hint=f"set {where} = \"${{{env}}}\" and export {env}=/path/to/it")
-    p = Path(os.path.expanduser(value))
-    if not p.exists():
-        raise UserError(f"{what} {str(p)!r} does not exist", where=where,
-                        hint=f"download it there, or point {env} (or {where}) at it")
-    return p
+def require_path(value: str, where: str, env: str, what: str, patterns: Sequence[str] | None = None,
+                 companions: Sequence[str] = ()) -> Path:
+    """The file or folder `value` names, a local path or a Hugging Face Hub id (``owner/name``,
+    ``owner/name:file``), or a UserError naming the recipe key, the variable to set and, for an id
+    the cache lacks offline, the command that fetches it. `patterns` choose what of a repository
+    is downloaded (None: a local path only, for files that are not weights); `companions` are files
+    fetched beside a single file."""
+    return hub.resolve(value, where=where, what=what, patterns=patterns, companions=companions, env=env)
 
 
 def placement(device: str, precision: str) -> tuple[torch.device, torch.dtype]:

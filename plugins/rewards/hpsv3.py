@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 import torch
 
+from grpo.core import hub
 from grpo.core.errors import UserError
 from grpo.core.reward import RewardOutput
 from grpo.core.schema import Doc, Range
@@ -42,11 +43,12 @@ class HPSv3Reward(QwenVLReward):
 
     media = "image"
     sources = {
-        "path": "huggingface-cli download MizzenAI/HPSv3 HPSv3.safetensors --local-dir DIR",
-        "base": "huggingface-cli download Qwen/Qwen2-VL-7B-Instruct --local-dir DIR (config and tokenizer)",
+        "path": "the Hub id MizzenAI/HPSv3:HPSv3.safetensors, or a local copy of that file",
+        "base": "the Hub id Qwen/Qwen2-VL-7B-Instruct (its config and tokenizer only)",
         "template_file": "HPSv3's instruction (github.com/MizzenAI/HPSv3) with {text_prompt} where the prompt goes "
                          "and <|Reward|> where the score is read, saved byte for byte as a text file",
     }
+    hub_patterns = {"path": (), "base": hub.CONFIG_AND_TOKENIZER}
 
     def __init__(
         self,
@@ -61,8 +63,8 @@ class HPSv3Reward(QwenVLReward):
     ) -> None:
         from safetensors.torch import load_file
 
-        weights = require_path(path, "reward.path", "HPSV3_PATH", "HPSv3 weights")
-        base_dir = require_path(base, "reward.base", "QWEN2VL_7B_PATH", "Qwen2-VL-7B folder")
+        weights = require_path(path, "reward.path", "HPSV3_PATH", "HPSv3 weights", self.hub_patterns["path"])
+        base_dir = require_path(base, "reward.base", "QWEN2VL_7B_PATH", "Qwen2-VL-7B folder", self.hub_patterns["base"])
         template = require_path(template_file, "reward.template_file", "HPSV3_TEMPLATE", "prompt template")
         self.template = self._template(template, (REWARD_TOKEN,), "HPSv3's instruction with <|Reward|>")
         try:

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 import torch
 
+from grpo.core import hub
 from grpo.core.errors import UserError
 from grpo.core.reward import RewardOutput
 from grpo.core.schema import Doc
@@ -70,11 +71,13 @@ class ImageRewardReward:
 
     media = "image"
     max_length = 35
+    requires = ("transformers",)
     sources = {
-        "path": "huggingface-cli download zai-org/ImageReward ImageReward.pt med_config.json --local-dir DIR",
-        "tokenizer": "huggingface-cli download google-bert/bert-base-uncased vocab.txt tokenizer.json "
-                     "tokenizer_config.json --local-dir DIR ([DEC] and [ENC] are added here)",
+        "path": "the Hub id zai-org/ImageReward:ImageReward.pt (med_config.json beside it is fetched too), or a "
+                "local copy of the two files",
+        "tokenizer": "the Hub id google-bert/bert-base-uncased (its tokenizer files; [DEC] and [ENC] are added here)",
     }
+    hub_patterns = {"path": (), "tokenizer": hub.TOKENIZER}
 
     def __init__(
         self,
@@ -94,9 +97,10 @@ class ImageRewardReward:
             BlipVisionModel,
         )
 
-        weights = require_path(path, "reward.path", "IMAGEREWARD_PATH", "ImageReward weights")
+        weights = require_path(path, "reward.path", "IMAGEREWARD_PATH", "ImageReward weights", self.hub_patterns["path"],
+                               companions=("med_config.json",))
         tok = AutoTokenizer.from_pretrained(str(require_path(tokenizer, "reward.tokenizer", "BERT_TOKENIZER_PATH",
-                                                      "tokenizer folder")))
+                                                      "tokenizer folder", self.hub_patterns["tokenizer"])))
         tok.add_special_tokens({"bos_token": "[DEC]"})
         tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
         self.tokenizer = tok

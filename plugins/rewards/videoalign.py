@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 import torch
 import torch.nn.functional as F
 
+from grpo.core import hub
 from grpo.core.errors import UserError
 from grpo.core.reward import RewardOutput
 from grpo.core.schema import Doc, Range
@@ -116,6 +117,8 @@ class QwenVLReward:
     """What VideoAlign and HPSv3 share: a Qwen2-VL whose vision embeddings are scattered into the
     prompt's pad tokens, run with plain 1-D positions, and read at reward tokens."""
 
+    requires = ("transformers",)
+
     def _setup_model(self, base_dir, tokenizer_dir, special: tuple[str, ...], state: dict[str, torch.Tensor],
                      weights, device: str, precision: str, hint: str) -> None:
         from transformers import AutoConfig, AutoTokenizer, Qwen2VLForConditionalGeneration
@@ -191,12 +194,13 @@ class VideoAlignReward(QwenVLReward):
 
     media = "video"
     sources = {
-        "path": "huggingface-cli download KlingTeam/VideoReward --local-dir DIR (use DIR/checkpoint-11352/model.pth)",
-        "base": "huggingface-cli download Qwen/Qwen2-VL-2B-Instruct --local-dir DIR",
-        "tokenizer": "the VideoReward download's folder (its tokenizer has the three reward tokens)",
+        "path": "the Hub id KlingTeam/VideoReward:checkpoint-11352/model.pth, or a local copy of that file",
+        "base": "the Hub id Qwen/Qwen2-VL-2B-Instruct (its config and tokenizer only)",
+        "tokenizer": "the Hub id KlingTeam/VideoReward (its tokenizer has the three reward tokens)",
         "template_file": "the `detailed_special` prompt of VideoAlign's prompt_template.py (github.com/KwaiVGI/VideoAlign), "
                          "saved byte for byte as a text file",
     }
+    hub_patterns = {"path": (), "base": hub.CONFIG_AND_TOKENIZER, "tokenizer": hub.TOKENIZER}
 
     def __init__(
         self,
@@ -215,11 +219,12 @@ class VideoAlignReward(QwenVLReward):
         precision: Annotated[Literal["fp32", "bf16", "fp16"], Doc("weights (the reference runs bf16)")] = "bf16",
         device: Literal["auto", "cpu", "cuda"] = "auto",
     ) -> None:
-        weights = require_path(path, "reward.path", "VIDEOALIGN_PATH", "VideoAlign checkpoint")
-        base_dir = require_path(base, "reward.base", "QWEN2VL_PATH", "Qwen2-VL folder")
+        weights = require_path(path, "reward.path", "VIDEOALIGN_PATH", "VideoAlign checkpoint", self.hub_patterns["path"])
+        base_dir = require_path(base, "reward.base", "QWEN2VL_PATH", "Qwen2-VL folder", self.hub_patterns["base"])
         template = require_path(template_file, "reward.template_file", "VIDEOALIGN_TEMPLATE", "prompt template")
         self.template = self._template(template, (), "VideoAlign's detailed_special template")
-        tok_dir = require_path(tokenizer, "reward.tokenizer", "VIDEOALIGN_PATH", "tokenizer") if tokenizer else None
+        tok_dir = require_path(tokenizer, "reward.tokenizer", "VIDEOALIGN_PATH", "tokenizer",
+                                self.hub_patterns["tokenizer"]) if tokenizer else None
         raw = torch.load(str(weights), map_location="cpu", weights_only=True)
         state, rm_head = convert_checkpoint(raw, lora_alpha / lora_rank)
         self._setup_model(base_dir, tok_dir, SPECIAL, state, weights, device, precision,

@@ -14,9 +14,15 @@ from grpo.core.policy import Conditioning
 from grpo.core.schema import Doc, Range
 
 from ..policies import FrozenReference, merged_copy
-from .model import encode_text, load_components, unet_velocity
 
 BUNDLED = Path(__file__).parent / "weights" / "base"
+
+
+def _model():
+    """The model code (diffusers and transformers), imported when a policy is built, not registered."""
+    from . import model
+
+    return model
 
 
 @dataclass
@@ -39,6 +45,8 @@ class ShapesPolicy(FrozenReference):
         """The shapes world's latent, 3×32×32, whatever the options (known without weights)."""
         return cls.latent_shape
     media = "image"
+    requires = ("diffusers", "transformers", "tokenizers")
+    bundled = {"path": BUNDLED}  # what an empty model.path loads
     sources = {"path": "a folder written by `python -m grpo.plugins.shapes.pretrain --export DIR`, "
                        "or leave model.path empty for the bundled weights"}
 
@@ -61,7 +69,7 @@ class ShapesPolicy(FrozenReference):
                 hint="point it at a folder written by `python -m grpo.plugins.shapes.pretrain --export`, "
                 "or leave it empty for the bundled weights",
             )
-        self.tokenizer, self.text_encoder, unet = load_components(folder)
+        self.tokenizer, self.text_encoder, unet = _model().load_components(folder)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -88,8 +96,8 @@ class ShapesPolicy(FrozenReference):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> ShapesConditioning:
-        hidden, mask, pooled = encode_text(self.tokenizer, self.text_encoder, list(prompts))
-        nh, nm, np_ = encode_text(self.tokenizer, self.text_encoder, [""])
+        hidden, mask, pooled = _model().encode_text(self.tokenizer, self.text_encoder, list(prompts))
+        nh, nm, np_ = _model().encode_text(self.tokenizer, self.text_encoder, [""])
         n = len(prompts)
         return ShapesConditioning(
             hidden.float(), mask, pooled.float(), nh.expand(n, -1, -1).float(), nm.expand(n, -1), np_.expand(n, -1).float()
@@ -98,8 +106,8 @@ class ShapesPolicy(FrozenReference):
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: ShapesConditioning) -> torch.Tensor:
         unet = self._active()
         if self.guidance_scale == 1.0:
-            return unet_velocity(unet, x, sigma, cond.hidden, cond.mask, cond.pooled)
-        both = unet_velocity(
+            return _model().unet_velocity(unet, x, sigma, cond.hidden, cond.mask, cond.pooled)
+        both = _model().unet_velocity(
             unet,
             torch.cat([x, x]),
             torch.cat([sigma, sigma]),

@@ -13,7 +13,6 @@ from grpo.core.errors import UserError
 from grpo.core.reward import RewardOutput
 from grpo.core.schema import Doc, Range
 
-from .faithfulness import WEIGHTS, analyse
 from .world import parse_caption
 
 
@@ -31,6 +30,7 @@ class ShapesFaithfulness:
     """
 
     media = "image"
+    requires = ("scipy",)
 
     def __init__(
         self,
@@ -49,6 +49,8 @@ class ShapesFaithfulness:
             scenes = [parse_caption(p) for p in prompts]
         except ValueError as e:
             raise UserError(str(e), where="prompts", hint="shapes-faithfulness scores shapes captions only") from None
+        from .faithfulness import WEIGHTS, analyse  # scipy, imported when images are scored
+
         pixels = images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         results = [analyse(img, scene) for img, scene in zip(pixels, scenes, strict=True)]
         comps = {k: torch.tensor([getattr(r, k) for r in results]) for k in (*WEIGHTS, "exact")}
@@ -63,6 +65,7 @@ class JpegCompressibility:
     """Negative JPEG size in kilobytes (Flow-GRPO's compressibility reward); higher = simpler image."""
 
     media = "image"
+    requires = ("PIL",)
 
     def __init__(self, *, quality: Annotated[int, Range(ge=1, le=100), Doc("JPEG quality")] = 95) -> None:
         self.quality = quality

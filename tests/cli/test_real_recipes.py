@@ -1,5 +1,7 @@
-"""The recipes for real models: they validate without weights, refuse to run without them (exit 2,
-naming the variable), and `grpo doctor` says what is missing and where to get it."""
+"""The recipes for real models: they name their weights by Hub id (a variable overrides each with a
+local copy), validate with no variable set and nothing downloaded, refuse to run without their
+weights (exit 2, naming what is missing and the command that fetches it), and `grpo doctor` says
+what is missing and where to get it."""
 
 from __future__ import annotations
 
@@ -18,9 +20,20 @@ VARS = ("FLUX_PATH", "SD35_PATH", "WAN_PATH", "HPS_PATH", "CLIP_TOKENIZER_PATH",
 
 
 @pytest.fixture(autouse=True)
-def no_weights(monkeypatch):
+def no_weights(monkeypatch, tmp_path):
+    """No variable set, an empty Hub cache, and offline: nothing can be downloaded."""
     for name in VARS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def weight_ids(recipe: Path) -> dict[str, str]:
+    """{variable: default Hub id} of the recipe's weights."""
+    from grpo.core.recipe import ENV_PATTERN
+
+    return {m.group(1): m.group(2) for m in ENV_PATTERN.finditer(recipe.read_text()) if m.group(2)}
 
 
 def invoke(*args):
@@ -38,19 +51,70 @@ def test_real_recipes_validate_and_name_their_hardware(recipe):
 
 
 @pytest.mark.parametrize("recipe", REAL, ids=lambda p: p.name)
-def test_running_without_weights_names_the_variable(recipe, tmp_path):
+def test_real_recipes_name_their_weights_by_hub_id(recipe):
+    from grpo.core import hub
+
+    data = recipe.read_text()
+    ids = weight_ids(recipe)
+    assert "FLUX_PATH" in ids or "SD35_PATH" in ids or "WAN_PATH" in ids
+    assert all(hub.hub_ref(v) is not None for v in ids.values()), ids
+    assert all(f"${{{v}}}" not in data for v in ids)  # every weight has its default
+
+
+@pytest.mark.parametrize("recipe", REAL, ids=lambda p: p.name)
+def test_running_without_weights_names_each_with_its_fetch_command(recipe, tmp_path, monkeypatch):
+    for name in ("HPD_PROMPTS", "VIDEO_PROMPTS", "VIDEOALIGN_TEMPLATE"):  # what is not a weight
+        (tmp_path / name).write_text("a cat\n")
+        monkeypatch.setenv(name, str(tmp_path / name))
     code, out = invoke("run", str(recipe), "--out", str(tmp_path / "run"))
-    assert code == 2 and "model.path" in out and "is not set" in out and "Traceback" not in out
+    flat = out.replace("\n", "").replace("│", "").replace(" ", "")
+    assert code == 2 and "model.path" in out and "Traceback" not in out
+    for hub_id in weight_ids(recipe).values():
+        repo, _, file = hub_id.partition(":")
+        assert ("hfdownload" + repo + file).replace(" ", "") in flat, (hub_id, out)
     assert not (tmp_path / "run").exists()
 
 
 def test_the_users_first_command_without_weights(tmp_path):
     code, out = invoke("run", str(ROOT / "recipes" / "wanx_branch.toml"))
-    assert code == 2 and "model.path" in out and "WAN_PATH" in out and "Traceback" not in out
+    assert code == 2 and "VIDEOALIGN_TEMPLATE" in out and "Traceback" not in out
     code, out = invoke("doctor", str(ROOT / "recipes" / "wanx_branch.toml"))
     flat = out.replace("\n", "").replace("│", "").replace(" ", "")
     assert code == 2 and all(v in out for v in ("WAN_PATH", "VIDEOALIGN_PATH", "QWEN2VL_PATH", "VIDEO_PROMPTS"))
-    assert "KlingTeam/VideoReward" in flat and "Wan-AI/Wan2.1-T2V-1.3B-Diffusers" in flat
+    assert "hfdownloadKlingTeam/VideoRewardcheckpoint-11352/model.pth" in flat
+    assert "hfdownloadWan-AI/Wan2.1-T2V-1.3B-Diffusers--includemodel_index.json" in flat
+
+
+@pytest.mark.parametrize("recipe", REAL, ids=lambda p: p.name)
+def test_doctor_with_an_empty_cache_lists_each_missing_weight(recipe):
+    code, out = invoke("doctor", str(recipe))
+    flat = out.replace("\n", "").replace("│", "").replace(" ", "")
+    assert code == 2
+    for hub_id in weight_ids(recipe).values():
+        repo, _, file = hub_id.partition(":")
+        assert "notintheHubcache" in flat and ("hfdownload" + repo + file) in flat, hub_id
+
+
+def test_doctor_finds_the_weights_in_the_cache(tmp_path, monkeypatch):
+    """With the recipe's ids in the cache (tiny stand-ins, the cache's real layout) and no variable
+    but the prompts set, the doctor passes and reports each weight's size in the cache."""
+    from grpo.testing.hub_cache import add_to_hub_cache
+    from grpo.testing.tiny_diffusers import clip_tokenizer, tiny_flux
+
+    cache = tmp_path / "hf" / "hub"
+    tiny_flux(tmp_path / "flux")
+    torch.save({"state_dict": {}}, tmp_path / "HPS_v2.1_compressed.pt")
+    clip_tokenizer().save_pretrained(str(tmp_path / "tok"))
+    ids = weight_ids(ROOT / "recipes" / "flux_branch.toml")
+    add_to_hub_cache(cache, ids["FLUX_PATH"], tmp_path / "flux")
+    add_to_hub_cache(cache, ids["HPS_PATH"].partition(":")[0], tmp_path, files=["HPS_v2.1_compressed.pt"])
+    add_to_hub_cache(cache, ids["CLIP_TOKENIZER_PATH"], tmp_path / "tok")
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    monkeypatch.setenv("HPD_PROMPTS", str(tmp_path / "prompts.txt"))
+    code, out = invoke("doctor", str(ROOT / "recipes" / "flux_branch.toml"), "--set", "model.device='cpu'")
+    flat = out.replace("\n", "").replace("│", "").replace(" ", "")
+    assert code == 0, out
+    assert flat.count("intheHubcache(") == 3 and flat.count("GiBat") == 3 and "FluxPipeline" in flat
 
 
 def test_a_missing_folder_names_the_path_and_the_variable(tmp_path, monkeypatch):

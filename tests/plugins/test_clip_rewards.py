@@ -225,3 +225,30 @@ def test_missing_weights_name_the_key_and_the_variable(tmp_path):
     with pytest.raises(UserError) as e:
         PickScoreReward(path=str(tmp_path / "nope"))
     assert e.value.where == "reward.path" and "does not exist" in e.value.message
+
+
+def test_rewards_load_by_hub_id_from_the_cache_offline(hps_files, clip_folder, tmp_path, monkeypatch):
+    """A single file (`owner/name:file`) and whole folders by id, from a Hub cache in its real
+    layout, with HF_HUB_OFFLINE=1: the same scores as the local copies."""
+    from grpo.testing.hub_cache import add_to_hub_cache
+
+    root, _ = hps_files
+    cache = tmp_path / "hf" / "hub"
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    add_to_hub_cache(cache, "tiny/hps", root, files=["hps.pt"])
+    add_to_hub_cache(cache, "tiny/clip-tokenizer", root / "tokenizer")
+    add_to_hub_cache(cache, "tiny/pickscore", clip_folder)
+    images, prompts = pictures(3, 24)
+    local = HPSv2Reward(path=str(root / "hps.pt"), tokenizer=str(root / "tokenizer"), vision_heads=HEADS,
+                        text_heads=HEADS, device="cpu").score(images, prompts).scores
+    by_id = HPSv2Reward(path="tiny/hps:hps.pt", tokenizer="tiny/clip-tokenizer", vision_heads=HEADS,
+                        text_heads=HEADS, device="cpu").score(images, prompts).scores
+    torch.testing.assert_close(by_id, local, rtol=0, atol=0)
+    local = PickScoreReward(path=str(clip_folder), device="cpu").score(images, prompts).scores
+    by_id = PickScoreReward(path="tiny/pickscore", processor="tiny/clip-tokenizer", device="cpu").score(images, prompts)
+    torch.testing.assert_close(by_id.scores, local, rtol=0, atol=0)
+    with pytest.raises(UserError) as e:
+        PickScoreReward(path="tiny/absent", device="cpu")
+    assert e.value.where == "reward.path" and "hf download tiny/absent --include" in e.value.hint

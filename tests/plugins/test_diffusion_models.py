@@ -293,20 +293,29 @@ PEER_RECIPES = {"sd35_flowgrpo.toml": "sd3", "flux_mixgrpo.toml": "flux", "wanx_
 
 @pytest.mark.parametrize("recipe,name", list(PEER_RECIPES.items()))
 def test_peer_recipes_run_an_iteration_on_their_tiny_model(recipe, name, folders, tmp_path, monkeypatch):
-    """The recipe's strategy, sampler and training settings as shipped; what a tiny CPU model needs
-    changes (32² images, 5 frames, fp32, the torch backend, a reward that costs nothing, one prompt)."""
+    """The recipe's strategy, sampler and training settings as shipped, and its model by the recipe's
+    Hub id with no variable set, from a Hub cache holding the tiny model under that id (offline);
+    what a tiny CPU model needs changes (32² images, 5 frames, fp32, the torch backend, a reward
+    that costs nothing, one prompt)."""
     import tomllib
 
     from grpo.core.engine import Trainer
-    from grpo.core.recipe import parse
+    from grpo.core.recipe import ENV_PATTERN, expand_env, parse
     from grpo.core.registry import load_registry
     from grpo.core.runlog import read_metrics
+    from grpo.testing.hub_cache import add_to_hub_cache
 
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     (tmp_path / "video_reward.py").write_text(VIDEO_REWARD)
     monkeypatch.syspath_prepend(str(tmp_path))
     data = tomllib.loads((Path(__file__).resolve().parents[2] / "recipes" / recipe).read_text())
-    data["model"].update(path=str(folders[name]), precision="fp32", device="cpu", max_sequence_length=16,
+    variable, hub_id = ENV_PATTERN.fullmatch(data["model"]["path"]).groups()
+    monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    add_to_hub_cache(tmp_path / "hf" / "hub", hub_id, folders[name])
+    data["model"].update(precision="fp32", device="cpu", max_sequence_length=16,
                          **{k: v for k, v in CASES[name][2].items() if k in ("height", "width", "frames")})
     data["reward"] = [{"use": "test-mean-red" if name == "wan-t2v" else "jpeg-compressibility"}]
     data["prompts"] = {"use": "file", "path": str(tmp_path / "prompts.txt"), "eval_count": 1}
@@ -315,8 +324,31 @@ def test_peer_recipes_run_an_iteration_on_their_tiny_model(recipe, name, folders
     data["backend"] = {"use": "torch", "device": "cpu"}
     data["plugins"] = {"modules": ["video_reward"]}
     data["logging"] = {"tensorboard": False, "progress": False}
-    Trainer(parse(data, load_registry(["video_reward"])), tmp_path / "run").run()
+    Trainer(parse(expand_env(data), load_registry(["video_reward"])), tmp_path / "run").run()
     train = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
     group = data["strategy"]["group_size"]
     assert len(train) == 1 and train[0]["cost/leaves"] == group and train[0]["update/grad_norm"] > 0
     assert abs(train[0]["update/ratio_mean"] - 1) < 1e-2
+
+
+def test_a_model_loads_by_hub_id_from_the_cache_offline(folders, tmp_path, monkeypatch):
+    """The pipeline saved in a Hub cache (its real layout) loads by id with HF_HUB_OFFLINE=1 and
+    holds the same weights as the folder; its latent grid is known from the cached configs."""
+    from grpo.core.errors import UserError
+    from grpo.testing.hub_cache import add_to_hub_cache
+
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    options = {"height": 32, "width": 32}
+    assert FluxPolicy.noise_grid_for({**options, "path": "tiny-org/flux"}) is None  # not cached: unknown, no error
+    with pytest.raises(UserError) as e:
+        make("flux", {"flux": "tiny-org/flux"})
+    assert e.value.where == "model.path" and "hf download tiny-org/flux" in e.value.hint
+    add_to_hub_cache(tmp_path / "hf" / "hub", "tiny-org/flux", folders["flux"])
+    by_id, by_path = make("flux", {"flux": "tiny-org/flux"}), make("flux", folders)
+    want = by_path.denoiser.state_dict()
+    got = by_id.denoiser.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert FluxPolicy.noise_grid_for({**options, "path": "tiny-org/flux"}) == FluxPolicy.noise_grid_for(
+        {**options, "path": str(folders["flux"])})

@@ -1,0 +1,245 @@
+"""Weights named by a local path or by a Hugging Face Hub id, resolved through the Hub's cache.
+
+A weights option (``model.path``, a reward's ``path``, ``tokenizer``, ``base`` …) takes either
+
+- a local file or folder: ``/models/FLUX.1-dev``, ``~/weights/hps.pt``, ``./ckpt``; or
+- a Hub id: ``owner/name`` for a repository, ``owner/name:file/in/repo`` for one file of it, and
+  ``@revision`` after the name for a branch, tag or commit (``owner/name@v1.0:model.pt``).
+
+A value that exists on disk is a local path even when it looks like an id. Hub ids resolve
+through the cache that ``huggingface_hub`` uses, read from the environment at each call:
+``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``. With
+``HF_HUB_OFFLINE=1`` nothing is downloaded; without it, a run downloads what its cache lacks
+(``download=True``), and checks (``grpo validate``, ``grpo doctor``, the preflight of a run) only
+look in the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+from .errors import UserError
+
+_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)"
+                 r"(?:@(?P<revision>[A-Za-z0-9._/-]+?))?(?::(?P<file>[^:@]+))?$")
+
+# What to take of a repository, by what the option names (patterns relative to the repository).
+TOKENIZER = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json", "*.model")
+CONFIG_AND_TOKENIZER = ("*.json", "*.txt", "*.model")
+MODEL = (*CONFIG_AND_TOKENIZER, "*.safetensors")
+# A diffusers pipeline: model_index.json, then the folders of the components it names.
+PIPELINE = ("model_index.json",)
+WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A repository (or one file of it) on the Hugging Face Hub."""
+
+    repo: str
+    revision: str | None = None
+    file: str | None = None
+
+    def __str__(self) -> str:
+        return self.repo + (f"@{self.revision}" if self.revision else "") + (f":{self.file}" if self.file else "")
+
+    def fetch_command(self, patterns: Sequence[str] = ()) -> str:
+        """The one shell command that puts this reference into the cache."""
+        parts = ["hf", "download", self.repo]
+        if self.file:
+            parts.append(self.file)
+        for p in patterns if not self.file else ():
+            parts += ["--include", f"'{p}'" if any(c in p for c in "*?[") else p]
+        if self.revision:
+            parts += ["--revision", self.revision]
+        return " ".join(parts)
+
+
+def hub_ref(value: str) -> HubRef | None:
+    """The Hub reference `value` names, or None for a local path (or anything that is not an id)."""
+    if not isinstance(value, str) or not value or value.startswith(("/", ".", "~", "$")) or "\\" in value:
+        return None
+    if Path(value).exists():
+        return None
+    m = _ID.match(value)
+    if not m:
+        return None
+    return HubRef(m["repo"], m["revision"] or None, m["file"] or None)
+
+
+def cache_dir() -> Path:
+    """The Hub cache this process reads, from the environment as ``huggingface_hub`` reads it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.path.expanduser(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        return Path(os.path.expanduser(os.environ["HF_HOME"])) / "hub"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(os.path.expanduser(base)) / "huggingface" / "hub"
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _snapshot(ref: HubRef) -> Path | None:
+    """The cached snapshot folder of `ref`'s revision, or None (no network)."""
+    repo_dir = cache_dir() / ("models--" + ref.repo.replace("/", "--"))
+    revision = ref.revision or "main"
+    ref_file = repo_dir / "refs" / revision
+    commit = ref_file.read_text().strip() if ref_file.is_file() else revision
+    folder = repo_dir / "snapshots" / commit
+    return folder if folder.is_dir() else None
+
+
+def _matches(rel: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch(rel, p) for p in patterns)
+
+
+def pipeline_patterns(index: dict) -> list[str]:
+    """What a run reads of a diffusers pipeline repository: its index and the folders of the
+    components the index names (not the single-file checkpoints some repositories also hold)."""
+    parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
+    return ["model_index.json", *(f"{p}/*" for p in sorted(parts))]
+
+
+def cached(ref: HubRef, patterns: Sequence[str] = ()) -> Path | None:
+    """The local file or snapshot folder of `ref` when the cache holds it, else None; never downloads.
+
+    A folder counts as cached when its snapshot holds at least one file matching each pattern
+    group that names weights or an index (for a pipeline: the index, then every component's
+    folder)."""
+    folder = _snapshot(ref)
+    if folder is None:
+        return None
+    if ref.file:
+        path = folder / ref.file
+        return path if path.is_file() else None
+    if tuple(patterns) == PIPELINE:
+        index_file = folder / "model_index.json"
+        if not index_file.is_file():
+            return None
+        import json
+
+        try:
+            index = json.loads(index_file.read_text())
+        except (OSError, ValueError):
+            return None
+        needed = pipeline_patterns(index)[1:]
+        present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        return folder if all(any(fnmatch(f, pat) for f in present) for pat in needed) else None
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if patterns:
+        files = [p for p in files if _matches(p.relative_to(folder).as_posix(), patterns)]
+    return folder if files else None
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file or of every file under a folder, the cache's links followed."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def describe(ref: HubRef, patterns: Sequence[str] = ()) -> tuple[bool, str]:
+    """(in the cache?, a line for `grpo doctor`): its size there, or the command that fetches it."""
+    path = cached(ref, patterns)
+    if path is not None:
+        return True, f"in the Hub cache ({size_of(path) / 2**30:.2f} GiB at {path})"
+    return False, f"not in the Hub cache {cache_dir()}; fetch it: {fetch_command(ref, patterns)}"
+
+
+def fetch_command(ref: HubRef, patterns: Sequence[str] = ()) -> str:
+    """`hf download …` of what a run reads of `ref`; for a pipeline the folders its cached index
+    names, else every folder (not the single-file checkpoints at the top of some repositories)."""
+    if tuple(patterns) == PIPELINE:
+        index = None
+        snapshot = _snapshot(HubRef(ref.repo, ref.revision))
+        if snapshot is not None and (snapshot / "model_index.json").is_file():
+            import json
+
+            try:
+                index = json.loads((snapshot / "model_index.json").read_text())
+            except (OSError, ValueError):
+                index = None
+        patterns = pipeline_patterns(index) if index else ["model_index.json", "*/*"]
+    return ref.fetch_command(patterns)
+
+
+def resolve(value: str, *, where: str, what: str, patterns: Sequence[str] | None = (), download: bool = True,
+            companions: Sequence[str] = (), env: str | None = None) -> Path:
+    """The local file or folder `value` names: a path as it is, a Hub id through the cache.
+
+    `patterns` choose what to take of a repository (``PIPELINE`` for a diffusers pipeline; None
+    where `value` must be a local path);
+    `companions` are files beside a single file that are downloaded with it when the repository
+    has them.
+    A Hub id the cache lacks is downloaded when `download` and not offline, else a UserError with
+    the command that fetches it.
+    """
+    if not value:
+        var = env or "WEIGHTS_PATH"
+        raise UserError(f"no {what} given", where=where,
+                        hint=f"set {where} to a local path or a Hugging Face Hub id (owner/name), or export {var}")
+    ref = hub_ref(value) if patterns is not None else None
+    if ref is None:
+        path = Path(os.path.expanduser(value))
+        if not path.exists():
+            raise UserError(f"{what} {str(path)!r} does not exist", where=where,
+                            hint=f"fix the path or point {env or where} at it"
+                                 + (", or name a Hub id (owner/name)" if patterns is not None else ""))
+        return path
+    found = cached(ref, patterns)
+    if found is not None:
+        return found
+    if offline() or not download:
+        why = "HF_HUB_OFFLINE is set" if offline() else "checks never download"
+        raise UserError(f"{what} {str(ref)!r} is not in the Hugging Face cache {str(cache_dir())!r} ({why})",
+                        where=where, hint=f"fetch it: {fetch_command(ref, patterns)}; or name a local path")
+    return _download(ref, patterns, companions, where, what)
+
+
+def _download(ref: HubRef, patterns: Sequence[str], companions: Sequence[str], where: str, what: str) -> Path:
+    import huggingface_hub as hf
+    from huggingface_hub import errors
+
+    kw = {"revision": ref.revision, "cache_dir": str(cache_dir())}
+    try:
+        if ref.file:
+            path = Path(hf.hf_hub_download(ref.repo, ref.file, **kw))
+            for name in companions:
+                sibling = str(Path(ref.file).parent / name) if Path(ref.file).parent != Path(".") else name
+                try:
+                    hf.hf_hub_download(ref.repo, sibling, **kw)
+                except errors.EntryNotFoundError:
+                    pass
+            return path
+        if tuple(patterns) == PIPELINE:
+            import json
+
+            index = json.loads(Path(hf.hf_hub_download(ref.repo, "model_index.json", **kw)).read_text())
+            allow = pipeline_patterns(index)
+        else:
+            allow = list(patterns) or None
+        return Path(hf.snapshot_download(ref.repo, allow_patterns=allow, **kw))
+    except errors.GatedRepoError:
+        raise UserError(f"{str(ref)!r} is gated on the Hugging Face Hub", where=where,
+                        hint=f"accept its licence on huggingface.co/{ref.repo}, run `hf auth login`, then "
+                             f"{fetch_command(ref, patterns)}") from None
+    except errors.RepositoryNotFoundError:
+        raise UserError(f"no Hugging Face repository {ref.repo!r} (or it is private)", where=where,
+                        hint="check the id, or log in with `hf auth login`; a local path works too") from None
+    except errors.RevisionNotFoundError:
+        raise UserError(f"{ref.repo!r} has no revision {ref.revision!r}", where=where,
+                        hint="name a branch, tag or commit of the repository") from None
+    except errors.EntryNotFoundError:
+        raise UserError(f"{ref.repo!r} has no file {ref.file!r}", where=where,
+                        hint="name a file of the repository after ':'") from None
+    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, OSError) as e:
+        raise UserError(f"could not download {what} {str(ref)!r}: {str(e).splitlines()[0] if str(e) else e!r}",
+                        where=where, hint=f"check the network, or fetch it first: {fetch_command(ref, patterns)}"
+                        ) from None
