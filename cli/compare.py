@@ -142,10 +142,17 @@ def plan_jobs(recipes: list[Path], seeds: list[int], sets: list[str], out: Path,
 
 
 def _check_same_settings(run_dir: Path, new: dict[str, Any]) -> None:
-    """A run kept from an earlier invocation must have been made with the same (resolved) settings."""
+    """A run kept from an earlier invocation must have been made with the same (resolved) settings.
+
+    The stored recipe is resolved again, so that an option added since (with its default) is not
+    a difference."""
     before = tomllib.loads((run_dir / RESOLVED).read_text())
     for key in INFORMATIONAL:  # records of what ran, not settings
         before.pop(key, None)
+    try:
+        before = load_recipe(run_dir / RESOLVED, [], env=True)[0].to_dict()
+    except UserError:  # stored under options this version no longer has: compared as written
+        pass
     changed = [k for k in sorted(set(new) | set(before)) if new.get(k) != before.get(k)]
     if changed:
         raise UserError(f"{str(run_dir)!r} was made with other settings ([{', '.join(changed)}] differ)",

@@ -66,8 +66,11 @@ class Trainer:
         self.prompts = PromptCache(self.c.policy)
         self._setup_training()
         start, elapsed = self._open_run_dir(resume)
-        self.log = RunLog(self.run_dir, tensorboard=self.recipe.logging.tensorboard,
-                          start_iteration=start) if self.group.main else NoLog()
+        lg = self.recipe.logging
+        wandb = dict(project=lg.project, entity=lg.entity, name=lg.name, mode=lg.mode,
+                     config=self.recipe.to_dict()) if lg.wandb else None
+        self.log = RunLog(self.run_dir, tensorboard=lg.tensorboard, start_iteration=start,
+                          wandb=wandb) if self.group.main else NoLog()
         sampler = self.c.sampler
         self.evaluator = Evaluator(self.recipe.eval, self.c.eval_sets, tuple(self.c.policy.latent_shape),
                                    policy=self.c.policy, steps=sampler.steps, shift=sampler.shift,

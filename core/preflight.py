@@ -1,4 +1,5 @@
-"""Before any weights load: does every file and folder a recipe names exist? All problems at once."""
+"""Before any weights load: does every file and folder a recipe names exist, and every optional
+package its settings need? All problems at once."""
 
 from __future__ import annotations
 
@@ -45,7 +46,21 @@ def missing_paths(recipe: Recipe) -> list[UserError]:
     return errors
 
 
+def missing_packages(recipe: Recipe) -> list[UserError]:
+    """The optional packages the recipe's settings need and this environment lacks."""
+    errors = []
+    if recipe.logging.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            errors.append(UserError("logging.wandb = true needs the wandb package, which is not installed",
+                                    where="logging.wandb",
+                                    hint="pip install 'grpo[wandb]' (or pip install wandb), or set logging.wandb = false"))
+    return errors
+
+
 def check_paths(recipe: Recipe) -> None:
-    errors = missing_paths(recipe)
+    """Every missing file, folder, Hub download (offline) and optional package at once."""
+    errors = missing_paths(recipe) + missing_packages(recipe)
     if errors:
         raise UserErrors(errors)

@@ -95,10 +95,17 @@ class EvalConfig:
 
 @dataclass(kw_only=True)
 class LoggingConfig:
-    """``[logging]``: where metrics go."""
+    """``[logging]``: where metrics go: ``metrics.jsonl`` always, TensorBoard, and Weights & Biases."""
 
     tensorboard: Annotated[bool, Doc("write TensorBoard events")] = True
     progress: Annotated[bool, Doc("show a live progress bar")] = True
+    wandb: Annotated[bool, Doc("also log to Weights & Biases: scalars, sample grids, videos, the recipe as "
+                                "config (pip install 'grpo[wandb]')")] = False
+    project: Annotated[str, Doc("wandb project")] = "grpo"
+    entity: Annotated[str, Doc("wandb entity (team or user); empty: your default")] = ""
+    name: Annotated[str, Doc("wandb run name; empty: the run folder's name")] = ""
+    mode: Annotated[Literal["online", "offline", "disabled"],
+                    Doc("wandb mode: offline keeps the run in RUN/wandb for `wandb sync`")] = "online"
 
 
 @dataclass(kw_only=True)

@@ -36,6 +36,7 @@ EVAL = "eval"
 FINGERPRINT = "fingerprint.json"
 SAMPLES = "samples"
 TENSORBOARD = "tensorboard"
+WANDB_ID = "wandb-run.json"  # the Weights & Biases run this run logs to, kept for --resume
 
 
 @dataclass(frozen=True)
