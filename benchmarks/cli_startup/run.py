@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+from benchmarks.shapes_alignment.make_figures import machine  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 TARGET = 1.5
@@ -30,18 +33,6 @@ COMMANDS = [
     ["plan", "recipes/shapes_branch.toml"],
     ["validate", "recipes/flux_dance.toml"],
 ]
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def wall(argv: list[str], env: dict[str, str]) -> float:
@@ -75,7 +66,7 @@ def main() -> None:
     lines = [
         "# CLI startup",
         "",
-        f"Machine: {machine()}. Each command in a fresh process with one thread, {args.rounds} rounds; in each "
+        f"Machine: {machine()}, Python {platform.python_version()}. Each command in a fresh process with one thread, {args.rounds} rounds; in each "
         "round the baseline and every command ran once, in turn. Median wall seconds, and the ratio to the "
         f"baseline's median (target: at most {TARGET}×).",
         "",
