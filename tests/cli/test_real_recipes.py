@@ -162,3 +162,17 @@ def test_doctor_passes_when_everything_is_there(tmp_path, monkeypatch):
 def test_plugins_show_says_where_to_get_the_files(name, source):
     code, out = invoke("plugins", "show", name)
     assert code == 0 and "where to get" in out and source in out.replace("\n", "")
+
+
+def test_doctor_says_which_components_a_cached_pipeline_lacks(tmp_path):
+    from grpo.testing.hub_cache import add_to_hub_cache
+    from grpo.testing.tiny_diffusers import tiny_flux
+
+    folder = tiny_flux(tmp_path / "flux")
+    files = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.parts[-2] != "vae"]
+    add_to_hub_cache(tmp_path / "hf" / "hub", weight_ids(ROOT / "recipes" / "flux_dance.toml")["FLUX_PATH"], folder,
+                     files=files)
+    code, out = invoke("doctor", str(ROOT / "recipes" / "flux_dance.toml"))
+    flat = out.replace("\n", "").replace("│", "").replace(" ", "")
+    assert code == 2 and "missingvaeintheHubcache;fetchtherest:hfdownloadblack-forest-labs/FLUX.1-dev" in flat
+    assert "--include'vae/*'" in flat  # the command names the components of the cached index
