@@ -16,7 +16,10 @@ other tables configure the run. Every key is checked against the schema below (`
 `--set TABLE.KEY=VALUE` overrides any key (the value in TOML syntax, e.g. `--set
 'strategy.step_window=[0,10]'`; `reward.0.weight=2` addresses the first `[[reward]]`).
 `${VAR}` in a string is replaced by the environment variable VAR when a run starts (`grpo
-validate` does not need it set). Every run writes `recipe.resolved.toml` with all defaults
+validate` does not need it set), and `${VAR:-default}` by VAR when it is set and not empty, else by
+the default. Weights options (`model.path`, a reward's `path`, `tokenizer`, `base` …) take a local
+path or a Hugging Face Hub id: `owner/name`, `owner/name:file/in/repo`, `owner/name@revision`,
+resolved through the Hub cache (see `grpo doctor`). Every run writes `recipe.resolved.toml` with all defaults
 filled in, the distribution that provided each plugin, and (`[parts]`) every part of the strategy
 that ran with its options.
 
