@@ -67,8 +67,7 @@ class Trainer:
         self._setup_training()
         start, elapsed = self._open_run_dir(resume)
         lg = self.recipe.logging
-        wandb = dict(project=lg.project, entity=lg.entity, name=lg.name, mode=lg.mode,
-                     config=self.recipe.to_dict()) if lg.wandb else None
+        wandb = dict(project=lg.project, entity=lg.entity, name=lg.name, mode=lg.mode) if lg.wandb else None
         self.log = RunLog(self.run_dir, tensorboard=lg.tensorboard, start_iteration=start,
                           wandb=wandb) if self.group.main else NoLog()
         sampler = self.c.sampler

@@ -138,7 +138,7 @@ class Evaluator:
             gif = gif_bytes(frames, self.policy.fps or 8)
             self.run_dir.sample_grid(iteration, ".gif").write_bytes(gif)
             self.log.animation("eval/videos", gif, frames[0].width, frames[0].height, iteration,
-                               path=self.run_dir.sample_grid(iteration, ".gif"), fps=self.policy.fps or 8)
+                               path=self.run_dir.sample_grid(iteration, ".gif"))
             grid = frames[len(frames) // 2]
         else:
             grid = caption_grid(images[sel], chosen)

@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 
-from .rundir import METRICS, TENSORBOARD, WANDB_ID
+from .errors import UserError
+from .recipe import tomllib
+from .rundir import METRICS, RESOLVED, TENSORBOARD, WANDB_ID
 
 
 def truncate_jsonl(path: Path, start_iteration: int) -> None:
@@ -42,16 +44,27 @@ class WandbRun:
     """
 
     def __init__(self, run_dir: Path, *, project: str, entity: str, name: str, mode: str,
-                 config: dict[str, Any]) -> None:
+                 config: dict[str, Any] | None = None) -> None:
+        """`config` defaults to the run's ``recipe.resolved.toml``, the parts that ran included."""
         import wandb
+
+        if config is None:
+            config = tomllib.loads((run_dir / RESOLVED).read_text())
 
         self._wandb = wandb
         id_file = run_dir / WANDB_ID
         run_id = json.loads(id_file.read_text())["id"] if id_file.is_file() else "".join(
             secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # wandb's id alphabet
-        self.run = wandb.init(project=project, entity=entity or None, name=name or run_dir.name, mode=mode,
-                              dir=str(run_dir), config=config, id=run_id, resume="allow",
-                              settings=wandb.Settings(console="off"))
+        try:
+            self.run = wandb.init(project=project, entity=entity or None, name=name or run_dir.name, mode=mode,
+                                  dir=str(run_dir), config=config, id=run_id, resume="allow",
+                                  settings=wandb.Settings(console="off"))
+        except wandb.errors.Error as e:  # not logged in, no network, an unknown entity …
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"Weights & Biases could not start the run: {first}", where="logging.mode",
+                            hint="log in with `wandb login` (or export WANDB_API_KEY), or set logging.mode = "
+                                 "\"offline\" and upload later with `wandb sync`; then continue with "
+                                 f"grpo run --resume {run_dir}") from None
         id_file.write_text(json.dumps({"id": run_id, "project": project, "entity": entity, "mode": mode}) + "\n")
         self.run.define_metric("iteration")
         self.run.define_metric("*", step_metric="iteration")
@@ -63,8 +76,9 @@ class WandbRun:
         pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         self.run.log({tag: self._wandb.Image(pixels), "iteration": iteration})
 
-    def video(self, tag: str, path: Path, fps: int, iteration: int) -> None:
-        """The animated grid already written (its frames last 1/fps s each), uploaded as a video."""
+    def video(self, tag: str, path: Path, iteration: int) -> None:
+        """The animated grid already written, uploaded as a video: its frames carry their duration
+        (1/fps of the model), so it plays at the model's frame rate."""
         self.run.log({tag: self._wandb.Video(str(path), format="gif"), "iteration": iteration})
 
     def close(self) -> None:
@@ -110,7 +124,7 @@ class RunLog:
             self.wandb.image(tag, image, iteration)
 
     def animation(self, tag: str, gif: bytes, width: int, height: int, iteration: int, *,
-                  path: Path | None = None, fps: int = 8) -> None:
+                  path: Path | None = None) -> None:
         """Log an animated GIF (TensorBoard shows it in its Images tab, as its own video summaries do;
         wandb as a video, from the file at `path`)."""
         if self.writer is not None:
@@ -120,7 +134,7 @@ class RunLog:
             self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), iteration)
             self.writer.flush()
         if self.wandb is not None and path is not None:
-            self.wandb.video(tag, path, fps, iteration)
+            self.wandb.video(tag, path, iteration)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 from grpo.cli.main import app
@@ -40,6 +41,9 @@ def test_two_iterations_offline_read_back(tmp_path):
     (run,) = read_offline_runs(tmp_path / "run" / "wandb")
     assert run.id == json.loads((tmp_path / "run" / WANDB_ID).read_text())["id"] and run.project == "grpo-tests"
     assert run.config["strategy"]["use"] == "dancegrpo" and run.config["train"]["iterations"] == 2
+    # the config is the resolved recipe as the run wrote it, the parts that ran included
+    assert run.config == tomllib.loads((tmp_path / "run" / "recipe.resolved.toml").read_text())
+    assert run.config["parts"]["topology"]["use"] == "fan"
     assert run.config["model"]["path"] == str(json.loads(json.dumps(run.config["model"]["path"])))
     scalars = [r for r in run.history if not any(k.startswith("eval/samples") for k in r)]
     assert len(scalars) == len(records)  # one wandb row per metrics.jsonl record, in the same order
@@ -74,6 +78,18 @@ def test_a_missing_wandb_package_is_a_clear_error(tmp_path, monkeypatch):
     assert "Traceback" not in result.output
 
 
+def test_a_wandb_run_that_cannot_start_is_a_clear_error(tmp_path, monkeypatch):
+    """Online with no credentials and no terminal to ask on: wandb refuses, and the run says what to do."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc holding a key
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    sets = [x for s in [*WANDB, "logging.mode='online'", "train.iterations=1"] for x in ("--set", s)]
+    result = CliRunner().invoke(app, ["run", str(RECIPE), *sets, "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "Weights & Biases could not start" in result.output and "logging.mode" in result.output
+    assert "wandb login" in result.output and "Traceback" not in result.output
+
+
 def test_videos_are_logged_as_videos(tmp_path):
     """An animated grid (as the evaluator writes for video models) becomes a wandb video of the same
     file, whose frames keep the model's frame time."""
@@ -89,7 +105,7 @@ def test_videos_are_logged_as_videos(tmp_path):
     (tmp_path / "grid.gif").write_bytes(buf.getvalue())
     log = RunLog(tmp_path, tensorboard=False, wandb=dict(project="grpo-tests", entity="", name="", mode="offline",
                                                          config={"model": {"fps": 16}}))
-    log.animation("eval/videos", buf.getvalue(), 8, 8, 3, path=tmp_path / "grid.gif", fps=16)
+    log.animation("eval/videos", buf.getvalue(), 8, 8, 3, path=tmp_path / "grid.gif")
     log.close()
     (run,) = read_offline_runs(tmp_path / "wandb")
     (row,) = [r for r in run.history if "eval/videos" in r]
