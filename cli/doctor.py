@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from grpo.core import hub
-from grpo.core.preflight import PATH_OPTIONS
+from grpo.core.preflight import PATH_OPTIONS, hub_companions
 from grpo.core.recipe import ENV_PATTERN, apply_overrides, load_toml, parse, plugin_modules
 from grpo.core.registry import load_registry
 
@@ -88,9 +88,10 @@ def _local_check(p: Path, place: str, key: str, kind: str, source: str | None) -
     return Check(str(p), place, True, f"file, {p.stat().st_size / 2**20:.1f} MiB")
 
 
-def _hub_check(ref: hub.HubRef, patterns: tuple[str, ...], place: str, key: str, kind: str) -> Check:
+def _hub_check(ref: hub.HubRef, patterns: tuple[str, ...], place: str, key: str, kind: str,
+               companions: tuple[str, ...] = ()) -> Check:
     """Is the Hub reference in the cache (whole), how big, and the command that fetches it."""
-    ok, detail = hub.describe(ref, patterns)
+    ok, detail = hub.describe(ref, patterns, companions)
     snapshot = hub.cached(hub.HubRef(ref.repo, ref.revision))
     if snapshot is not None and patterns == hub.PIPELINE:  # say which components are there
         local = _local_check(snapshot, place, key, kind, None)
@@ -122,7 +123,7 @@ def _path_checks(table: dict[str, Any], where: str, kind: str, factory: Any) -> 
             continue  # empty (optional) or its variable is unset (reported above)
         ref = hub.hub_ref(value) if key in declared else None
         if ref is not None:
-            out.append(_hub_check(ref, tuple(declared[key]), place, key, kind))
+            out.append(_hub_check(ref, tuple(declared[key]), place, key, kind, hub_companions(factory, key)))
         else:
             out.append(_local_check(Path(os.path.expanduser(value)), place, key, kind, sources.get(key)))
     return out

@@ -16,12 +16,13 @@ look in the cache.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .errors import UserError
 
@@ -48,11 +49,12 @@ class HubRef:
     def __str__(self) -> str:
         return self.repo + (f"@{self.revision}" if self.revision else "") + (f":{self.file}" if self.file else "")
 
-    def fetch_command(self, patterns: Sequence[str] = ()) -> str:
-        """The one shell command that puts this reference into the cache."""
+    def fetch_command(self, patterns: Sequence[str] = (), companions: Sequence[str] = ()) -> str:
+        """The one shell command that puts this reference into the cache (a single file with the
+        `companions` beside it)."""
         parts = ["hf", "download", self.repo]
         if self.file:
-            parts.append(self.file)
+            parts += [self.file, *(_beside(self.file, name) for name in companions)]
         for p in patterns if not self.file else ():
             parts += ["--include", f"'{p}'" if any(c in p for c in "*?[") else p]
         if self.revision:
@@ -67,9 +69,15 @@ def hub_ref(value: str) -> HubRef | None:
     if Path(value).exists():
         return None
     m = _ID.match(value)
-    if not m:
-        return None
+    if not m or (not m["file"] and m["repo"].lower().endswith(WEIGHTS_SUFFIXES)):
+        return None  # `weights/hps.pt` is a local file that is not there, not a repository
     return HubRef(m["repo"], m["revision"] or None, m["file"] or None)
+
+
+def _beside(file: str, name: str) -> str:
+    """The path in the repository of `name` in the folder of `file`."""
+    parent = PurePosixPath(file).parent
+    return name if parent == PurePosixPath(".") else (parent / name).as_posix()
 
 
 def cache_dir() -> Path:
@@ -123,19 +131,37 @@ def cached(ref: HubRef, patterns: Sequence[str] = ()) -> Path | None:
         index_file = folder / "model_index.json"
         if not index_file.is_file():
             return None
-        import json
-
         try:
             index = json.loads(index_file.read_text())
         except (OSError, ValueError):
             return None
         needed = pipeline_patterns(index)[1:]
         present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-        return folder if all(any(fnmatch(f, pat) for f in present) for pat in needed) else None
-    files = [p for p in folder.rglob("*") if p.is_file()]
+        whole = all(any(fnmatch(f, pat) for f in present) for pat in needed)
+        return folder if whole and _complete(folder, present) else None
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     if patterns:
-        files = [p for p in files if _matches(p.relative_to(folder).as_posix(), patterns)]
-    return folder if files else None
+        present = {f for f in present if _matches(f, patterns)}
+    wants_weights = not patterns or any(p.endswith(WEIGHTS_SUFFIXES) for p in patterns)
+    return folder if present and (not wants_weights or _complete(folder, present)) else None
+
+
+def _complete(folder: Path, present: set[str]) -> bool:
+    """No model folder without its weights and no sharded checkpoint without every shard: what a
+    fetch of the configs alone, or an interrupted download, leaves in a snapshot is not cached."""
+    for rel in present:
+        path = PurePosixPath(rel)
+        if path.name == "config.json" and not any(
+                PurePosixPath(f).parent == path.parent and f.endswith(WEIGHTS_SUFFIXES) for f in present):
+            return False
+        if rel.endswith(".index.json"):
+            try:
+                shards = set(json.loads((folder / rel).read_text()).get("weight_map", {}).values())
+            except (OSError, ValueError, AttributeError):
+                return False
+            if any((path.parent / shard).as_posix() not in present for shard in shards):
+                return False
+    return True
 
 
 def size_of(path: Path) -> int:
@@ -145,29 +171,27 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def describe(ref: HubRef, patterns: Sequence[str] = ()) -> tuple[bool, str]:
+def describe(ref: HubRef, patterns: Sequence[str] = (), companions: Sequence[str] = ()) -> tuple[bool, str]:
     """(in the cache?, a line for `grpo doctor`): its size there, or the command that fetches it."""
     path = cached(ref, patterns)
     if path is not None:
         return True, f"in the Hub cache ({size_of(path) / 2**30:.2f} GiB at {path})"
-    return False, f"not in the Hub cache {cache_dir()}; fetch it: {fetch_command(ref, patterns)}"
+    return False, f"not in the Hub cache {cache_dir()}; fetch it: {fetch_command(ref, patterns, companions)}"
 
 
-def fetch_command(ref: HubRef, patterns: Sequence[str] = ()) -> str:
+def fetch_command(ref: HubRef, patterns: Sequence[str] = (), companions: Sequence[str] = ()) -> str:
     """`hf download …` of what a run reads of `ref`; for a pipeline the folders its cached index
     names, else every folder (not the single-file checkpoints at the top of some repositories)."""
     if tuple(patterns) == PIPELINE:
         index = None
         snapshot = _snapshot(HubRef(ref.repo, ref.revision))
         if snapshot is not None and (snapshot / "model_index.json").is_file():
-            import json
-
             try:
                 index = json.loads((snapshot / "model_index.json").read_text())
             except (OSError, ValueError):
                 index = None
         patterns = pipeline_patterns(index) if index else ["model_index.json", "*/*"]
-    return ref.fetch_command(patterns)
+    return ref.fetch_command(patterns, companions)
 
 
 def resolve(value: str, *, where: str, what: str, patterns: Sequence[str] | None = (), download: bool = True,
@@ -199,7 +223,7 @@ def resolve(value: str, *, where: str, what: str, patterns: Sequence[str] | None
     if offline() or not download:
         why = "HF_HUB_OFFLINE is set" if offline() else "checks never download"
         raise UserError(f"{what} {str(ref)!r} is not in the Hugging Face cache {str(cache_dir())!r} ({why})",
-                        where=where, hint=f"fetch it: {fetch_command(ref, patterns)}; or name a local path")
+                        where=where, hint=f"fetch it: {fetch_command(ref, patterns, companions)}; or name a local path")
     return _download(ref, patterns, companions, where, what)
 
 
@@ -212,15 +236,12 @@ def _download(ref: HubRef, patterns: Sequence[str], companions: Sequence[str], w
         if ref.file:
             path = Path(hf.hf_hub_download(ref.repo, ref.file, **kw))
             for name in companions:
-                sibling = str(Path(ref.file).parent / name) if Path(ref.file).parent != Path(".") else name
                 try:
-                    hf.hf_hub_download(ref.repo, sibling, **kw)
+                    hf.hf_hub_download(ref.repo, _beside(ref.file, name), **kw)
                 except errors.EntryNotFoundError:
                     pass
             return path
         if tuple(patterns) == PIPELINE:
-            import json
-
             index = json.loads(Path(hf.hf_hub_download(ref.repo, "model_index.json", **kw)).read_text())
             allow = pipeline_patterns(index)
         else:
@@ -231,8 +252,9 @@ def _download(ref: HubRef, patterns: Sequence[str], companions: Sequence[str], w
                         hint=f"accept its licence on huggingface.co/{ref.repo}, run `hf auth login`, then "
                              f"{fetch_command(ref, patterns)}") from None
     except errors.RepositoryNotFoundError:
-        raise UserError(f"no Hugging Face repository {ref.repo!r} (or it is private)", where=where,
-                        hint="check the id, or log in with `hf auth login`; a local path works too") from None
+        raise UserError(f"no local file or folder {str(ref)!r}, and no Hugging Face repository {ref.repo!r} "
+                        "(or it is private)", where=where,
+                        hint="fix the path, or check the id (log in with `hf auth login` for a private one)") from None
     except errors.RevisionNotFoundError:
         raise UserError(f"{ref.repo!r} has no revision {ref.revision!r}", where=where,
                         hint="name a branch, tag or commit of the repository") from None

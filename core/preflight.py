@@ -21,6 +21,12 @@ def hub_patterns(factory, key: str) -> tuple[str, ...]:
     return tuple(getattr(factory, "hub_patterns", {}).get(key, ()))
 
 
+def hub_companions(factory, key: str) -> tuple[str, ...]:
+    """Files that a component reads beside the single Hub file its option `key` names: the
+    factory's ``hub_companions`` entry (ImageReward's ``med_config.json``)."""
+    return tuple(getattr(factory, "hub_companions", {}).get(key, ()))
+
+
 def missing_paths(recipe: Recipe) -> list[UserError]:
     """One error per path option of the recipe's components that names nothing on disk."""
     errors = []
@@ -37,7 +43,8 @@ def missing_paths(recipe: Recipe) -> list[UserError]:
                     errors.append(UserError(f"{str(ref)!r} is not in the Hugging Face cache and HF_HUB_OFFLINE "
                                             "is set", where=f"{comp.where}.{key}",
                                             hint="fetch it: " + hub.fetch_command(
-                                                ref, hub_patterns(comp.entry.factory, key))))
+                                                ref, hub_patterns(comp.entry.factory, key),
+                                                hub_companions(comp.entry.factory, key))))
                 continue
             if not Path(os.path.expanduser(value)).exists():
                 source = sources.get(key)

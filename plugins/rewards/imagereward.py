@@ -78,6 +78,7 @@ class ImageRewardReward:
         "tokenizer": "the Hub id google-bert/bert-base-uncased (its tokenizer files; [DEC] and [ENC] are added here)",
     }
     hub_patterns = {"path": (), "tokenizer": hub.TOKENIZER}
+    hub_companions = {"path": ("med_config.json",)}
 
     def __init__(
         self,
@@ -98,7 +99,7 @@ class ImageRewardReward:
         )
 
         weights = require_path(path, "reward.path", "IMAGEREWARD_PATH", "ImageReward weights", self.hub_patterns["path"],
-                               companions=("med_config.json",))
+                               companions=self.hub_companions["path"])
         tok = AutoTokenizer.from_pretrained(str(require_path(tokenizer, "reward.tokenizer", "BERT_TOKENIZER_PATH",
                                                       "tokenizer folder", self.hub_patterns["tokenizer"])))
         tok.add_special_tokens({"bos_token": "[DEC]"})

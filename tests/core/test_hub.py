@@ -42,6 +42,7 @@ def repo(tmp_path):
     ("owner/name@refs/pr/3:a.pt", hub.HubRef("owner/name", "refs/pr/3", "a.pt")),
     ("/models/flux", None), ("./flux", None), ("~/flux", None), ("flux", None), ("a/b/c", None),
     ("${FLUX_PATH}", None), ("", None), ("C:\\models\\flux", None),
+    ("weights/hps.pt", None), ("ckpt/model.safetensors", None),  # paths to a weights file that is not there
 ])
 def test_what_counts_as_a_hub_id(value, want):
     assert hub.hub_ref(value) == want
@@ -119,7 +120,10 @@ def test_a_pipeline_is_cached_when_every_component_it_names_is(cache, tmp_path):
     src = tmp_path / "pipe"
     for part in ("vae", "transformer", "scheduler"):
         (src / part).mkdir(parents=True)
+    (src / "scheduler" / "scheduler_config.json").write_text("{}")  # a component without weights
+    for part in ("vae", "transformer"):
         (src / part / "config.json").write_text("{}")
+        (src / part / "diffusion_pytorch_model.safetensors").write_bytes(part.encode())
     (src / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "vae": ["diffusers", "X"],
                                                       "transformer": ["diffusers", "Y"],
                                                       "scheduler": ["diffusers", "Z"], "tokenizer": [None, None]}))
@@ -130,7 +134,45 @@ def test_a_pipeline_is_cached_when_every_component_it_names_is(cache, tmp_path):
     assert hub.fetch_command(ref, hub.PIPELINE) == ("hf download owner/pipe --include model_index.json "
                                                     "--include 'scheduler/*' --include 'transformer/*' "
                                                     "--include 'vae/*'")
-    snapshot = add_to_hub_cache(cache, "owner/pipe", src, files=["model_index.json", "vae/config.json",
-                                                                 "transformer/config.json", "scheduler/config.json"])
+    # every folder is there, but the transformer's weights are not (a fetch of the configs alone)
+    configs = ["model_index.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+               "transformer/config.json", "scheduler/scheduler_config.json"]
+    add_to_hub_cache(cache, "owner/pipe", src, files=configs)
+    assert hub.cached(ref, hub.PIPELINE) is None
+    snapshot = add_to_hub_cache(cache, "owner/pipe", src, files=[*configs, "transformer/diffusion_pytorch_model.safetensors"])
     assert hub.cached(ref, hub.PIPELINE) == snapshot
     assert hub.fetch_command(hub.HubRef("owner/unknown"), hub.PIPELINE).endswith("--include '*/*'")
+
+
+def test_a_partly_fetched_model_is_not_cached(cache, tmp_path):
+    """A model folder without its weights, or a sharded checkpoint missing a shard, is what an
+    interrupted download leaves: a run would fail to load it, so it counts as missing."""
+    src = tmp_path / "model"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    (src / "tokenizer.json").write_text("{}")
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        (src / shard).write_bytes(shard.encode())
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+        "a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}))
+    ref = hub.HubRef("owner/sharded")
+    add_to_hub_cache(cache, ref.repo, src, files=["config.json", "tokenizer.json"])
+    assert hub.cached(ref, hub.MODEL) is None and hub.cached(ref) is None
+    assert hub.cached(ref, hub.TOKENIZER) is not None  # what a tokenizer option reads is all there
+    add_to_hub_cache(cache, ref.repo, src, files=["config.json", "tokenizer.json", "model.safetensors.index.json",
+                                                  "model-00001-of-00002.safetensors"])
+    assert hub.cached(ref, hub.MODEL) is None
+    assert hub.cached(ref, hub.CONFIG_AND_TOKENIZER) is not None  # an option that reads no weights
+    with pytest.raises(UserError) as e:
+        hub.resolve(ref.repo, where="reward.path", what="weights", patterns=hub.MODEL)
+    assert "not in the Hugging Face cache" in e.value.message
+    whole = add_to_hub_cache(cache, ref.repo, src)
+    assert hub.cached(ref, hub.MODEL) == whole == hub.cached(ref)
+
+
+def test_the_fetch_command_names_a_files_companions():
+    ref = hub.HubRef("zai-org/ImageReward", None, "ImageReward.pt")
+    assert hub.fetch_command(ref, (), ("med_config.json",)) == "hf download zai-org/ImageReward ImageReward.pt med_config.json"
+    nested = hub.HubRef("owner/name", "v1", "ckpt/model.pt")
+    assert hub.fetch_command(nested, (), ("config.json",)) == ("hf download owner/name ckpt/model.pt ckpt/config.json "
+                                                               "--revision v1")
