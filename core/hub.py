@@ -250,7 +250,7 @@ def _download(ref: HubRef, patterns: Sequence[str], companions: Sequence[str], w
     except errors.GatedRepoError:
         raise UserError(f"{str(ref)!r} is gated on the Hugging Face Hub", where=where,
                         hint=f"accept its licence on huggingface.co/{ref.repo}, run `hf auth login`, then "
-                             f"{fetch_command(ref, patterns)}") from None
+                             f"{fetch_command(ref, patterns, companions)}") from None
     except errors.RepositoryNotFoundError:
         raise UserError(f"no local file or folder {str(ref)!r}, and no Hugging Face repository {ref.repo!r} "
                         "(or it is private)", where=where,
@@ -263,5 +263,5 @@ def _download(ref: HubRef, patterns: Sequence[str], companions: Sequence[str], w
                         hint="name a file of the repository after ':'") from None
     except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, OSError) as e:
         raise UserError(f"could not download {what} {str(ref)!r}: {str(e).splitlines()[0] if str(e) else e!r}",
-                        where=where, hint=f"check the network, or fetch it first: {fetch_command(ref, patterns)}"
+                        where=where, hint=f"check the network, or fetch it first: {fetch_command(ref, patterns, companions)}"
                         ) from None
