@@ -19,6 +19,7 @@ FILES = {
     "model_index.json": json.dumps({"_class_name": "FluxPipeline", "vae": ["diffusers", "AutoencoderKL"],
                                     "transformer": ["diffusers", "T"], "tokenizer": [None, None]}).encode(),
     "vae/config.json": b"{}",
+    "vae/diffusion_pytorch_model.safetensors": b"v" * 32,
     "transformer/config.json": b"{}",
     "transformer/diffusion_pytorch_model.safetensors": b"w" * 64,
     "flux1-dev.safetensors": b"x" * 4096,  # the single-file checkpoint beside the pipeline folders
@@ -100,7 +101,8 @@ def test_a_pipeline_download_takes_only_the_folders_its_index_names(fake_hub, tm
     folder = hub.resolve("owner/repo", where="model.path", what="model", patterns=hub.PIPELINE)
     assert folder == tmp_path / "hf" / "hub" / "models--owner--repo" / "snapshots" / COMMIT
     assert files_of(folder) == ["model_index.json", "transformer/config.json",
-                                "transformer/diffusion_pytorch_model.safetensors", "vae/config.json"]
+                                "transformer/diffusion_pytorch_model.safetensors", "vae/config.json",
+                                "vae/diffusion_pytorch_model.safetensors"]
     assert "flux1-dev.safetensors" not in fake_hub.requested
     assert hub.cached(hub.HubRef("owner/repo"), hub.PIPELINE) == folder  # and now it is found offline
     fake_hub.requested.clear()
