@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,17 +61,33 @@ def _records(data: bytes) -> list[bytes]:
     return out
 
 
-def read_offline_run(folder: str | Path) -> OfflineRun:
-    """One ``offline-run-*`` folder."""
+def read_offline_run(folder: str | Path, wait: float = 60.0) -> OfflineRun:
+    """One ``offline-run-*`` folder. wandb's service may still be writing the log of a run that has
+    just finished: the log is read again until it holds the run's closing record, for at most
+    `wait` seconds (then what is there is returned)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            run, closed = _parse(Path(folder))
+        except ValueError:  # a record being written
+            run, closed = OfflineRun(Path(folder)), False
+        if closed or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _parse(folder: Path) -> tuple[OfflineRun, bool]:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    folder = Path(folder)
-    (log,) = folder.glob("run-*.wandb")
-    run = OfflineRun(folder)
-    for raw in _records(log.read_bytes()):
+    logs = list(folder.glob("run-*.wandb"))
+    run, closed = OfflineRun(folder), False
+    if len(logs) != 1:
+        return run, closed
+    for raw in _records(logs[0].read_bytes()):
         record = pb.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
+        closed = closed or kind == "exit"
         if kind == "run":
             run.id, run.project = record.run.run_id, record.run.project
             run.config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
@@ -86,7 +103,7 @@ def read_offline_run(folder: str | Path) -> OfflineRun:
                 node[path[-1]] = json.loads(item.value_json)
             run.history.append({k: v for k, v in row.items() if not k.startswith("_")})  # not wandb's own
     run.config.pop("_wandb", None)
-    return run
+    return run, closed
 
 
 def read_offline_runs(wandb_dir: str | Path) -> list[OfflineRun]:
