@@ -115,31 +115,33 @@ def pipeline_patterns(index: dict) -> list[str]:
     return ["model_index.json", *(f"{p}/*" for p in sorted(parts))]
 
 
+def _index(snapshot: Path) -> dict | None:
+    """A pipeline snapshot's ``model_index.json``, or None when it is missing or unreadable."""
+    try:
+        return json.loads((snapshot / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def cached(ref: HubRef, patterns: Sequence[str] = ()) -> Path | None:
     """The local file or snapshot folder of `ref` when the cache holds it, else None; never downloads.
 
-    A folder counts as cached when its snapshot holds at least one file matching each pattern
-    group that names weights or an index (for a pipeline: the index, then every component's
-    folder)."""
+    A folder counts as cached when its snapshot holds a file matching the patterns (for a
+    pipeline: the index, then every component's folder) and, where weights are read, is whole
+    (see `_complete`)."""
     folder = _snapshot(ref)
     if folder is None:
         return None
     if ref.file:
         path = folder / ref.file
         return path if path.is_file() else None
-    if tuple(patterns) == PIPELINE:
-        index_file = folder / "model_index.json"
-        if not index_file.is_file():
-            return None
-        try:
-            index = json.loads(index_file.read_text())
-        except (OSError, ValueError):
-            return None
-        needed = pipeline_patterns(index)[1:]
-        present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-        whole = all(any(fnmatch(f, pat) for f in present) for pat in needed)
-        return folder if whole and _complete(folder, present) else None
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    if tuple(patterns) == PIPELINE:
+        index = _index(folder)
+        if index is None:
+            return None
+        whole = all(any(fnmatch(f, pat) for f in present) for pat in pipeline_patterns(index)[1:])
+        return folder if whole and _complete(folder, present) else None
     if patterns:
         present = {f for f in present if _matches(f, patterns)}
     wants_weights = not patterns or any(p.endswith(WEIGHTS_SUFFIXES) for p in patterns)
@@ -183,13 +185,8 @@ def fetch_command(ref: HubRef, patterns: Sequence[str] = (), companions: Sequenc
     """`hf download …` of what a run reads of `ref`; for a pipeline the folders its cached index
     names, else every folder (not the single-file checkpoints at the top of some repositories)."""
     if tuple(patterns) == PIPELINE:
-        index = None
         snapshot = _snapshot(HubRef(ref.repo, ref.revision))
-        if snapshot is not None and (snapshot / "model_index.json").is_file():
-            try:
-                index = json.loads((snapshot / "model_index.json").read_text())
-            except (OSError, ValueError):
-                index = None
+        index = _index(snapshot) if snapshot is not None else None
         patterns = pipeline_patterns(index) if index else ["model_index.json", "*/*"]
     return ref.fetch_command(patterns, companions)
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .recipe import tomllib
+from .recipe import load_toml
 from .rundir import METRICS, RESOLVED, TENSORBOARD, WANDB_ID
 
 
@@ -49,7 +49,7 @@ class WandbRun:
         import wandb
 
         if config is None:
-            config = tomllib.loads((run_dir / RESOLVED).read_text())
+            config = load_toml(run_dir / RESOLVED)
 
         self._wandb = wandb
         id_file = run_dir / WANDB_ID
