@@ -24,7 +24,16 @@ import tomllib
 from PIL import Image, ImageDraw, ImageFont
 
 from grpo.core.errors import UserError
-from grpo.core.rundir import FINISHED, METRICS, RESOLVED, SAMPLES, TENSORBOARD, RunDir
+from grpo.core.rundir import (
+    FINISHED,
+    METRICS,
+    RESOLVED,
+    RUNTIME,
+    SAMPLES,
+    TENSORBOARD,
+    RunDir,
+    describe_machine,
+)
 from grpo.core.runlog import read_metrics
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
@@ -62,6 +71,7 @@ class RunSummary:
     train: list[dict] = field(repr=False)
     finished: bool
     settings: dict = field(default_factory=dict, repr=False)  # the run's resolved recipe
+    machine: str | None = None  # where it ran (runtime.json), when the run recorded it
 
     @classmethod
     def load(cls, run_dir: Path, label: str | None = None) -> RunSummary:
@@ -72,6 +82,7 @@ class RunSummary:
                                 where="--from", hint="give --out directories of `grpo run` or runs/<name> of a comparison")
         resolved = tomllib.loads((run_dir / RESOLVED).read_text())
         records = read_metrics(run_dir)
+        runtime = json.loads((run_dir / RUNTIME).read_text()) if (run_dir / RUNTIME).is_file() else {}
         train = [r for r in records if r["kind"] == "train"]
         evals = [r for r in records if r["kind"] == "eval"]
         return cls(
@@ -84,6 +95,7 @@ class RunSummary:
             train=train,
             finished=(run_dir / FINISHED).is_file(),
             settings=resolved,
+            machine=describe_machine(runtime),
         )
 
     # -- per-run quantities ------------------------------------------------------------------------
@@ -328,12 +340,17 @@ def headline(runs: list[RunSummary], rows: list[Row], measures: list[tuple[str, 
             verdict = ("an interval that includes 0: no difference can be concluded" if math.isnan(h) or abs(d) <= h
                        else "an interval above 0" if d > 0 else "an interval below 0")
             lead = "its" if parts and parts[0] else row.label + "'s"
-            parts.append(f"{lead} final gain differs from {ref.label}'s by {d:+.3f}"
+            parts.append(f"{lead} final gain differs from {ref.label}'s by {_signed(d)}"
                          + ("" if math.isnan(h) else f" ± {h:.3f}") + f" ({how}), {verdict}")
         parts = [x for x in parts if x]
         if parts:
             out.append("; ".join(parts) + ".")
     return " ".join(out)
+
+
+def _signed(x: float) -> str:
+    """A difference with its sign, to three decimals; one that rounds to zero is written 0.000."""
+    return "0.000" if round(x, 3) == 0 else f"{x:+.3f}"
 
 
 def _fmt(pair: tuple[float, float]) -> str:
@@ -363,7 +380,8 @@ def table_rows(rows: list[Row], measures: list[tuple[str, str]]) -> tuple[list[s
     cells = []
     for row in rows:
         cells.append([
-            row.label, ",".join(map(str, row.seeds)), f"{row.iterations:g}",
+            row.label, ",".join(map(str, row.seeds)),
+            f"{row.iterations:.0f}" if row.iterations == int(row.iterations) else f"{row.iterations:.1f}",
             *[_fmt(row.finals[k]) if k in row.finals else "–" for k in keys],
             *[_fmt(row.gains[k]) if k in row.gains else "–" for k in keys[:1]],
             *(_reach_cells(row.reach) if reached else []),
@@ -525,6 +543,22 @@ def setting_differences(runs: list[RunSummary]) -> list[str]:
             if not where.startswith(ALGORITHM)]
 
 
+def machine_note(runs: list[RunSummary]) -> str | None:
+    """Where the runs were measured: one machine, or the runs of each when they differ (their training
+    times are then not comparable). Runs that did not record their machine are named as such."""
+    machines: dict[str, list[str]] = {}
+    for r in runs:
+        machines.setdefault(r.machine or "", []).append(r.name)
+    unrecorded = machines.pop("", [])
+    if not machines:
+        return None
+    tail = f" ({', '.join(unrecorded)}: not recorded)" if unrecorded else ""
+    if len(machines) == 1:
+        return f"Machine: {next(iter(machines))}{tail}."
+    return ("Runs measured on different machines, so their training times are not comparable: "
+            + "; ".join(f"{', '.join(names)} on {m}" for m, names in machines.items()) + tail + ".")
+
+
 def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison",
           target: float | None = None) -> tuple[list[Row], list[tuple[str, str]], str]:
     """Write report.md, report.html (self-contained), the plots and tensorboard/ into `out`; return the
@@ -562,6 +596,9 @@ def write(runs: list[RunSummary], out: Path, *, title: str = "Comparison",
         notes.append("Time to target: the training minutes (and model forwards) at which a run's gain over the base "
                      "first reaches the target, interpolated linearly between evaluations; the mean over the seeds "
                      "that reached it, with how many did.")
+    machine = machine_note(runs)
+    if machine:
+        notes.append(machine)
     differ = setting_differences(runs)
     if differ:
         notes.append("Settings that differ besides the strategy: " + "; ".join(differ) + ".")

@@ -49,6 +49,7 @@ def launch(args: list[str], nproc: int) -> int:
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
                "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         env.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N ranks on shared cores
+        env.setdefault("PYTHONFAULTHANDLER", "1")  # a rank killed by a fault (abort, segfault) prints its stacks
         argv = [sys.executable, "-m", "grpo.cli.main", *args, *([] if rank == 0 else ["--quiet"])]
         procs.append(subprocess.Popen(argv, env=env, stdout=None if rank == 0 else subprocess.DEVNULL))
     try:

@@ -4,7 +4,7 @@
 
     RUN/
       recipe.resolved.toml     the recipe with every default filled in, and the parts that ran
-      runtime.json             torch build, device, backend (accelerator, process group)
+      runtime.json             torch build, device, backend (accelerator, process group), the CPU
       metrics.jsonl            one record per training iteration, evaluation and plan
       prompts.jsonl            the training prompts of every iteration
       finished.json            written when the run ended normally
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,12 +90,36 @@ class RunDir:
         return self.root / SAMPLES / f"eval_{iteration:06d}{suffix}"
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def write_runtime(path: Path, ranks: int, backend: dict[str, str]) -> None:
-    """``runtime.json``: the torch build, the GPU, TF32, and where the backend says training runs."""
+    """``runtime.json``: the torch build, the GPU, TF32, where the backend says training runs, and the
+    CPU (model, logical cores, torch threads per rank), so that a report can name the machine."""
     cuda = torch.cuda.is_available()
     info = {"torch": torch.__version__, "cuda": torch.version.cuda or "none",
             "gpu": torch.cuda.get_device_name() if cuda else "none", "ranks": ranks,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-            "backend": backend}
+            "backend": backend, "cpu": cpu_name(), "cpu_cores": os.cpu_count() or 0,
+            "threads": torch.get_num_threads()}
     path.write_text(json.dumps(info, indent=1) + "\n")
     log.info("runtime: %s", json.dumps(info))
+
+
+def describe_machine(info: dict) -> str | None:
+    """One line naming the machine of a ``runtime.json``; None for a run that did not record its CPU."""
+    if "cpu" not in info:
+        return None
+    ranks = int(info.get("ranks", 1))
+    cpu = f"{info['cpu']} ({info.get('cpu_cores', '?')} logical cores)"
+    threads = f"{info.get('threads', '?')} thread{'' if info.get('threads') == 1 else 's'} per rank"
+    where = f"{info['gpu']}, {cpu}" if info.get("gpu", "none") != "none" else cpu
+    return f"{where}, {ranks} rank{'' if ranks == 1 else 's'}, {threads}"
