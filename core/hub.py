@@ -229,17 +229,21 @@ def _download(ref: HubRef, patterns: Sequence[str], companions: Sequence[str], w
     from huggingface_hub import errors
 
     kw = {"revision": ref.revision, "cache_dir": str(cache_dir())}
+    wanted = ref.file  # the file being fetched, for the message when the repository lacks it
     try:
         if ref.file:
             path = Path(hf.hf_hub_download(ref.repo, ref.file, **kw))
             for name in companions:
                 try:
                     hf.hf_hub_download(ref.repo, _beside(ref.file, name), **kw)
-                except errors.EntryNotFoundError:
+                except errors.LocalEntryNotFoundError:
+                    raise
+                except errors.EntryNotFoundError:  # the repository has no such companion
                     pass
             return path
         if tuple(patterns) == PIPELINE:
-            index = json.loads(Path(hf.hf_hub_download(ref.repo, "model_index.json", **kw)).read_text())
+            wanted = "model_index.json"
+            index = json.loads(Path(hf.hf_hub_download(ref.repo, wanted, **kw)).read_text())
             allow = pipeline_patterns(index)
         else:
             allow = list(patterns) or None
@@ -255,10 +259,18 @@ def _download(ref: HubRef, patterns: Sequence[str], companions: Sequence[str], w
     except errors.RevisionNotFoundError:
         raise UserError(f"{ref.repo!r} has no revision {ref.revision!r}", where=where,
                         hint="name a branch, tag or commit of the repository") from None
+    except errors.LocalEntryNotFoundError:  # the Hub did not answer, and the cache lacks the file
+        raise UserError(f"could not reach the Hugging Face Hub to download {what} {str(ref)!r}, and the cache "
+                        "lacks it", where=where,
+                        hint=f"check the network (and HF_ENDPOINT), or fetch it where there is one: "
+                             f"{fetch_command(ref, patterns, companions)}") from None
     except errors.EntryNotFoundError:
-        raise UserError(f"{ref.repo!r} has no file {ref.file!r}", where=where,
+        if wanted == "model_index.json" and not ref.file:
+            raise UserError(f"{ref.repo!r} has no model_index.json: it is not a diffusers pipeline", where=where,
+                            hint="name a repository in the diffusers layout, or a local folder of one") from None
+        raise UserError(f"{ref.repo!r} has no file {wanted!r}", where=where,
                         hint="name a file of the repository after ':'") from None
-    except (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, OSError) as e:
+    except (errors.HfHubHTTPError, OSError) as e:
         raise UserError(f"could not download {what} {str(ref)!r}: {str(e).splitlines()[0] if str(e) else e!r}",
                         where=where, hint=f"check the network, or fetch it first: {fetch_command(ref, patterns, companions)}"
                         ) from None

@@ -86,6 +86,7 @@ def fake_hub(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     import huggingface_hub.constants as constants
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # read from the environment when first imported
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                         f"http://127.0.0.1:{server.server_port}" + "/{repo_id}/resolve/{revision}/{filename}")
@@ -129,3 +130,34 @@ def test_the_hubs_errors_name_the_key(fake_hub, value, message):
     with pytest.raises(UserError) as e:
         hub.resolve(value, where="reward.path", what="weights", patterns=hub.MODEL)
     assert e.value.where == "reward.path" and message in e.value.message
+
+
+def test_a_repository_without_a_pipeline_index_is_said(fake_hub, monkeypatch):
+    monkeypatch.delitem(FILES, "model_index.json")
+    with pytest.raises(UserError) as e:
+        hub.resolve("owner/repo", where="model.path", what="model", patterns=hub.PIPELINE)
+    assert e.value.where == "model.path"
+    assert e.value.message == "'owner/repo' has no model_index.json: it is not a diffusers pipeline"
+
+
+def test_an_unreachable_hub_is_said_as_such(fake_hub, monkeypatch):
+    """No server behind the endpoint (a machine without network): the message says the Hub could not be
+    reached, not that the repository lacks the file, and the hint gives the command that fetches it."""
+    import time
+
+    import huggingface_hub.constants as constants
+
+    from grpo.core.dist import free_port
+
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # the client's waits between its retries
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    for value, patterns in (("owner/repo:vae/config.json", ()), ("owner/repo", hub.PIPELINE)):
+        with pytest.raises(UserError) as e:
+            hub.resolve(value, where="reward.path", what="weights", patterns=patterns)
+        assert e.value.where == "reward.path"
+        assert e.value.message.startswith(f"could not reach the Hugging Face Hub to download weights {value!r}")
+        assert "hf download owner/repo" in e.value.hint
+    assert fake_hub.requested == []
