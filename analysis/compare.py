@@ -555,7 +555,7 @@ def machine_note(runs: list[RunSummary]) -> str | None:
     tail = f" ({', '.join(unrecorded)}: not recorded)" if unrecorded else ""
     if len(machines) == 1:
         return f"Machine: {next(iter(machines))}{tail}."
-    return ("Runs measured on different machines, so their training times are not comparable: "
+    return ("Runs measured on different machines or thread counts, so their training times are not comparable: "
             + "; ".join(f"{', '.join(names)} on {m}" for m, names in machines.items()) + tail + ".")
 
 

@@ -111,7 +111,8 @@ def test_runs_of_different_machines_are_said():
     a.machine = b.machine = "X (2 logical cores), 1 rank, 1 thread per rank"
     assert machine_note([a, b, c]) == "Machine: X (2 logical cores), 1 rank, 1 thread per rank (mix-seed0: not recorded)."
     b.machine = "Y"
-    assert machine_note([a, b]) == ("Runs measured on different machines, so their training times are not comparable: "
+    assert machine_note([a, b]) == ("Runs measured on different machines or thread counts, so their training times "
+                                    "are not comparable: "
                                     "dance-seed0 on X (2 logical cores), 1 rank, 1 thread per rank; branch-seed0 on Y.")
 
 
