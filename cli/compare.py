@@ -234,6 +234,8 @@ def run_jobs(jobs: list[Job], parallel: int, quiet: bool) -> list[Job]:
                     live.update(_table(jobs))
                     time.sleep(0.5)
                 live.update(_table(jobs))
+            if not console.is_terminal:
+                console.print()  # the table's last render ends without a newline when written to a file
     except KeyboardInterrupt:
         for job in running:
             job.proc.terminate()

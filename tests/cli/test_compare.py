@@ -122,6 +122,11 @@ def test_rerun_keeps_finished_runs(compared, recipes):
                                       "--seeds", "0,1", "--iterations", "1", "--out", str(compared), "--quiet"])
     assert result.exit_code == 0, result.output
     assert before == {p: p.stat().st_mtime_ns for p in (compared / "runs").glob("*/metrics.jsonl")}
+    # without --quiet the table of runs is drawn, and the report's first sentence starts on a line of its own
+    result = CliRunner().invoke(app, ["compare", str(recipes / "dance.toml"), str(recipes / "branch.toml"),
+                                      "--seeds", "0,1", "--iterations", "1", "--out", str(compared)])
+    assert result.exit_code == 0, result.output
+    assert "kept" in result.output and "┘\n" in result.output, result.output
     # a kept run made with other settings is refused, not silently mixed in
     result = CliRunner().invoke(app, ["compare", str(recipes / "dance.toml"), "--iterations", "2",
                                       "--out", str(compared), "--quiet"])
