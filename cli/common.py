@@ -9,8 +9,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from grpo.core.config import Recipe
 from grpo.core.errors import PluginError, UserError
-from grpo.core.recipe import Recipe, apply_overrides, expand_env, load_toml, parse, plugin_modules
+from grpo.core.recipe import apply_overrides, expand_env, load_toml, parse, plugin_modules, upgrade_resolved
 from grpo.core.registry import Registry, load_registry
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -34,9 +35,13 @@ def fail(error: Exception) -> None:
     raise SystemExit(1)
 
 
-def load_recipe(path: str | Path, sets: list[str] | None = None, *, env: bool) -> tuple[Recipe, Registry]:
-    """Read, override, (optionally) expand ``${VAR}``, and validate a recipe."""
+def load_recipe(path: str | Path, sets: list[str] | None = None, *, env: bool,
+                resolved: bool = False) -> tuple[Recipe, Registry]:
+    """Read, override, (optionally) expand ``${VAR}``, and validate a recipe; a run directory's
+    `resolved` recipe written by an earlier version is read in this version's layout first."""
     data = load_toml(path)
+    if resolved:
+        data = upgrade_resolved(data)
     data = apply_overrides(data, sets or [])
     if env:
         data = expand_env(data)

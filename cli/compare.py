@@ -150,7 +150,7 @@ def _check_same_settings(run_dir: Path, new: dict[str, Any]) -> None:
     for key in INFORMATIONAL:  # records of what ran, not settings
         before.pop(key, None)
     try:
-        before = load_recipe(run_dir / RESOLVED, [], env=True)[0].to_dict()
+        before = load_recipe(run_dir / RESOLVED, [], env=True, resolved=True)[0].to_dict()
     except UserError:  # stored under options this version no longer has: compared as written
         pass
     changed = [k for k in sorted(set(new) | set(before)) if new.get(k) != before.get(k)]

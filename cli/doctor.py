@@ -18,9 +18,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from grpo.core import hub
-from grpo.core.preflight import PATH_OPTIONS, hub_companions
+from grpo.core.config import Recipe
+from grpo.core.preflight import PATH_OPTIONS
 from grpo.core.recipe import ENV_PATTERN, apply_overrides, load_toml, parse, plugin_modules
-from grpo.core.registry import load_registry
+from grpo.core.registry import Entry, load_registry
 
 from .common import EXIT_USER_ERROR, console, guard
 
@@ -108,14 +109,14 @@ def _bundled(folder: Path, place: str) -> Check:
                  f"at {folder}")
 
 
-def _path_checks(table: dict[str, Any], where: str, kind: str, factory: Any) -> list[Check]:
+def _path_checks(table: dict[str, Any], where: str, kind: str, entry: Entry | None) -> list[Check]:
     out = []
-    sources = getattr(factory, "sources", {})
-    declared = getattr(factory, "hub_patterns", {})
+    sources = entry.sources if entry is not None else {}
+    declared = entry.hub_patterns if entry is not None else {}
     for key in PATH_OPTIONS:
         value = table.get(key)
         place = f"{where}.{key}"
-        bundled = getattr(factory, "bundled", {}).get(key)
+        bundled = entry.bundled.get(key) if entry is not None else None
         if bundled is not None and not value:  # the weights shipped with the package
             out.append(_bundled(Path(bundled), place))
             continue
@@ -123,7 +124,7 @@ def _path_checks(table: dict[str, Any], where: str, kind: str, factory: Any) -> 
             continue  # empty (optional) or its variable is unset (reported above)
         ref = hub.hub_ref(value) if key in declared else None
         if ref is not None:
-            out.append(_hub_check(ref, tuple(declared[key]), place, key, kind, hub_companions(factory, key)))
+            out.append(_hub_check(ref, tuple(declared[key]), place, key, kind, entry.hub_companions.get(key, ())))
         else:
             out.append(_local_check(Path(os.path.expanduser(value)), place, key, kind, sources.get(key)))
     return out
@@ -139,10 +140,10 @@ def _source(registry, data: dict[str, Any], where: str) -> str:
     else:
         return ""
     try:
-        factory = registry.get(kind, table.get("use", "")).factory
+        entry = registry.get(kind, table.get("use", ""))
     except Exception:  # an unknown plugin was already reported by the recipe check
         return ""
-    return getattr(factory, "sources", {}).get(key, "")
+    return entry.sources.get(key, "")
 
 
 PIP_NAMES = {"PIL": "pillow", "wandb": "'grpo[wandb]'"}  # import name -> what to pip install
@@ -154,34 +155,13 @@ def _package(name: str, why: str) -> Check:
                  "installed" if found else f"missing: pip install {PIP_NAMES.get(name, name)}")
 
 
-def _factories(registry, data: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(where, factory) of every component the recipe names (defaults for tables it leaves out)."""
-    defaults = {"model": "shapes", "strategy": "dancegrpo", "prompts": "shapes", "backend": "torch"}
-    out = []
-    for kind in ("model", "strategy", "sampler", "topology", "advantage", "pruner", "prompts", "backend"):
-        table = data.get(kind)
-        name = table.get("use") if isinstance(table, dict) else None
-        name = name or defaults.get(kind)
-        if isinstance(name, str):
-            try:
-                out.append((f"{kind}.use", registry.get(kind, name).factory))
-            except Exception:  # an unknown name was reported by the recipe check
-                pass
-    for i, table in enumerate(data.get("reward", []) or []):
-        if isinstance(table, dict) and isinstance(table.get("use"), str):
-            try:
-                out.append((f"reward.{i}.use", registry.get("reward", table["use"]).factory))
-            except Exception:
-                pass
-    return out
-
-
-def _package_checks(registry, data: dict[str, Any]) -> list[Check]:
-    """The packages the recipe's components import when they are built (their ``requires``)."""
+def _package_checks(recipe: Recipe, data: dict[str, Any]) -> list[Check]:
+    """The packages the recipe's components and parts import when they are built (their ``requires``)."""
     wanted: dict[str, str] = {"tensorboard": "logging"}
-    for where, factory in _factories(registry, data):
-        for name in getattr(factory, "requires", ()):
-            wanted.setdefault(name, where)
+    specs = [recipe.model, recipe.sampler, *recipe.strategy.parts(), recipe.prompts, recipe.backend, *recipe.rewards]
+    for spec in specs:
+        for name in spec.entry.requires:
+            wanted.setdefault(name, f"{spec.where}.use")
     model = data.get("model") or {}
     if int(model.get("lora_rank", 0) or 0) > 0:
         wanted.setdefault("peft", "model.lora_rank")
@@ -223,7 +203,7 @@ def doctor(
     data = apply_overrides(load_toml(recipe), set_)
     expanded = _expand_known(data)
     registry = load_registry(plugin_modules(expanded))
-    parse(data, registry, source=Path(recipe))  # structure and values first, as `grpo validate`
+    parsed = parse(data, registry, source=Path(recipe))  # structure and values first, as `grpo validate`
     checks = _env_checks(data)
     for c in checks:  # where to get what an unset variable should point at
         if not c.ok:
@@ -239,11 +219,11 @@ def doctor(
             tables.append((f"reward.{i}", "reward", table))
     for where, kind, table in tables:
         try:
-            factory = registry.get(kind, table.get("use", "")).factory
+            entry = registry.get(kind, table.get("use", ""))
         except Exception:  # reported by the recipe check
-            factory = None
-        checks += _path_checks(table, where, kind, factory)
-    checks += _package_checks(registry, expanded)
+            entry = None
+        checks += _path_checks(table, where, kind, entry)
+    checks += _package_checks(parsed, expanded)
     checks += _torch_checks(expanded)
     table = Table(title=f"grpo doctor {recipe}", show_lines=False)
     for col in ("", "what", "where", "detail"):

@@ -44,16 +44,10 @@ def export(
         if folder not in done:
             have = ", ".join(str(int(p.name[len(checkpoint.PREFIX):])) for p in done)
             raise UserError(f"no checkpoint after iteration {iteration}", where="--iteration", hint=f"available: {have}")
-    recipe, _ = load_recipe(run / RESOLVED, env=True)
-    backend = recipe.backend.create()
-    policy = recipe.model.create()
-    read = getattr(backend, "read_trained", None)
-    save = getattr(policy, "export", None)
-    if read is None or save is None:
-        what = "backend" if read is None else "model"
-        raise UserError(f"the {what} plugin cannot export (it has no {'read_trained' if read is None else 'export'})",
-                        where=f"{what if what == 'model' else 'backend'}.use")
-    state = read(folder)
+    recipe, _ = load_recipe(run / RESOLVED, env=True, resolved=True)
+    backend = recipe.backend.build()  # a backend or model that cannot export says so (grpo.core.abilities)
+    policy = recipe.model.build()
+    state = backend.read_trained(folder)
     averaged = read_average(folder) if ema else {}
     state.update(averaged)
     params = dict(policy.denoiser.named_parameters())
@@ -65,6 +59,6 @@ def export(
         for name, value in state.items():
             params[name].copy_(value.to(params[name].dtype))
     out.mkdir(parents=True, exist_ok=True)
-    save(out)
+    policy.export(out)
     kind = "EMA" if averaged else "trained"
     console.print(f"[green]exported[/] {folder.name} of {run} ({len(state)} {kind} tensors) to {out}")

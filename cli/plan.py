@@ -28,7 +28,7 @@ def plan(
     if as_json:
         print(json.dumps(data, indent=2))
         return
-    parts = Table(title=f"strategy {r.strategy.entry.name}: its parts")
+    parts = Table(title=f"strategy {r.strategy.name}: its parts")
     for col in ("slot", "part", "options", "chosen by", "provided by"):
         parts.add_column(col)
     for slot, rec in data["parts"].items():
@@ -39,7 +39,7 @@ def plan(
         if isinstance(rec, list) and not rec:
             parts.add_row(slot, "(none)", "", "", "")
     console.print(parts)
-    table = Table(title=f"{r.strategy.entry.name}: one tree over {data['steps']} steps")
+    table = Table(title=f"{r.strategy.name}: one tree over {data['steps']} steps")
     for col in ("step", "σ → σ'", "live nodes", "branch", "mode", "trained edges"):
         table.add_column(col, justify="right")
     for s in data["per_step"]:
@@ -53,3 +53,6 @@ def plan(
         f"({data['rollout_forwards_per_leaf']:.2f} forwards and {data['trained_edges_per_leaf']:.2f} trained edges "
         f"per leaf); {prompts} trees per iteration"
     )
+    if data["unit"] != "edges":
+        console.print(f"objective {r.strategy.objective.entry.name}: [bold]{data['units_per_tree']}[/] "
+                      f"{data['unit']} trained per tree")

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
-from grpo.core.recipe import EvalConfig, LoggingConfig, PluginsConfig, TrainConfig
+from grpo.core.compose import MOVED as MOVED_STRATEGY_KEYS
+from grpo.core.config import EvalConfig, LoggingConfig, PluginsConfig, TrainConfig
+from grpo.core.recipe import MOVED
 from grpo.core.registry import load_registry
-from grpo.core.schema import _MISSING, options_of
+from grpo.core.schema import _MISSING, RENAMED, options_of
+from grpo.core.strategy import Preset
 
 INTRO = """# Recipe reference
 
@@ -20,20 +23,26 @@ validate` does not need it set), and `${VAR:-default}` by VAR when it is set and
 the default. Weights options (`model.path`, a reward's `path`, `tokenizer`, `base` …) take a local
 path or a Hugging Face Hub id: `owner/name`, `owner/name:file/in/repo`, `owner/name@revision`,
 resolved through the Hub cache (see `grpo doctor`). Every run writes `recipe.resolved.toml` with all defaults
-filled in, the distribution that provided each plugin, and (`[parts]`) every part of the strategy
-that ran with its options.
+filled in: `[strategy]` with every part that ran and every option of each, `[parts]` with the
+distribution that provided each part and the table that chose it, and `[provenance]`.
+
+A strategy is a preset of parts. Each option belongs to one part and is set in that part's table
+(`[strategy.topology] split_points = [0, 4, 8]`), or with the short key in `[strategy]`
+(`strategy.split_points`), which sets it on every part of the strategy that takes it. A part's
+table with `use` replaces the part; `[[strategy.pruner]]` tables that all name a pruner replace the
+strategy's pruners (`pruner = []`: none), tables that name none change the strategy's pruners in
+order.
 
 This page is generated: `python -m grpo.cli.reference > docs/recipes.md`.
 """
 
 COMPONENT_TABLES = [
     ("model", "`[model]`: the policy"),
-    ("strategy", "`[strategy]`: the algorithm; the *slot* column names the part an option configures"),
-    ("topology", "`[strategy.topology]`: replaces the strategy's tree (its topology options then go)"),
-    ("advantage", "`[strategy.advantage]`: replaces the strategy's advantage estimator (its advantage options then "
-                  "go)"),
-    ("pruner", "`[[strategy.pruner]]`: replace the strategy's pruners, run in the order given (`pruner = []`: none; "
-               "the strategy's pruner options then go)"),
+    ("topology", "`[strategy.topology]`: the rollout tree"),
+    ("advantage", "`[strategy.advantage]`: leaf rewards to per-edge advantages"),
+    ("pruner", "`[[strategy.pruner]]`: which edges are trained, in the order given"),
+    ("objective", "`[strategy.objective]`: the learning rule"),
+    ("solver", "`[strategy.solver]` and `[eval] solver`: the deterministic steps of the rollout and of evaluation"),
     ("sampler", "`[sampler]`: the SDE of the rollout (default: the strategy's)"),
     ("reward", "`[[reward]]`: one table per reward; every reward accepts `weight` (number, default 1.0) and "
                 "`name` (the label its scores are logged under; default the plugin's name, and required when "
@@ -43,26 +52,55 @@ COMPONENT_TABLES = [
 ]
 
 
-def _rows(factory, slots: bool = False) -> list[str]:
-    head = "| key | type | default | range | " + ("slot | " if slots else "") + "meaning |"
+def _rows(factory) -> list[str]:
+    head = "| key | type | default | range | meaning |"
     rows = [head, "|---" * head.count(" | ") + "|---|"]
     for o in options_of(factory):
         default = "*required*" if o.default is _MISSING else f"`{o.default!r}`"
         rng = o.range.describe() if o.range else ""
-        slot = f"{o.part or ''} | " if slots else ""
-        rows.append(f"| `{o.name}` | {o.type_name.replace('|', '/')} | {default} | {rng} | {slot}{o.doc} |")
+        rows.append(f"| `{o.name}` | {o.type_name.replace('|', '/')} | {default} | {rng} | {o.doc} |")
+    return rows
+
+
+def _preset_rows(preset: Preset) -> list[str]:
+    """A strategy's parts, each with the options its preset gives it."""
+    rows = ["| slot | part | options the strategy gives it |", "|---|---|---|"]
+    parts = [("topology", preset.topology), ("advantage", preset.advantage)]
+    parts += [(f"pruner {i}", p) for i, p in enumerate(preset.pruners)] or [("pruner", None)]
+    parts += [("objective", preset.objective), ("solver", preset.solver), ("sampler", preset.sampler)]
+    for slot, part in parts:
+        if part is None:
+            rows.append(f"| {slot} | (none) | |")
+            continue
+        given = ", ".join(f"`{k} = {v!r}`" for k, v in part.options.items())
+        rows.append(f"| {slot} | `{part.name}` | {given} |")
+    if preset.train:
+        rows.append("| train | | " + ", ".join(f"`{k} = {v!r}`" for k, v in preset.train.items()) + " |")
+    return rows
+
+
+def _moved() -> list[str]:
+    rows = ["| key | where it went |", "|---|---|"]
+    rows += [f"| `{key}` | {where} |" for key, where in MOVED.items()]
+    rows += [f"| `strategy.{key}` | {where} |" for key, where in MOVED_STRATEGY_KEYS.items()]
+    rows += [f"| `{old}` (a part's option) | renamed `{new}` |" for old, new in RENAMED.items()]
     return rows
 
 
 def render() -> str:
     registry = load_registry(autoload=False)
     out = [INTRO]
+    out.append("## Strategies: `[strategy] use`\n")
+    for entry in (registry.entries["strategy"][n] for n in registry.names("strategy")):
+        out.append(f"### `use = \"{entry.name}\"`\n\n{entry.description}\n")
+        out.extend(_preset_rows(entry.factory))
+        out.append("")
     out.append("## Component tables\n")
     for kind, title in COMPONENT_TABLES:
         out.append(f"### {title}\n")
         for entry in (registry.entries[kind][n] for n in registry.names(kind)):
             out.append(f"#### `use = \"{entry.name}\"`\n\n{entry.description}\n")
-            out.extend(_rows(entry.factory, slots=kind == "strategy"))
+            out.extend(_rows(entry.factory) if entry.options else ["No options."])
             out.append("")
     out.append("## Run tables\n")
     for cls in (TrainConfig, EvalConfig, LoggingConfig, PluginsConfig):
@@ -70,6 +108,10 @@ def render() -> str:
         out.append(f"### {doc}\n")
         out.extend(_rows(cls))
         out.append("")
+    out.append("## Keys that moved\n")
+    out.append("A recipe that sets one of these is told where it went.\n")
+    out.extend(_moved())
+    out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from grpo.core.components import build_parts
 from grpo.core.engine import Trainer, check_world
 from grpo.core.errors import UserError
 from grpo.core.rundir import RESOLVED
@@ -28,13 +29,14 @@ def _quiet_libraries() -> None:
 
 
 def check_ranks(recipe, nproc: int) -> None:
-    """Refuse, before any rank starts, a recipe that cannot run on `nproc` ranks."""
+    """Refuse, before any rank starts, a recipe whose parts do not fit together or that cannot run on
+    `nproc` ranks."""
     import os
 
     saved = {k: os.environ.get(k) for k in ("RANK", "WORLD_SIZE")}
     os.environ.update(RANK="0", WORLD_SIZE=str(nproc))
     try:
-        ranks = getattr(recipe.backend.create(), "world_size", 1)
+        ranks = build_parts(recipe).backend.world_size
     finally:
         for k, v in saved.items():
             if v is None:
@@ -70,7 +72,7 @@ def run(
         if not resolved.is_file():
             raise UserError(f"{str(resume)!r} is not a run directory (no {RESOLVED})", where="--resume",
                             hint="give the --out directory of an earlier `grpo run`")
-        r, _ = load_recipe(resolved, set_, env=True)
+        r, _ = load_recipe(resolved, set_, env=True, resolved=True)
         run_dir = resume
     else:
         if recipe is None:

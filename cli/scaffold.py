@@ -21,7 +21,7 @@ name = "grpo-{name}"
 version = "0.1.0"
 description = "A grpo {kind} plugin: {name}."
 requires-python = ">=3.10"
-dependencies = ["grpo>=0.1,<0.2"]  # the plugin API may change in minor versions before 1.0
+dependencies = ["grpo>=0.2,<0.3"]  # the plugin API may change in minor versions before 1.0 (CHANGELOG.md)
 
 [project.optional-dependencies]
 test = ["pytest>=8"]
@@ -112,36 +112,102 @@ class {cls}:
         leaf = ((per_tree - per_tree.mean(dim=1, keepdim=True)) / self.scale).reshape(-1)
         return Advantages([rollout.reduce_leaves(leaf, k + 1) for k in range(rollout.steps)])
 ''',
-    "strategy": '''"""A strategy: a named composition of registered parts (topology, advantage estimator, pruners)
-and its loss settings."""
+    "strategy": '''"""A strategy: a preset of registered parts (topology, advantage, pruners, objective, solver) with
+the sampler and [train] settings of its paper. Every option stays its part's; a recipe changes any of them."""
 
+from grpo.core.strategy import Part, Preset
+
+{cls} = Preset(
+    description="G chains per prompt from shared noise, group advantages, half of each chain's steps trained "
+                "with the clipped ratio.",
+    # every part by kind and registered name: built-in or from any installed plugin
+    topology=Part("fan", group_size=8, noise_scale=1.0),
+    advantage=Part("group"),
+    pruners=(Part("timestep-fraction", timestep_fraction=0.5),),
+    objective=Part("clipped-ratio", clip_range=1e-3),
+    sampler=Part("dance-sde", steps=16, eta=0.5),
+)
+''',
+    "objective": '''"""An objective: the learning rule, from a rollout's leaves and their advantages to a loss."""
+
+from dataclasses import dataclass
 from typing import Annotated
 
-from grpo.core.schema import Doc, Part, Range
-from grpo.core.strategy import Make, StrategyParts
+import torch
+
+from grpo.core.objective import Keep, LossContext, Metric, UnitContext, UnitLoss, Units
+from grpo.core.schema import Doc, Range
+from grpo.core.tree import Advantages, EdgeSet, Rollout
+
+
+@dataclass(kw_only=True)
+class NoisedLeaves(Units):
+    """(leaf, noise level, noise draw) triples: the leaf's index, σ (U,) and the noise (U, *latent)."""
+
+    leaf: torch.Tensor
+    sigma: torch.Tensor
+    noise: torch.Tensor
+    weight: torch.Tensor
 
 
 class {cls}:
-    """G chains per prompt from shared noise, group advantages, a random share of steps trained."""
+    """Reward-weighted flow matching on the forward process: each leaf's clean sample x0 is noised
+    again, x = (1 − σ)·x0 + σ·ε at `draws` uniform noise levels, and the velocity is regressed onto
+    ε − x0 with weight max(A, 0), A the leaf's advantage: the policy moves toward its better samples.
+    It needs no per-step density, so any sampler works, a deterministic one included."""
 
-    def __init__(
-        self,
-        *,
-        group_size: Annotated[int, Range(ge=2), Part("topology"), Doc("chains per prompt")] = 8,
-        timestep_fraction: Annotated[float, Range(gt=0, le=1), Part("pruner"), Doc("share of steps trained")] = 0.5,
-        clip_range: Annotated[float, Range(gt=0), Doc("ε of the clipped ratio")] = 1e-3,
-    ) -> None:
-        self.group_size, self.timestep_fraction, self.clip_range = group_size, timestep_fraction, clip_range
+    unit = "samples"
+    keep = Keep()  # the leaves only: no states, no log-probabilities
+    metrics = {{"loss": Metric("loss"), "mse": Metric("mse"), "weight": Metric("weight")}}
 
-    def build(self, make: Make) -> StrategyParts:
-        # every part by kind and registered name: built-in or from any installed plugin
-        return StrategyParts(
-            topology=make("topology", "fan", group_size=self.group_size, noise_scale=1.0),
-            advantage=make("advantage", "group"),
-            pruners=[make("pruner", "timestep-fraction", timestep_fraction=self.timestep_fraction)],
-            clip_range=self.clip_range,
-            sampler="dance-sde",
-        )
+    def __init__(self, *, draws: Annotated[int, Range(ge=1), Doc("noise levels per leaf")] = 2) -> None:
+        self.draws = draws
+
+    def units(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: UnitContext) -> NoisedLeaves:
+        leaves, per_tree, k = rollout.final.shape[0], rollout.plan.leaves, self.draws
+        leaf = torch.arange(leaves).repeat_interleave(k)
+        tree = rollout.tree[-1][leaf]
+        shape = tuple(rollout.final.shape[1:])
+        sigma = torch.cat([torch.rand(per_tree * k, generator=g) for g in ctx.generators])
+        noise = torch.cat([torch.randn((per_tree * k, *shape), generator=g) for g in ctx.generators])
+        weight = advantages.values[-1][leaf].float().clamp_min(0.0)
+        return NoisedLeaves(tree=tree, major=torch.zeros_like(leaf), minor=leaf - tree * per_tree * k, chain=leaf,
+                            leaf=leaf, sigma=sigma.clamp(1e-3, 1.0 - 1e-3), noise=noise, weight=weight)
+
+    def loss(self, units: NoisedLeaves, ctx: LossContext) -> UnitLoss:
+        x0 = ctx.rollout.final[units.leaf.to(ctx.rollout.final.device)].float()
+        device = x0.device
+        sigma, noise = units.sigma.to(device), units.noise.to(device)
+        s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+        v = ctx.policy.velocity((1.0 - s) * x0 + s * noise, sigma, ctx.cond.select(units.tree)).float()
+        mse = ((v - (noise - x0)) ** 2).flatten(1).mean(dim=1)
+        weight = units.weight.to(device)
+        return UnitLoss(weight * mse, torch.isfinite(weight), {{"mse": mse.detach(), "weight": weight}})
+''',
+    "solver": '''"""A deterministic solver: one ODE step of the flow from σ to σ'."""
+
+import torch
+
+from grpo.core.solver import Previous
+
+
+class {cls}:
+    """Variable-step Adams–Bashforth 2 on the velocity: x' = x + Δ·(v + Δ/(2Δ₋)·(v − v₋)), with Δ = σ' − σ
+    and Δ₋ = σ − σ₋ the previous step; Euler at the first step. Exact on straight flows."""
+
+    uses_previous = True  # it is handed the node's previous step
+
+    def __init__(self) -> None:
+        pass
+
+    def step(self, x: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor,
+             sigma_next: torch.Tensor, previous: Previous | None) -> torch.Tensor:
+        view = (-1, *([1] * (x.dim() - 1)))
+        delta = (sigma_next - sigma).view(view)
+        if previous is None:
+            return (x + delta * v).float()
+        before = (sigma - previous.sigma).view(view)
+        return (x + delta * (v + delta / (2.0 * before) * (v - previous.v))).float()
 ''',
     "topology": '''"""A tree topology: which steps split, into how many children, with what noise."""
 
@@ -200,10 +266,12 @@ class {cls}:
 }
 
 CHECKS = {
+    "objective": ("check_objective", "{cls}()"),
+    "solver": ("check_solver", "{cls}()"),
     "reward": ("check_reward", "{cls}()"),
     "pruner": ("check_pruner", "{cls}()"),
     "advantage": ("check_advantage", "{cls}()"),
-    "strategy": ("check_strategy", "{cls}(group_size=3)"),
+    "strategy": ("check_strategy", "{cls}, steps=4"),
     "topology": ("check_topology", "{cls}()"),
     "sampler": ("check_sampler", "{cls}(steps=4)"),
 }
@@ -219,6 +287,14 @@ RECIPES = {
               '[[reward]]\nuse = "shapes-faithfulness"\n',
     "advantage": '[strategy]\nuse = "dancegrpo"\ngroup_size = 3\n\n[strategy.advantage]\nuse = "{name}"\n\n'
                  '[[reward]]\nuse = "shapes-faithfulness"\n',
+    # an objective on the leaves alone: independent chains, every step deterministic
+    "objective": '[strategy]\nuse = "dancegrpo"\n\n[strategy.topology]\nuse = "chains"\ngroup_size = 3\n\n'
+                 '[strategy.objective]\nuse = "{name}"\n\n[sampler]\nuse = "ode"\n\n'
+                 '[[reward]]\nuse = "shapes-faithfulness"\n',
+    # the deterministic steps of BranchGRPO-Mix and of evaluation
+    "solver": '[strategy]\nuse = "branchgrpo-mix"\nsplit_points = [0, 1]\nwindow_size = 1\n\n'
+              '[strategy.solver]\nuse = "{name}"\n\n[[reward]]\nuse = "shapes-faithfulness"\n\n'
+              '[eval]\nsolver = "{name}"\n',
     "topology": '[strategy]\nuse = "branchgrpo"\n\n[strategy.topology]\nuse = "{name}"\n\n'
                 '[[reward]]\nuse = "shapes-faithfulness"\n',
 }

@@ -1,15 +1,16 @@
 """The optional members of the component protocols, and their documented defaults.
 
-A plugin's component may leave out any member listed here. ``complete(component, kind)`` gives it
-the default, once, when the component is built, so that the engine calls every member directly
+A plugin's component may leave out any member listed here. ``grpo.core.registry.complete`` gives
+it the default, once, when the component is built, so that the engine calls every member directly
 and never asks whether a component has it. The defaults are part of the protocols' documentation
-(``Sampler``, ``Policy``, ``Backend``, ``RewardModel``).
+(``Sampler``, ``Policy``, ``Backend``, ``RewardModel``, ``AdvantageEstimator``, ``Pruner``,
+``Objective``).
 """
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,8 +29,17 @@ def _sampler_log_prob(self: Any, x: torch.Tensor, mean: torch.Tensor, std: torch
 
 
 def _policy_snapshot_reference(self: Any) -> None:
-    raise UserError(f"model {type(self).__name__} keeps no reference policy, which the KL penalty needs",
-                    where="train.kl_beta", hint="set train.kl_beta = 0 for this model")
+    raise UserError(f"model {type(self).__name__} keeps no reference policy, which the objective needs (for its "
+                    "KL term)", where="strategy.objective", hint="turn the objective's KL term off (kl_beta = 0)")
+
+
+def _policy_export(self: Any, directory: Path) -> None:
+    raise UserError(f"model {type(self).__name__} cannot export its weights (it has no export())", where="model.use")
+
+
+def _backend_read_trained(self: Any, directory: Path) -> dict[str, torch.Tensor]:
+    raise UserError(f"backend {type(self).__name__} cannot read a checkpoint's weights (it has no read_trained())",
+                    where="backend.use")
 
 
 def _policy_place_reference(self: Any, place: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
@@ -45,6 +55,10 @@ def _identity(self: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _pruner_check_plan(self: Any, plan: Any) -> None:
+    return None
+
+
+def _objective_check_plan(self: Any, plan: Any, sampler: Any) -> None:
     return None
 
 
@@ -68,43 +82,36 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "draw_noise": _sampler_draw_noise,  # standard normal noise, one draw per noise_block² tile
         "log_prob": _sampler_log_prob,  # Gaussian density of the tile means of x − mean
     },
-    "policy": {
+    "model": {
         "fps": 0,  # not a video model
         "snapshot_reference": _policy_snapshot_reference,  # a KL penalty is refused
         "place_reference": _policy_place_reference,  # the reference stays where it is
         "noise_grid": _policy_noise_grid,  # exploration noise tiles the latent itself ...
         "to_noise_grid": _identity,  # ... so latents need no conversion to that grid
         "from_noise_grid": _identity,
+        "export": _policy_export,  # grpo export refuses the model
     },
     "backend": {
         "memory": _backend_memory,  # nothing reported
         "place_frozen": _backend_place_frozen,  # a frozen module stays as the policy made it
         "runtime": _backend_runtime,  # the device only
+        "read_trained": _backend_read_trained,  # grpo export refuses the backend
     },
     "reward": {
         "fps": None,  # a reward that does not look at frame rates
     },
     "advantage": {
         "uses_all_ranks": False,  # called as estimator(rollout, rewards), on this rank's trees alone
+        "needs_log_prob": False,  # reads no rollout.log_prob (path-prob fusion does)
     },
     "pruner": {
         "check_plan": _pruner_check_plan,  # accepts every tree
     },
+    "solver": {
+        "uses_previous": True,  # handed the node's previous step (a multistep solver)
+    },
+    "objective": {
+        "needs_reference": False,  # no frozen copy of the base policy
+        "check_plan": _objective_check_plan,  # trains on any rollout
+    },
 }
-
-
-def complete(component: Any, kind: str) -> Any:
-    """Give `component` the default of every optional member of its `kind` it lacks; returns it."""
-    for name, default in DEFAULTS[kind].items():
-        if not hasattr(component, name):
-            value = types.MethodType(default, component) if isinstance(default, types.FunctionType) else default
-            setattr(component, name, value)
-    return component
-
-
-def planned_noise_grid(model_factory: Any, options: dict[str, Any]) -> tuple[int, ...] | None:
-    """The grid a model's exploration noise tiles, known before its weights are read: from the
-    factory's optional ``noise_grid_for(options)`` (None: not known without loading)."""
-    plan = getattr(model_factory, "noise_grid_for", None)
-    shape = plan(options) if plan is not None else None
-    return tuple(shape) if shape is not None else None

@@ -1,7 +1,7 @@
 """The training loop. It knows no algorithm by name:
 
     prompts → topology plan → batched rollout → rewards on leaves → advantages per edge
-    → pruners choose trained edges → clipped-ratio update → log / evaluate / checkpoint
+    → pruners choose trained edges → the objective's units → update → log / evaluate / checkpoint
 
 ``Trainer.setup`` builds and checks every component once; ``Trainer.iteration`` is that pipeline;
 ``Trainer.run`` repeats it with checkpoints and evaluations. Every random draw comes from a stream
@@ -27,19 +27,20 @@ import torch
 from . import checkpoint, streams
 from .backend import OptimizerConfig
 from .components import PromptCache, build, check_world
+from .config import Recipe
 from .dist import Group, bind_local_gpu
 from .ema import weight_average
 from .errors import UserError
 from .evaluation import Evaluator, Schedule
+from .objective import LossContext, UnitContext
 from .progress import NoLog, Silent, timed, update_progress
 from .pruner import PruneContext
-from .recipe import Recipe
 from .rollout import rollout
 from .rundir import RunDir, write_runtime
 from .runlog import RunLog, truncate_jsonl
 from .scoring import impute_failed, iteration_metrics, zero_std_ratio
 from .tree import EdgeSet
-from .update import EdgeBatch, UpdateConfig, update
+from .update import UpdateConfig, update
 
 __all__ = ["Trainer", "build", "check_world"]
 log = logging.getLogger(__name__)
@@ -73,26 +74,23 @@ class Trainer:
         sampler = self.c.sampler
         self.evaluator = Evaluator(self.recipe.eval, self.c.eval_sets, tuple(self.c.policy.latent_shape),
                                    policy=self.c.policy, steps=sampler.steps, shift=sampler.shift,
-                                   rewards=self.c.rewards, encode=self.prompts.encode, group=self.group,
-                                   run_dir=self.dirs, log=self.log)
+                                   solver=self.c.eval_solver, rewards=self.c.rewards, encode=self.prompts.encode,
+                                   group=self.group, run_dir=self.dirs, log=self.log)
         if self.group.main:
             truncate_jsonl(self.dirs.prompts, start)
             self.evaluator.fingerprint()
         return start, elapsed
 
     def _setup_training(self) -> None:
-        """The update's settings, the KL reference, the backend and the process group."""
+        """The update's schedule, the objective's reference policy, the backend and the process group."""
         t, c = self.recipe.train, self.c
-        self.update_cfg = UpdateConfig(clip_range=c.parts.clip_range, optimizer_steps=t.optimizer_steps,
-                                       epochs=t.epochs, micro_batch=t.micro_batch,
-                                       accumulation_unit=t.accumulation_unit, kl_beta=t.kl_beta,
-                                       split_logprob=c.parts.split_logprob, kl_form=t.kl_form,  # type: ignore[arg-type]
-                                       grpo_guard=t.grpo_guard)
+        self.update_cfg = UpdateConfig(optimizer_steps=t.optimizer_steps, epochs=t.epochs, micro_batch=t.micro_batch,
+                                       accumulation_unit=t.accumulation_unit)
         params = c.policy.trainable_parameters()
         if not params:
             raise UserError("the model has no trainable parameters", where="model",
                             hint="check model.freeze / model.lora_rank")
-        if t.kl_beta > 0:
+        if c.parts.objective.needs_reference:
             c.policy.snapshot_reference()
         check_world(self.recipe, int(os.environ.get("WORLD_SIZE", "1")), c.backend.world_size)
         c.policy.denoiser.eval()  # no dropout: the rollout and the update see the same policy
@@ -100,7 +98,7 @@ class Trainer:
             lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]), eps=t.eps, grad_clip=t.grad_clip))
         self.group = Group(c.backend.rank, c.backend.world_size)
         self.ema = weight_average(c.policy.denoiser, params, t.ema_decay, t.ema_every)
-        if t.kl_beta > 0:
+        if c.parts.objective.needs_reference:
             c.policy.place_reference(c.backend.place_frozen)
 
     def _open_run_dir(self, resume: bool) -> tuple[int, float]:
@@ -123,7 +121,7 @@ class Trainer:
                 self.dirs.finished.unlink(missing_ok=True)
         elif self.group.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            resolved = {**self.recipe.to_dict(), "parts": self.recipe.composition.to_dict(),
+            resolved = {**self.recipe.to_dict(), "parts": self.recipe.strategy.records(),
                         "provenance": self.recipe.provenance()}
             self.dirs.resolved.write_text(tomli_w.dumps(resolved))
         self.group.barrier()
@@ -133,32 +131,32 @@ class Trainer:
 
     # -- one iteration: the pipeline ---------------------------------------------------------------
     def iteration(self, it: int) -> dict[str, float]:
-        t, c, times = self.recipe.train, self.c, {}
+        t, c, parts, times = self.recipe.train, self.c, self.c.parts, {}
         gen = streams.iteration_generator(t.seed, it)
         prompts, trees = self._prompts(it, gen)
         cond = self.prompts.encode(prompts)
         with self._stage(times, "rollout"):
-            plan = c.parts.topology.plan(c.sampler.steps, it)
+            plan = parts.plan(c.sampler.steps, it)
             shared = streams.shared_noise(t.seed, it, tuple(c.policy.latent_shape), len(prompts), plan.roots) \
                 if t.init_same_noise else None
             ro = rollout(c.policy, c.sampler, plan, cond, max_batch=t.rollout_batch, init_noise=shared,
-                         generator=streams.tree_generators(t.seed, it, trees), split_logprob=c.parts.split_logprob,
-                         keep_means=t.grpo_guard,
+                         generator=streams.tree_generators(t.seed, it, trees), solvers=parts.solvers, keep=parts.keep,
                          on_step=lambda k: self.reporter.stage(f"rollout {k + 1}/{plan.steps}"))
         with self._stage(times, "reward"):
             scores, report = c.rewards.score(c.policy.decode(ro.final), [prompts[i] for i in ro.tree[-1].tolist()])
         with timed(times, "advantage"):
             scores, failed = impute_failed(ro, scores)
-            adv = c.rewards.advantages(c.parts.advantage, self.recipe.composition.records["advantage"], ro, scores,
-                                       self.group)
+            adv = c.rewards.advantages(parts.advantage, parts.spec.advantage.entry, ro, scores, self.group)
             flat = zero_std_ratio(ro, c.rewards.total(scores), self.group)
-            batch = EdgeBatch.gather(ro, adv, self._prune(it, ro, adv, failed))
+            unit_ctx = UnitContext(it, streams.unit_generators(t.seed, it, trees))
+            units = parts.units(ro, adv, self._prune(it, ro, adv, failed), unit_ctx)
         with self._stage(times, "update"):
-            stats = update(c.policy, c.sampler, c.backend, ro, cond, batch, self.update_cfg, gen, group=self.group,
-                           on_micro_batch=update_progress(self.reporter, len(batch) * t.epochs),
+            stats = update(parts.learning_rule, LossContext(c.policy, c.sampler, ro, cond), c.backend, units,
+                           self.update_cfg, gen, placeholder=parts.placeholder(ro, unit_ctx), group=self.group,
+                           on_micro_batch=update_progress(self.reporter, len(units) * t.epochs),
                            on_optimizer_step=self.ema.after_step)
         return iteration_metrics(ro, report, failed, stats, times, group=self.group, lr=t.lr,
-                                 memory=c.backend.memory(), zero_std_ratio=flat)
+                                 unit=parts.objective.unit, memory=c.backend.memory(), zero_std_ratio=flat)
 
     def _prompts(self, it: int, gen: torch.Generator) -> tuple[list[str], range]:
         """The iteration's prompts (logged by rank 0) and this rank's share of them: whole trees, so
@@ -177,7 +175,7 @@ class Trainer:
         t = self.recipe.train
         ctx = PruneContext(it, t.iterations, streams.pruner_generator(t.seed, it, self.group.rank),
                            gather=self.group.gather, rank=self.group.rank)
-        edges = self.recipe.composition.prune(ro, adv, ctx)
+        edges = self.c.parts.prune(ro, adv, ctx)
         if failed.any():
             edges = EdgeSet([m & (ro.reduce_leaves(failed.float(), k + 1) < 1.0 - 1e-6)
                              for k, m in enumerate(edges.masks)])

@@ -1,4 +1,5 @@
-"""Evaluation: every evaluation set sampled with the ODE from fixed noise, scored, logged.
+"""Evaluation: every evaluation set sampled deterministically (``[eval] solver``) from fixed noise,
+scored, logged.
 
 The noise of each set is drawn once from ``eval.seed`` (never used in training), so every
 evaluation of a run, and of every run with the same ``[eval]`` and prompts, sees the same images'
@@ -15,14 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import EvalConfig
 from .dist import Group
 from .images import caption_grid, caption_video_grid, gif_bytes, pil_to_tensor
+from .objective import Keep
 from .policy import Conditioning, Policy
-from .recipe import EvalConfig
 from .rollout import chunked, rollout
 from .rundir import RunDir
 from .sampler import EulerODE
 from .scoring import Rewards
+from .solver import Solver
 from .stats import mean_ci
 from .tree import TreePlan
 
@@ -60,12 +63,12 @@ class Evaluator:
     """Evaluates the policy on the recipe's evaluation sets (``[eval]``)."""
 
     def __init__(self, cfg: EvalConfig, sets: dict[str, list[str]], latent_shape: tuple[int, ...], *,
-                 policy: Policy, steps: int, shift: float, rewards: Rewards,
+                 policy: Policy, steps: int, shift: float, solver: Solver, rewards: Rewards,
                  encode: Callable[[list[str]], Conditioning], group: Group, run_dir: RunDir, log: Any) -> None:
         self.cfg, self.sets, self.policy, self.rewards = cfg, sets, policy, rewards
         self.encode, self.group, self.run_dir, self.log = encode, group, run_dir, log
         self.steps = cfg.steps or steps
-        self.ode = EulerODE(self.steps, shift)
+        self.grid, self.solvers = EulerODE(self.steps, shift), {"": solver}  # the σ grid; the solver of every step
         gen = torch.Generator().manual_seed(cfg.seed)
         self.noise = {name: torch.randn((len(p), *latent_shape), generator=gen) for name, p in sets.items()}
 
@@ -113,8 +116,9 @@ class Evaluator:
         finals = []
         for sl in chunked(per, self.cfg.batch):
             part = index[sl]
-            ro = rollout(self.policy, self.ode, plan, self.encode([prompts[i] for i in part]),
-                         generator=torch.Generator(), max_batch=self.cfg.batch, init_noise=self.noise[name][part])
+            ro = rollout(self.policy, self.grid, plan, self.encode([prompts[i] for i in part]),
+                         generator=torch.Generator(), max_batch=self.cfg.batch, init_noise=self.noise[name][part],
+                         solvers=self.solvers, keep=Keep())
             finals.append(self.policy.decode(ro.final))
         images = torch.cat(finals) if finals else torch.zeros(0)
         _, report = self.rewards.score(images, [prompts[i] for i in index])

@@ -36,6 +36,17 @@ def grpo_register_sampler(registry) -> None:
 
 
 @hookspec
+def grpo_register_solver(registry) -> None:
+    """Register deterministic solvers (``grpo.core.solver.Solver``), chosen by name for a rollout's
+    deterministic (ODE) steps with ``[strategy.solver] use = NAME`` and for evaluation with
+    ``[eval] solver = NAME``.
+
+    A solver advances latents from σ to σ' given the velocity, the predicted clean sample and, for a
+    multistep method, the node's previous step. Example: ``registry.add("euler", Euler)``.
+    """
+
+
+@hookspec
 def grpo_register_topology(registry) -> None:
     """Register rollout-tree topologies (``grpo.core.topology.TreeTopology``).
 
@@ -74,6 +85,17 @@ def grpo_register_pruner(registry) -> None:
 
 
 @hookspec
+def grpo_register_objective(registry) -> None:
+    """Register objectives (``grpo.core.objective.Objective``), chosen with ``[strategy.objective]``.
+
+    An objective is the learning rule: it says what the rollout must keep for it, builds its training
+    units from the rollout, the advantages and the trained edges, and gives the loss of a
+    micro-batch of units. The schedule around it (optimizer steps, accumulation, epochs, clipping,
+    non-finite values, distributed reductions) is the engine's and the same for every objective.
+    """
+
+
+@hookspec
 def grpo_register_backend(registry) -> None:
     """Register training backends (``grpo.core.backend.Backend``), selected with ``[backend] use``.
 
@@ -84,10 +106,13 @@ def grpo_register_backend(registry) -> None:
 
 @hookspec
 def grpo_register_strategy(registry) -> None:
-    """Register strategies (``grpo.core.strategy.Strategy``), selected with ``[strategy] use``.
+    """Register strategies, selected with ``[strategy] use``.
 
-    A strategy is a named preset that builds the topology, advantage estimator, pruners and loss
-    settings of one algorithm (DanceGRPO, BranchGRPO, ...). It knows nothing of the engine loop.
+    A strategy is a ``grpo.core.strategy.Preset``: the parts of one algorithm (DanceGRPO,
+    BranchGRPO, ...) as tables, each a registered part and the options the paper gives it, plus
+    the sampler and ``[train]`` settings of the paper. It has no code and no options of its own; a
+    recipe changes any part's options, or replaces the part. Example:
+    ``registry.add("my-grpo", Preset(topology=Part("fan", group_size=8), ...))``.
     """
 
 
@@ -99,4 +124,5 @@ def grpo_register_prompts(registry) -> None:
     """
 
 
-KINDS = ("model", "sampler", "topology", "reward", "advantage", "pruner", "backend", "strategy", "prompts")
+KINDS = ("model", "sampler", "solver", "topology", "reward", "advantage", "pruner", "objective", "backend", "strategy",
+         "prompts")

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 import torch
 
 from . import streams
+from .components import Parts, build_parts
+from .config import Recipe
+from .objective import UnitContext
 from .pruner import PruneContext
-from .recipe import Recipe
 from .rollout import plan_sigmas
 from .tree import Advantages, Rollout, TreePlan
 
@@ -19,6 +21,8 @@ class CostReport:
     sigmas: list[float]
     trained_per_step: list[int]
     parts: dict = field(default_factory=dict)
+    unit: str = "edges"
+    units_per_tree: int = 0
 
     @property
     def trained_edges(self) -> int:
@@ -38,6 +42,8 @@ class CostReport:
             "trained_edges_per_tree": self.trained_edges,
             "rollout_forwards_per_leaf": p.rollout_forwards / p.leaves,
             "trained_edges_per_leaf": self.trained_edges / p.leaves,
+            "unit": self.unit,
+            "units_per_tree": self.units_per_tree,
             "per_step": [
                 {
                     "step": k,
@@ -46,7 +52,7 @@ class CostReport:
                     "live_nodes": p.live(k),
                     "branch": p.branch[k],
                     "noise_scale": p.noise_scale[k],
-                    "mode": "SDE" if p.stochastic[k] else ("DPM" if p.solver and p.solver[k] == "dpm" else "ODE"),
+                    "mode": "SDE" if p.stochastic[k] else (p.solver[k] if p.solver and p.solver[k] else "ODE"),
                     "trained_edges": self.trained_per_step[k],
                 }
                 for k in range(p.steps)
@@ -64,14 +70,23 @@ def skeleton(plan: TreePlan, sigmas: torch.Tensor, trees: int = 1) -> Rollout:
     return Rollout(plan, sigmas, states, parents, tree_ids, log_probs, states[-1])
 
 
-def cost(recipe: Recipe, iteration: int = 0) -> CostReport:
-    """Trained edges after every pruner at `iteration` (advantages taken as zero)."""
-    sampler = recipe.sampler_instance
-    parts = recipe.composition.parts
-    plan = parts.topology.plan(sampler.steps, iteration)
-    sigmas = plan_sigmas(sampler, plan)
+def cost(recipe: Recipe, iteration: int = 0, parts: Parts | None = None) -> CostReport:
+    """Trained edges after every pruner at `iteration` (advantages taken as zero), and the objective's
+    units of one tree; `parts` as ``build_parts`` made them (built here when not given)."""
+    parts = parts or build_parts(recipe)
+    plan = parts.plan(parts.sampler.steps, iteration)
+    sigmas = plan_sigmas(parts.sampler, plan)
     ro = skeleton(plan, sigmas)
     adv = Advantages([torch.zeros(plan.live(k + 1)) for k in range(plan.steps)])
     ctx = PruneContext(iteration, recipe.train.iterations, streams.pruner_generator(recipe.train.seed, iteration, 0))
-    edges = recipe.composition.prune(ro, adv, ctx)
-    return CostReport(plan, sigmas.tolist(), edges.per_step(), recipe.composition.to_dict())
+    edges = parts.prune(ro, adv, ctx)
+    units = parts.units(ro, adv, edges, UnitContext(iteration, streams.unit_generators(recipe.train.seed, iteration,
+                                                                                         range(1))))
+    records = {slot: rec for slot, rec in recipe.strategy.records().items()}
+    tables = recipe.strategy.table()
+    for slot, rec in records.items():  # each part with its options, who provided it and who chose it
+        if slot == "pruner":
+            records[slot] = [{**table, **r} for table, r in zip(tables["pruner"], rec, strict=True)]
+        else:
+            records[slot] = {**tables[slot], **rec}
+    return CostReport(plan, sigmas.tolist(), edges.per_step(), records, parts.objective.unit, len(units))

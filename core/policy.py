@@ -22,12 +22,12 @@ class Conditioning:
         """The embeddings of prompts `index` (long (M,)), in that order (repeats allowed)."""
         values = {}
         for f in fields(self):
-            v = getattr(self, f.name)
+            v = vars(self)[f.name]
             values[f.name] = v.index_select(0, index.to(v.device)) if isinstance(v, torch.Tensor) else v
         return type(self)(**values)
 
     def to(self, device: torch.device | str) -> Conditioning:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {f.name: vars(self)[f.name] for f in fields(self)}
         return type(self)(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
 
 

@@ -7,47 +7,34 @@ import os
 from pathlib import Path
 
 from . import hub
+from .config import Recipe
 from .errors import UserError, UserErrors
-from .recipe import Recipe
 
 # Options that name a file or folder, whatever the plugin.
 PATH_OPTIONS = ("path", "base", "tokenizer", "processor", "head", "template_file", "config_file", "eval_path")
 
 
-def hub_patterns(factory, key: str) -> tuple[str, ...]:
-    """What a component reads of the Hub repository its option `key` names: the factory's
-    ``hub_patterns`` entry (``hub.PIPELINE`` for a diffusers model; () for the whole repository or
-    one file of it). Only the options a factory lists there accept a Hub id."""
-    return tuple(getattr(factory, "hub_patterns", {}).get(key, ()))
-
-
-def hub_companions(factory, key: str) -> tuple[str, ...]:
-    """Files that a component reads beside the single Hub file its option `key` names: the
-    factory's ``hub_companions`` entry (ImageReward's ``med_config.json``)."""
-    return tuple(getattr(factory, "hub_companions", {}).get(key, ()))
-
-
 def missing_paths(recipe: Recipe) -> list[UserError]:
-    """One error per path option of the recipe's components that names nothing on disk."""
+    """One error per path option of the recipe's components that names nothing on disk. Only the
+    options a registration lists in ``hub_patterns`` accept a Hub id."""
     errors = []
     for comp in (recipe.model, recipe.prompts, recipe.backend, *recipe.rewards):
-        sources = getattr(comp.entry.factory, "sources", {})
+        entry = comp.entry
         for key in PATH_OPTIONS:
             value = comp.options.get(key)
             if not isinstance(value, str) or not value:
                 continue
-            declared = getattr(comp.entry.factory, "hub_patterns", {})
-            ref = hub.hub_ref(value) if key in declared else None
+            ref = hub.hub_ref(value) if key in entry.hub_patterns else None
             if ref is not None:  # a Hub id: the run downloads what the cache lacks, unless offline
-                if hub.offline() and hub.cached(ref, hub_patterns(comp.entry.factory, key)) is None:
+                patterns = entry.hub_patterns[key]
+                if hub.offline() and hub.cached(ref, patterns) is None:
                     errors.append(UserError(f"{str(ref)!r} is not in the Hugging Face cache and HF_HUB_OFFLINE "
                                             "is set", where=f"{comp.where}.{key}",
                                             hint="fetch it: " + hub.fetch_command(
-                                                ref, hub_patterns(comp.entry.factory, key),
-                                                hub_companions(comp.entry.factory, key))))
+                                                ref, patterns, entry.hub_companions.get(key, ()))))
                 continue
             if not Path(os.path.expanduser(value)).exists():
-                source = sources.get(key)
+                source = entry.sources.get(key)
                 errors.append(UserError(f"{value!r} does not exist", where=f"{comp.where}.{key}",
                                         hint=f"get it: {source}" if source else "fix the path"))
     return errors

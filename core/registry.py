@@ -14,7 +14,7 @@ import inspect
 import os
 import sys
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,18 +22,34 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .abilities import DEFAULTS
 from .errors import PluginError, UserError, unknown_name_hint
-from .schema import options_of
+from .schema import Option, options_of
+from .strategy import Preset
 
 BUILTIN_MODULE = "grpo.plugins.builtin"
-KIND_NOUNS = {"model": "a model", "sampler": "a sampler", "topology": "a topology", "reward": "a reward",
-              "advantage": "an advantage estimator", "pruner": "a pruner", "backend": "a backend",
-              "strategy": "a strategy", "prompts": "a prompt source"}
+KIND_NOUNS = {"model": "a model", "sampler": "a sampler", "solver": "a solver", "topology": "a topology",
+              "reward": "a reward", "advantage": "an advantage estimator", "pruner": "a pruner",
+              "objective": "an objective", "backend": "a backend", "strategy": "a strategy",
+              "prompts": "a prompt source"}
+# what a factory may declare about itself (as class attributes, or given to ``registry.add``)
+METADATA = ("requires", "sources", "bundled", "hub_patterns", "hub_companions", "noise_grid_for")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered component."""
+    """One registered component, with what its factory declares about itself.
+
+    Attributes:
+        requires: the packages the component imports when built (``grpo doctor`` checks them).
+        sources: option → where to get the file it names (shown with a missing file).
+        bundled: option → the weights an empty value loads (``grpo doctor`` checks them).
+        hub_patterns: option → what of a Hugging Face Hub repository it reads; only these options
+            accept a Hub id.
+        hub_companions: option → files read beside the single Hub file it names.
+        noise_grid_for: a model's ``noise_grid_for(options)``: the latent grid its exploration noise
+            tiles, known from its options without weights (None when it cannot say).
+    """
 
     kind: str
     name: str
@@ -41,10 +57,17 @@ class Entry:
     description: str
     plugin: str
     distribution: str
+    requires: tuple[str, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict)
+    bundled: Mapping[str, Any] = field(default_factory=dict)
+    hub_patterns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    hub_companions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    noise_grid_for: Callable[[dict[str, Any]], Any] | None = None
 
     @property
-    def options(self):
-        return options_of(self.factory)
+    def options(self) -> list[Option]:
+        """The recipe options of the component (a strategy has none: its parts have them)."""
+        return [] if isinstance(self.factory, Preset) else options_of(self.factory)
 
 
 @dataclass
@@ -82,7 +105,10 @@ class KindRegistrar:
     def __init__(self, registry: Registry, kind: str, plugin: str, distribution: str) -> None:
         self._registry, self.kind, self._plugin, self._dist = registry, kind, plugin, distribution
 
-    def add(self, name: str, factory: Any, *, description: str = "") -> None:
+    def add(self, name: str, factory: Any, *, description: str = "", **metadata: Any) -> None:
+        """Register `factory` under `name`. A strategy's factory is a ``Preset``. `metadata` may give
+        any of ``requires``, ``sources``, ``bundled``, ``hub_patterns``, ``hub_companions`` and
+        ``noise_grid_for``; what it leaves out is read from the factory's class attributes."""
         table = self._registry.entries[self.kind]
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {self._plugin!r} ({self._dist}) registered a {self.kind} with no name")
@@ -92,16 +118,37 @@ class KindRegistrar:
                 f"{self.kind} {name!r} is registered twice: by {other.plugin!r} ({other.distribution}) "
                 f"and by {self._plugin!r} ({self._dist}); rename one of them"
             )
-        if not callable(factory):
+        unknown = sorted(set(metadata) - set(METADATA))
+        if unknown:
+            raise PluginError(f"{self.kind} {name!r} from plugin {self._plugin!r} ({self._dist}): registry.add() got "
+                              f"{unknown[0]!r}; it takes description= and {', '.join(METADATA)}")
+        if self.kind == "strategy":
+            if not isinstance(factory, Preset):
+                raise PluginError(
+                    f"strategy {name!r} from plugin {self._plugin!r} ({self._dist}) is a {type(factory).__name__}; "
+                    "a strategy is registered as a grpo.core.strategy.Preset of its parts (docs/plugins.md)")
+            description = description or factory.description
+        elif not callable(factory):
             raise PluginError(f"{self.kind} {name!r} from plugin {self._plugin!r}: factory is not callable")
-        try:
-            options_of(factory)
-        except TypeError as e:
-            raise PluginError(f"{self.kind} {name!r} from plugin {self._plugin!r} ({self._dist}): {e}") from None
+        else:
+            try:
+                options_of(factory)
+            except TypeError as e:
+                raise PluginError(f"{self.kind} {name!r} from plugin {self._plugin!r} ({self._dist}): {e}") from None
         if not description:
             doc = inspect.getdoc(factory) or ""
             description = " ".join(doc.strip().split("\n\n")[0].split()) if doc else ""
-        table[name] = Entry(self.kind, name, factory, description, self._plugin, self._dist)
+        declared = {key: metadata[key] if key in metadata else getattr(factory, key, None) for key in METADATA}
+        try:
+            table[name] = Entry(self.kind, name, factory, description, self._plugin, self._dist,
+                                requires=tuple(declared["requires"] or ()), sources=dict(declared["sources"] or {}),
+                                bundled=dict(declared["bundled"] or {}),
+                                hub_patterns={k: tuple(v) for k, v in (declared["hub_patterns"] or {}).items()},
+                                hub_companions={k: tuple(v) for k, v in (declared["hub_companions"] or {}).items()},
+                                noise_grid_for=declared["noise_grid_for"])
+        except (TypeError, ValueError) as e:
+            raise PluginError(f"{self.kind} {name!r} from plugin {self._plugin!r} ({self._dist}) declares malformed "
+                              f"metadata: {e}") from None
 
 
 def _distribution_names(pm: pluggy.PluginManager) -> dict[int, str]:
@@ -195,10 +242,22 @@ def load_registry(modules: Iterable[str] = (), *, autoload: bool | None = None,
     return registry
 
 
+def complete(component: Any, kind: str) -> Any:
+    """Give `component` the default of every optional member of its `kind` it lacks
+    (``grpo.core.abilities``), once, when it is built; returns it. The engine then calls every
+    member directly and never asks what a component can do."""
+    for name, default in DEFAULTS.get(kind, {}).items():
+        if not hasattr(component, name):
+            value = types.MethodType(default, component) if isinstance(default, types.FunctionType) else default
+            setattr(component, name, value)
+    return component
+
+
 def instantiate(entry: Entry, kwargs: dict[str, Any], where: str) -> Any:
-    """Call a component's factory, attributing any failure to its plugin."""
+    """Build a component from its validated options, its optional members completed; a failure is
+    attributed to its plugin."""
     try:
-        return entry.factory(**kwargs)
+        component = entry.factory(**kwargs)
     except UserError:
         raise
     except Exception as e:
@@ -206,6 +265,7 @@ def instantiate(entry: Entry, kwargs: dict[str, Any], where: str) -> Any:
             f"{entry.kind} {entry.name!r} from plugin {entry.plugin!r} ({entry.distribution}) failed to "
             f"build from [{where}]: {type(e).__name__}: {e}"
         ).with_traceback(sys.exc_info()[2]) from e
+    return complete(component, entry.kind)
 
 
 @contextmanager

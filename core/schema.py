@@ -55,14 +55,6 @@ class Doc:
     text: str
 
 
-@dataclass(frozen=True)
-class Part:
-    """Marks a strategy option that only configures the default part of a slot (``"topology"``,
-    ``"advantage"`` or ``"pruner"``): a recipe that replaces that slot may not set the option."""
-
-    slot: str
-
-
 _MISSING = inspect.Parameter.empty
 
 
@@ -73,7 +65,6 @@ class Option:
     default: Any
     range: Range | None
     doc: str
-    part: str | None = None
 
     @property
     def required(self) -> bool:
@@ -84,8 +75,8 @@ class Option:
         return type_name(self.annotation)
 
 
-def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str, str | None]:
-    rng, doc, part = None, "", None
+def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str]:
+    rng, doc = None, ""
     if get_origin(tp) is typing.Annotated:
         base, *extras = get_args(tp)
         for extra in extras:
@@ -93,10 +84,8 @@ def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str, str | None]:
                 rng = extra
             elif isinstance(extra, Doc):
                 doc = extra.text
-            elif isinstance(extra, Part):
-                part = extra.slot
-        return base, rng, doc, part
-    return tp, rng, doc, part
+        return base, rng, doc
+    return tp, rng, doc
 
 
 def type_name(tp: Any) -> str:
@@ -112,7 +101,12 @@ def type_name(tp: Any) -> str:
         return "table"
     if tp is type(None):
         return "none"
-    return getattr(tp, "__name__", str(tp))
+    return tp.__name__ if isinstance(tp, type) else str(tp)
+
+
+def _qualname(factory: Any) -> str:
+    """A factory's name for an error message (a class or function's qualified name, else its repr)."""
+    return factory.__qualname__ if inspect.isclass(factory) or inspect.isfunction(factory) else repr(factory)
 
 
 def options_of(factory: Any) -> list[Option]:
@@ -126,12 +120,13 @@ def options_of(factory: Any) -> list[Option]:
                 default = f.default_factory()
             if default is dataclasses.MISSING:
                 default = _MISSING
-            base, rng, doc, part = _strip_annotated(hints[f.name])
-            options.append(Option(f.name, base, default, rng, doc, part))
+            base, rng, doc = _strip_annotated(hints[f.name])
+            options.append(Option(f.name, base, default, rng, doc))
         return options
     if inspect.isclass(factory) and factory.__init__ is object.__init__:
         return []  # a class without a constructor has no options
     target = factory.__init__ if inspect.isclass(factory) else factory
+    who = _qualname(factory)
     hints = typing.get_type_hints(target, include_extras=True)
     sig = inspect.signature(target)
     options = []
@@ -139,14 +134,14 @@ def options_of(factory: Any) -> list[Option]:
         if p.name == "self":
             continue
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise TypeError(f"{getattr(factory, '__qualname__', factory)}: *{p.name} hides the options from the "
+            raise TypeError(f"{who}: *{p.name} hides the options from the "
                             "recipe schema; list every option as a keyword-only parameter")
         if p.name not in hints:
-            raise TypeError(f"{getattr(factory, '__qualname__', factory)}: option {p.name!r} has no type annotation")
+            raise TypeError(f"{who}: option {p.name!r} has no type annotation")
         if p.kind is not p.KEYWORD_ONLY:
-            raise TypeError(f"{getattr(factory, '__qualname__', factory)}: option {p.name!r} must be keyword-only (after *)")
-        base, rng, doc, part = _strip_annotated(hints[p.name])
-        options.append(Option(p.name, base, p.default, rng, doc, part))
+            raise TypeError(f"{who}: option {p.name!r} must be keyword-only (after *)")
+        base, rng, doc = _strip_annotated(hints[p.name])
+        options.append(Option(p.name, base, p.default, rng, doc))
     return options
 
 
@@ -207,10 +202,28 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise UserError(f"expected {type_name(tp)}, got {value!r}", where=where)
 
 
-def validate(factory: Any, table: dict[str, Any], where: str, *, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+# option names a recipe may still use from before they were renamed, with their new names
+RENAMED = {"depths": "pruned_depths", "slide_every": "depth_slide_every", "stop_depth": "depth_stop",
+           "active_fraction": "pruning_fraction", "ratio": "width_ratio", "pooled": "width_pooled",
+           "across_ranks": "width_pooled_across_ranks", "alpha": "fusion_alpha", "clamp": "advantage_clamp",
+           "depth_pruning": "pruned_depths", "width_pruning": "width_ratio"}
+
+
+def unknown_key(key: str, accepted: list[str], path: str) -> UserError:
+    """The error of a key a table does not take: its new name if it was renamed, else the closest."""
+    if RENAMED.get(key) in accepted:
+        return UserError(f"{key!r} was renamed {RENAMED[key]!r}", where=path, hint=f"write {RENAMED[key]} instead")
+    best = closest(key, accepted)
+    hint = (f"did you mean {best!r}? " if best else "") + "valid keys: " + (", ".join(accepted) or "(none)")
+    return UserError(f"unknown key {key!r}", where=path, hint=hint)
+
+
+def validate(factory: Any, table: dict[str, Any], where: str, *, ignore: tuple[str, ...] = (),
+             paths: dict[str, str] | None = None) -> dict[str, Any]:
     """Validate a recipe table against a factory's options; returns the complete keyword arguments.
 
-    Every problem is collected; the raised ``UserErrors`` names each TOML path.
+    Every problem is collected; the raised ``UserErrors`` names each TOML path: ``where.key``, or
+    ``paths[key]`` for a key set elsewhere in the recipe (a strategy's short key).
     """
     options = {o.name: o for o in options_of(factory)}
     errors: list[UserError] = []
@@ -218,12 +231,9 @@ def validate(factory: Any, table: dict[str, Any], where: str, *, ignore: tuple[s
     for key, value in table.items():
         if key in ignore:
             continue
-        path = f"{where}.{key}"
+        path = (paths or {}).get(key, f"{where}.{key}")
         if key not in options:
-            accepted = sorted({*options, *ignore})  # the keys the table takes besides the factory's options
-            best = closest(key, accepted)
-            hint = (f"did you mean {best!r}? " if best else "") + "valid keys: " + (", ".join(accepted) or "(none)")
-            errors.append(UserError(f"unknown key {key!r}", where=path, hint=hint))
+            errors.append(unknown_key(key, sorted({*options, *ignore}), path))
             continue
         opt = options[key]
         try:

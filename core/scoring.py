@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from .abilities import complete
 from .advantage import AdvantageEstimator
+from .config import RewardSpec
 from .dist import Group
-from .recipe import RewardSpec
-from .registry import attributed
+from .errors import PluginError
+from .registry import Entry, attributed
 from .reward import RewardModel
 from .tree import Advantages, Rollout
+from .update import UpdateStats
 
 
 @dataclass
@@ -34,9 +34,11 @@ class Rewards:
         for spec, model in zip(self.specs, self.models, strict=True):
             with attributed(spec.entry, "score()"):
                 out = model.score(images, prompts)
-            if out.scores.shape != (images.shape[0],):
-                raise RuntimeError(f"reward {spec.label!r} returned shape {tuple(out.scores.shape)} for "
-                                   f"{images.shape[0]} images")
+                shape = tuple(out.scores.shape) if isinstance(out.scores, torch.Tensor) else type(out.scores).__name__
+            if shape != (images.shape[0],):
+                raise PluginError(f"reward {spec.label!r} from plugin {spec.entry.plugin!r} ({spec.entry.distribution}) "
+                                  f"returned scores of shape {shape} for {images.shape[0]} images; a reward gives one "
+                                  "score per image (grpo.testing.check_reward checks it)")
             scores.append(out.scores.float())
             report[spec.label] = out.scores.float()
             for comp, values in out.components.items():
@@ -47,16 +49,15 @@ class Rewards:
         """(N,) the weighted sum of the rewards."""
         return sum(s.weight * v for s, v in zip(self.specs, scores, strict=True))
 
-    def advantages(self, estimator: AdvantageEstimator, record: Any, rollout: Rollout,
+    def advantages(self, estimator: AdvantageEstimator, entry: Entry, rollout: Rollout,
                    scores: list[torch.Tensor], group: Group = Group()) -> Advantages:
         """``sum``: the estimator on the weighted sum of the rewards; ``advantage``: the weighted sum
-        of the estimator on each reward. `record` names the estimator's plugin in a failure; an
+        of the estimator on each reward. `entry` names the estimator's plugin in a failure; an
         estimator that ``uses_all_ranks`` is given `group`'s gather."""
         weights = [s.weight for s in self.specs]
-        estimator = complete(estimator, "advantage")
 
         def estimate(rewards: torch.Tensor) -> Advantages:
-            with attributed(record, "computing advantages"):
+            with attributed(entry, "computing advantages"):
                 if estimator.uses_all_ranks:
                     return estimator(rollout, rewards, group.gather)
                 return estimator(rollout, rewards)
@@ -107,18 +108,22 @@ def reward_metrics(report: dict[str, torch.Tensor], failed: torch.Tensor, group:
     return metrics
 
 
-def iteration_metrics(rollout: Rollout, report: dict[str, torch.Tensor], failed: torch.Tensor, stats: Any,
-                      times: dict[str, float], *, group: Group, lr: float, memory: dict[str, int],
+def iteration_metrics(rollout: Rollout, report: dict[str, torch.Tensor], failed: torch.Tensor, stats: UpdateStats,
+                      times: dict[str, float], *, group: Group, lr: float, unit: str, memory: dict[str, int],
                       zero_std_ratio: float = 0.0) -> dict[str, float]:
     """Everything an iteration logs: rewards (with the share of groups whose rewards are all equal),
-    the update's statistics, costs of the whole iteration (every rank's trees), this rank's memory
-    (MiB) and the time of each stage."""
+    the update's statistics (the objective's, and the schedule's: ``update/trained_<unit>``,
+    ``update/skipped_<unit>``, steps, gradient norm), costs of the whole iteration (every rank's
+    trees), this rank's memory (MiB) and the time of each stage."""
     metrics = reward_metrics(report, failed, group)
     metrics["reward/zero_std_ratio"] = zero_std_ratio
-    metrics.update({f"update/{k}": float(v) for k, v in vars(stats).items()})
+    metrics.update({f"update/{k}": float(v) for k, v in stats.metrics.items()})
+    metrics.update({"update/grad_norm": stats.grad_norm, "update/optimizer_steps": float(stats.optimizer_steps),
+                    f"update/trained_{unit}": float(stats.trained), f"update/skipped_{unit}": float(stats.skipped),
+                    "update/skipped_steps": float(stats.skipped_steps)})
     metrics["update/lr"] = lr
     metrics["cost/rollout_forwards"] = float(sum(s.shape[0] for s in rollout.states[:-1])) * group.size
-    metrics["cost/trained_edges"] = float(stats.trained_edges)
+    metrics[f"cost/trained_{unit}"] = float(stats.trained)
     metrics["cost/leaves"] = float(rollout.states[-1].shape[0]) * group.size
     metrics.update({f"memory/{k}": v / 2**20 for k, v in memory.items()})
     metrics.update({f"time/{k}": v for k, v in times.items()})

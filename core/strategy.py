@@ -1,66 +1,111 @@
-"""The Strategy protocol: one algorithm as a composition of registered parts in named slots.
+"""Strategies are presets: one algorithm as its parts, each a registered name with the options its
+paper gives it.
 
-A strategy fills three slots — ``topology`` (one), ``advantage`` (one) and ``pruner`` (an ordered
-list) — and sets the loss and sampler settings of its paper. It creates every part by kind and
-registered name with ``make(kind, name, **options)``, never by importing another plugin's code, so
-that a recipe can replace any slot with any registered part (``[strategy.topology]``,
-``[strategy.advantage]``, ``[[strategy.pruner]]``).
+A strategy has no code and declares no option of its own. Its parts fill five slots —
+``topology``, ``advantage``, ``pruner`` (an ordered list), ``objective`` and ``solver`` — and it
+names the sampler and the ``[train]`` settings of its paper. Every option stays declared once, on
+the part that takes it; a recipe changes a part's options key by key (``[strategy.topology]
+split_points = [0, 4, 8]``, or the short ``strategy.split_points``), or replaces the part by naming
+another (``[strategy.topology] use = "chains"``). A named variant (``mixgrpo-flash``) is a preset
+derived from another with ``Preset.derive``, not a subclass.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
 
-from .advantage import AdvantageEstimator
-from .pruner import Pruner
-from .topology import TreeTopology
-
-SLOTS = ("topology", "advantage", "pruner")
+SLOTS = ("topology", "advantage", "pruner", "objective", "solver")
+SINGLE_SLOTS = ("topology", "advantage", "objective", "solver")
 
 
-@dataclass
-class StrategyParts:
-    """What a strategy composes.
+@dataclass(frozen=True, init=False)
+class Part:
+    """A part of a preset: a registered name and the options the preset gives it (the part's own
+    defaults fill the rest). ``Part("fan", group_size=12)``."""
+
+    name: str
+    options: Mapping[str, Any]
+
+    def __init__(self, name: str, /, **options: Any) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "options", MappingProxyType(dict(options)))
+
+    def with_options(self, **options: Any) -> Part:
+        """The same part with `options` changed key by key."""
+        return Part(self.name, **{**self.options, **options})
+
+    def __repr__(self) -> str:
+        args = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"Part({self.name!r}{args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Part) and (self.name, dict(self.options)) == (other.name, dict(other.options))
+
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(sorted(self.options))))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A strategy: the parts of one algorithm and the settings of its paper.
 
     Attributes:
-        topology: the rollout tree shape (slot ``topology``).
-        advantage: how leaf rewards become per-edge advantages (slot ``advantage``).
-        pruners: applied in order to the stochastic edges to choose the trained ones (slot ``pruner``).
-        clip_range: ε of the clipped ratio objective.
-        sampler: the default sampler name (a recipe's ``[sampler] use`` overrides it).
-        sampler_defaults: options of that sampler as the paper ran it (steps, shift, noise
-            level); a recipe's ``[sampler]`` keys override each of them.
-        split_logprob: ``"nominal"`` evaluates a split edge with τ, ``"scaled"`` with λ·τ.
+        topology: the rollout tree (``grpo.core.topology.TreeTopology``).
+        advantage: leaf rewards to per-edge advantages (``grpo.core.advantage.AdvantageEstimator``).
+        objective: the learning rule (``grpo.core.objective.Objective``).
+        pruners: applied in order to the stochastic edges to choose the trained ones.
+        solver: the deterministic solver of the rollout's ODE steps (``grpo.core.solver.Solver``).
+        sampler: the default sampler and its options as the paper ran it; a recipe's ``[sampler]``
+            keys override them, and naming another sampler drops them.
+        train: ``[train]`` defaults of the paper (an EMA, say); a recipe's ``[train]`` keys override them.
+        description: one paragraph for ``grpo plugins list`` and ``show``.
     """
 
-    topology: TreeTopology
-    advantage: AdvantageEstimator
-    pruners: list[Pruner] = field(default_factory=list)
-    clip_range: float = 1e-4
-    sampler: str = "dance-sde"
-    sampler_defaults: dict[str, Any] = field(default_factory=dict)
-    split_logprob: str = "nominal"
+    topology: Part
+    advantage: Part
+    objective: Part
+    pruners: tuple[Part, ...] = ()
+    solver: Part = Part("euler")
+    sampler: Part = Part("dance-sde")
+    train: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pruners", tuple(self.pruners))
+        object.__setattr__(self, "train", MappingProxyType(dict(self.train)))
+        for slot in (*SINGLE_SLOTS, "sampler"):
+            if not isinstance(part_of(self, slot), Part):
+                raise TypeError(f"Preset.{slot} must be a Part, e.g. Part('fan', group_size=8)")
+        if not all(isinstance(p, Part) for p in self.pruners):
+            raise TypeError("Preset.pruners must be Parts")
+
+    def part(self, slot: str) -> Part:
+        """The preset's part of a single slot (``topology``, ``advantage``, ``objective``, ``solver``)."""
+        return part_of(self, slot)
+
+    def derive(self, *, description: str | None = None, pruners: tuple[Part, ...] | None = None,
+               train: Mapping[str, Any] | None = None, **parts: Mapping[str, Any] | Part) -> Preset:
+        """A variant: for each named slot (or ``sampler``), a Part replaces the preset's part and a
+        mapping changes its options key by key; `pruners` replaces the list; `train` updates the
+        ``[train]`` defaults key by key."""
+        changes: dict[str, Any] = {}
+        for slot, change in parts.items():
+            if slot not in (*SINGLE_SLOTS, "sampler"):
+                raise TypeError(f"derive() got an unknown slot {slot!r}")
+            changes[slot] = change if isinstance(change, Part) else part_of(self, slot).with_options(**change)
+        if pruners is not None:
+            changes["pruners"] = tuple(pruners)
+        if train is not None:
+            changes["train"] = {**self.train, **train}
+        if description is not None:
+            changes["description"] = description
+        return replace(self, **changes)
 
 
-class Make(Protocol):
-    """Creates a registered part: ``make("pruner", "depth", pruned_depths=[9, 10])``.
-
-    `kind` is ``"topology"``, ``"advantage"`` or ``"pruner"``; `name` a registered name of that
-    kind; the options are validated against the part's constructor as a recipe table would be.
-    """
-
-    def __call__(self, kind: str, name: str, **options: Any) -> Any:
-        ...
-
-
-@runtime_checkable
-class Strategy(Protocol):
-    """Builds the parts of one algorithm from its recipe options (its constructor).
-
-    A constructor option that only configures a default part is marked with the slot it feeds,
-    ``Annotated[..., Part("pruner")]``: a recipe that replaces that slot may not set it.
-    """
-
-    def build(self, make: Make) -> StrategyParts:
-        ...
+def part_of(preset: Preset, slot: str) -> Part:
+    """The preset's part of `slot` (a single slot or ``sampler``)."""
+    return {"topology": preset.topology, "advantage": preset.advantage, "objective": preset.objective,
+            "solver": preset.solver, "sampler": preset.sampler}[slot]

@@ -9,6 +9,7 @@ does not depend on which rank samples it, and two runs of the same seed train on
 | 1 | the initial noise shared by the iteration's trees (``train.init_same_noise``) |
 | 2 + rank | the pruners' draws (one stream per rank) |
 | 1,000,000 + t | the noise of tree t (by its index in the iteration's prompt list) |
+| 2,000,000 + t | the objective's draws for the units of tree t (noise levels, noise of a forward process) |
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ PROMPTS = 0
 SHARED_NOISE = 1
 PRUNERS = 2
 TREES = 1_000_000
+UNITS = 2_000_000
 
 
 def iteration_generator(seed: int, iteration: int, stream: int = PROMPTS) -> torch.Generator:
@@ -31,6 +33,11 @@ def iteration_generator(seed: int, iteration: int, stream: int = PROMPTS) -> tor
 def tree_generators(seed: int, iteration: int, trees: range) -> list[torch.Generator]:
     """One generator per tree of the iteration (by its index in the iteration's prompt list)."""
     return [iteration_generator(seed, iteration, TREES + t) for t in trees]
+
+
+def unit_generators(seed: int, iteration: int, trees: range) -> list[torch.Generator]:
+    """One generator per tree of the iteration for the objective's draws when it builds its units."""
+    return [iteration_generator(seed, iteration, UNITS + t) for t in trees]
 
 
 def pruner_generator(seed: int, iteration: int, rank: int) -> torch.Generator:

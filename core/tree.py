@@ -7,7 +7,7 @@ step ``k`` is one batched transition from ``states[k]`` to ``states[k + 1]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -25,8 +25,9 @@ class TreePlan:
             starts from one noise; G: G chains from independent noises, Flow-GRPO's group).
         times: empty (the sampler's own σ grid), or steps + 1 unshifted times u from 1 to 0 that
             the sampler's shift maps to σ (a grid of the plan's own, e.g. a compressed tail).
-        solver: empty (every ODE step is an Euler step), or per step ``"euler"`` or ``"dpm"``
-            (DPM-Solver++, second order when the step before it is usable); ``"dpm"`` on ODE steps only.
+        solver: empty (every deterministic step is taken by the rollout's solver, ``[strategy.solver]``),
+            or per step ``""`` (the same) or the registered name of another solver, on deterministic
+            steps only (MixGRPO-Flash's compressed tail names ``"dpm-solver++"``).
     """
 
     branch: tuple[int, ...]
@@ -45,8 +46,8 @@ class TreePlan:
                            or any(a <= b for a, b in zip(self.times, self.times[1:], strict=False))):
             raise ValueError("times must be steps + 1 decreasing values from 1 to 0")
         if self.solver and (len(self.solver) != self.steps or any(
-                m not in ("euler", "dpm") or (m == "dpm" and st) for m, st in zip(self.solver, self.stochastic, strict=True))):
-            raise ValueError("solver needs one of 'euler' or 'dpm' per step, and 'dpm' on ODE steps only")
+                not isinstance(m, str) or (m and st) for m, st in zip(self.solver, self.stochastic, strict=True))):
+            raise ValueError("solver needs one name per step ('' for the rollout's own), and names on ODE steps only")
         if any(b < 1 for b in self.branch):
             raise ValueError("branch factors must be >= 1")
         for k, (b, lam) in enumerate(zip(self.branch, self.noise_scale, strict=True)):
@@ -87,10 +88,15 @@ class TreePlan:
     def stochastic_edges(self) -> int:
         return sum(self.live(k + 1) for k in range(self.steps) if self.stochastic[k])
 
+    def deterministic(self) -> TreePlan:
+        """The same tree with every step deterministic: how a deterministic sampler rolls it out."""
+        return replace(self, stochastic=(False,) * self.steps)
 
-def compress_tail(plan: TreePlan, ratio: float) -> TreePlan:
-    """`plan` with the ODE steps after its last stochastic step replaced by DPM-Solver++ steps on a
-    coarser grid (MixGRPO-Flash): with ``last`` that step, the ``T − last − 1`` Euler steps from
+
+def compress_tail(plan: TreePlan, ratio: float, solver: str = "dpm-solver++") -> TreePlan:
+    """`plan` with the ODE steps after its last stochastic step replaced by steps of the registered
+    `solver` on a coarser grid (MixGRPO-Flash: DPM-Solver++): with ``last`` that step, the
+    ``T − last − 1`` ODE steps from
     u_{last+1} to 0 become ``n − 1`` steps of a uniform grid of n = max(⌊(T − last)·ratio⌋, 2) times
     from u_{last+1} to 0 (MixGRPO's released rule, which allows n = 1; here the grid always reaches 0).
     The plan is returned as it is when that saves no step."""
@@ -106,7 +112,7 @@ def compress_tail(plan: TreePlan, ratio: float) -> TreePlan:
     tail = [base[-1] * (1.0 - j / (n - 1)) for j in range(1, n)]
     return TreePlan(branch=plan.branch[:head] + (1,) * (n - 1), noise_scale=plan.noise_scale[:head] + (1.0,) * (n - 1),
                     stochastic=plan.stochastic[:head] + (False,) * (n - 1), roots=plan.roots,
-                    times=tuple(base + tail), solver=("euler",) * head + ("dpm",) * (n - 1))
+                    times=tuple(base + tail), solver=("",) * head + (solver,) * (n - 1))
 
 
 @dataclass

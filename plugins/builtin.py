@@ -27,6 +27,14 @@ def grpo_register_sampler(registry) -> None:
 
 
 @hookimpl
+def grpo_register_solver(registry) -> None:
+    from .solvers.solvers import DPMSolverPP, Euler
+
+    registry.add("euler", Euler)
+    registry.add("dpm-solver++", DPMSolverPP)
+
+
+@hookimpl
 def grpo_register_topology(registry) -> None:
     from .branchgrpo.topology import Branching
     from .trees.topologies import Chains, Fan
@@ -81,6 +89,13 @@ def grpo_register_pruner(registry) -> None:
 
 
 @hookimpl
+def grpo_register_objective(registry) -> None:
+    from .objectives.clipped_ratio import ClippedRatio
+
+    registry.add("clipped-ratio", ClippedRatio)
+
+
+@hookimpl
 def grpo_register_backend(registry) -> None:
     from .backends.deepspeed_backend import DeepSpeedBackend
     from .backends.plain import TorchBackend
@@ -91,17 +106,18 @@ def grpo_register_backend(registry) -> None:
 
 @hookimpl
 def grpo_register_strategy(registry) -> None:
-    from .branchgrpo.strategy import BranchGRPO, BranchGRPOMix
-    from .dancegrpo.strategy import DanceGRPO
-    from .flowgrpo.strategy import FlowGRPO
-    from .mixgrpo.strategy import MixGRPO, MixGRPOFlash
+    from .branchgrpo.strategy import BRANCHGRPO, BRANCHGRPO_MIX
+    from .dancegrpo.strategy import DANCEGRPO
+    from .flowgrpo.strategy import FLOWGRPO, FLOWGRPO_FAST
+    from .mixgrpo.strategy import MIXGRPO, MIXGRPO_FLASH
 
-    registry.add("dancegrpo", DanceGRPO)
-    registry.add("flow-grpo", FlowGRPO)
-    registry.add("mixgrpo", MixGRPO)
-    registry.add("mixgrpo-flash", MixGRPOFlash)
-    registry.add("branchgrpo", BranchGRPO)
-    registry.add("branchgrpo-mix", BranchGRPOMix)
+    registry.add("dancegrpo", DANCEGRPO)
+    registry.add("flow-grpo", FLOWGRPO)
+    registry.add("flow-grpo-fast", FLOWGRPO_FAST)
+    registry.add("mixgrpo", MIXGRPO)
+    registry.add("mixgrpo-flash", MIXGRPO_FLASH)
+    registry.add("branchgrpo", BRANCHGRPO)
+    registry.add("branchgrpo-mix", BRANCHGRPO_MIX)
 
 
 @hookimpl

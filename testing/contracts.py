@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from grpo.core.objective import Keep, LossContext, Metric, UnitContext, UnitLoss, Units
 from grpo.core.pruner import PruneContext
-from grpo.core.strategy import StrategyParts
 from grpo.core.tree import Advantages, EdgeSet, Rollout, TreePlan
 
 from .tiny import tiny_images, tiny_rollout
@@ -64,7 +64,9 @@ def check_reward(reward: Any, images: torch.Tensor | None = None, prompts: list[
 
 # -- topologies ------------------------------------------------------------------------------------
 def check_topology(topology: Any, steps: int = 6, iterations: int = 3) -> None:
-    """A topology returns a TreePlan of `steps` steps, the same one for the same iteration."""
+    """A topology returns a TreePlan of `steps` steps, the same one for the same iteration, with at
+    least two leaves to compare and a stochastic step, and no split at the last step (whose children
+    would all decode from the same x̂0)."""
     for it in range(iterations):
         plan = topology.plan(steps, it)
         if not isinstance(plan, TreePlan):
@@ -73,8 +75,12 @@ def check_topology(topology: Any, steps: int = 6, iterations: int = 3) -> None:
             raise _fail(topology, f"plan({steps}) has {plan.steps} steps")
         if plan != topology.plan(steps, it):
             raise _fail(topology, f"plan({steps}, {it}) differs between two calls")
-        if plan.leaves < 1 or not any(plan.stochastic):
-            raise _fail(topology, "a plan needs at least one leaf and one stochastic step")
+        if plan.leaves < 2 or not any(plan.stochastic):
+            raise _fail(topology, f"a plan needs at least two leaves (a group to compare) and one stochastic step; "
+                                  f"plan({steps}, {it}) has {plan.leaves} leaves")
+        if plan.branch[-1] > 1:
+            raise _fail(topology, f"plan({steps}, {it}) splits at the last step, whose children all decode from the "
+                                  "same x̂0 and get the same reward")
 
 
 # -- advantages ------------------------------------------------------------------------------------
@@ -146,61 +152,198 @@ def check_pruner(pruner: Any, rollout: Rollout | None = None, *, iterations: int
 
 
 # -- samplers --------------------------------------------------------------------------------------
-def check_sampler(sampler: Any, *, split_logprob: str = "nominal", tol: float = 1e-5) -> None:
-    """A sampler's σ grid runs from its start down to 0; its steps are Gaussian with finite positive
-    std on stochastic steps; and re-evaluating the log-probability of every stored transition in
-    micro-batches unlike the rollout's gives ratio 1 within `tol` (on-policy)."""
-    from grpo.core.update import EdgeBatch, edge_terms
+def _check_step(sampler: Any) -> None:
+    """One step of a batch of 3: mean of the latents' shape, std (3,) finite and positive when stochastic."""
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    sigmas = sampler.sigmas()
+    sigma, sigma_next = sigmas[:1].expand(3).float(), sigmas[1:2].expand(3).float()
+    mean, std = sampler.step(x, v, sigma, sigma_next)
+    if not isinstance(mean, torch.Tensor) or mean.shape != x.shape:
+        raise _fail(sampler, f"step() must return a mean of the latents' shape {tuple(x.shape)}, got "
+                             f"{tuple(getattr(mean, 'shape', ()))}")
+    if not isinstance(std, torch.Tensor) or std.shape != (3,):
+        raise _fail(sampler, f"step() must return one std per latent, shape (3,) for 3 latents, got "
+                             f"{tuple(getattr(std, 'shape', ()))}")
+    if sampler.stochastic and not (torch.isfinite(std).all() and (std > 0).all()):
+        raise _fail(sampler, "a stochastic step's std must be finite and positive")
 
+
+def check_sampler(sampler: Any, *, split_logprob: str = "nominal", tol: float = 1e-5) -> None:
+    """A sampler's σ grid runs from its start down to 0; a step is a Gaussian whose mean has the
+    latents' shape and whose std, one per latent, is finite and positive on a stochastic step; and
+    re-evaluating the log-probability of every stored transition in micro-batches unlike the
+    rollout's gives ratio 1 within `tol` (on-policy)."""
+    from grpo.core.edges import EdgeUnits, reevaluate
+    from grpo.core.registry import complete
+
+    sampler = complete(sampler, "sampler")
     sigmas = sampler.sigmas()
     if sigmas.shape != (sampler.steps + 1,):
         raise _fail(sampler, f"sigmas() must have steps + 1 = {sampler.steps + 1} values, got {tuple(sigmas.shape)}")
     if not (sigmas[:-1] > sigmas[1:]).all() or float(sigmas[-1]) != 0.0:
         raise _fail(sampler, "sigmas() must decrease strictly and end at 0")
-    if not getattr(sampler, "stochastic", True):
+    _check_step(sampler)
+    if not sampler.stochastic:
         return
     ro, cond, policy = tiny_rollout(sampler=sampler, split_logprob=split_logprob)
     for k, lp in enumerate(ro.log_prob):
         if lp.numel() and not torch.isfinite(lp).all():
             raise _fail(sampler, f"step {k}: log-probabilities of the rollout must be finite")
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    units = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
     worst = 0.0
-    for part in torch.split(torch.arange(len(batch)), 5):
+    for part in torch.split(torch.arange(len(units)), 5):
         with torch.no_grad():
-            lp, _, _ = edge_terms(policy, sampler, ro, cond, batch.take(part), split_logprob)
-        worst = max(worst, float((torch.exp(lp - batch.old_log_prob[part]) - 1).abs().max()))
+            lp = reevaluate(policy, sampler, ro, cond, units.take(part), split_logprob).log_prob  # type: ignore[arg-type]
+        worst = max(worst, float((torch.exp(lp - units.old_log_prob[part]) - 1).abs().max()))
     if worst > tol:
         raise _fail(sampler, f"on-policy ratio differs from 1 by {worst:.2e} (> {tol:g}): the log-probability of "
                              "a stored transition must not depend on the micro-batch it is evaluated in")
 
 
-# -- strategies ------------------------------------------------------------------------------------
-def check_strategy(strategy: Any, steps: int = 6, *, plugins: Any = ()) -> StrategyParts:
-    """A strategy builds StrategyParts whose topology, advantage estimator and pruners keep their own
-    contracts on a rollout of its own tree, over `steps` steps. Returns the parts.
+# -- solvers ---------------------------------------------------------------------------------------
+def check_solver(solver: Any, *, steps: int = 6, shift: float = 3.0, atol: float = 1e-4) -> None:
+    """A solver follows a straight flow exactly: from x = (1 − σ)·x0 + σ·ε, with the exact velocity
+    ε − x0 and clean sample x0 at every step, it lands on (1 − σ')·x0 + σ'·ε at each σ' of a shifted
+    grid, in fp32 latents of the input's shape, the same on every call."""
+    from grpo.core.registry import complete
+    from grpo.core.sampler import sigma_grid
+    from grpo.core.solver import Previous
 
-    ``build`` gets a ``make`` over every part a run would find (built-in and installed plugins)
-    and those of `plugins` (modules, objects or single ``@hookimpl`` functions, as for
-    ``load_registry``), so that a strategy can be checked before its package is installed."""
-    from grpo.core.compose import PartMaker, default_make
-    from grpo.core.registry import load_registry
+    solver = complete(solver, "solver")
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    sigmas, v = sigma_grid(steps, shift), eps - x0
+    x, previous = eps.clone(), None
+    for k in range(steps):
+        sigma, sigma_next = sigmas[k].expand(4), sigmas[k + 1].expand(4)
+        out = solver.step(x, v, x0, sigma, sigma_next, previous)
+        if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.dtype != torch.float32:
+            raise _fail(solver, f"step() must return fp32 latents of shape {tuple(x.shape)}")
+        if not torch.equal(out, solver.step(x, v, x0, sigma, sigma_next, previous)):
+            raise _fail(solver, "the same inputs must give the same step")
+        exact = (1.0 - sigmas[k + 1]) * x0 + sigmas[k + 1] * eps
+        if not torch.allclose(out, exact, atol=atol):
+            raise _fail(solver, f"step {k} ({float(sigmas[k]):.3f} → {float(sigmas[k + 1]):.3f}) leaves a straight "
+                                f"flow by {float((out - exact).abs().max()):.2e} (> {atol:g})")
+        previous, x = Previous(x0, v, sigma), out
 
-    parts = strategy.build(PartMaker(load_registry(plugins=plugins)) if plugins else default_make())
-    if not isinstance(parts, StrategyParts):
-        raise _fail(strategy, f"build() must return StrategyParts, got {type(parts).__name__}")
-    if parts.clip_range <= 0:
-        raise _fail(strategy, "clip_range must be positive")
-    if parts.split_logprob not in ("nominal", "scaled"):
-        raise _fail(strategy, "split_logprob must be 'nominal' or 'scaled'")
-    check_topology(parts.topology, steps)
+
+# -- objectives ------------------------------------------------------------------------------------
+def _check_units(objective: Any, units: Any, expected: int | None = None) -> None:
+    if not isinstance(units, Units):
+        raise _fail(objective, f"units() must return grpo.core.objective.Units, got {type(units).__name__}")
+    n = len(units)
+    for name, value in vars(units).items():
+        if isinstance(value, torch.Tensor) and value.shape[:1] != (n,):
+            raise _fail(objective, f"units field {name!r} has first dimension {tuple(value.shape[:1])}, not ({n},)")
+    for name in ("tree", "major", "minor", "chain"):
+        if vars(units)[name].dtype != torch.long:
+            raise _fail(objective, f"units field {name!r} must be long")
+    if units.valid().shape != (n,) or units.valid().dtype != torch.bool:
+        raise _fail(objective, f"units.valid() must be ({n},) bool")
+
+
+def check_objective(objective: Any, *, sampler: Any = None, plan: TreePlan | None = None, atol: float = 1e-5) -> None:
+    """An objective declares what the rollout keeps, its unit's name and its metrics; from a rollout
+    that keeps only that, it builds units (long keys, one row each, the same for the same
+    generators) whose loss on a micro-batch is (U,) fp32, finite, the same however the units are
+    split into micro-batches, with every value its metrics reduce, and with a gradient reaching the
+    policy's trainable parameters."""
+    from grpo.core.registry import complete
+
+    objective = complete(objective, "objective")
+    if not isinstance(objective.unit, str) or not objective.unit.isidentifier():
+        raise _fail(objective, f"unit must be a word (it names update/trained_<unit>), got {objective.unit!r}")
+    if not isinstance(objective.keep, Keep):
+        raise _fail(objective, "keep must be a grpo.core.objective.Keep")
+    if not all(isinstance(m, Metric) for m in objective.metrics.values()):
+        raise _fail(objective, "metrics must map names to grpo.core.objective.Metric")
+    ro, cond, policy = tiny_rollout(plan, sampler=sampler, keep=objective.keep, split_logprob=objective.keep.split_logprob)
+    adv = Advantages([torch.randn(s.shape[0], generator=torch.Generator().manual_seed(k))
+                      for k, s in enumerate(ro.states[1:])])
+    def ctx() -> UnitContext:
+        return UnitContext(0, [torch.Generator().manual_seed(100 + t) for t in range(ro.num_trees)])
+
+    units = objective.units(ro, adv, EdgeSet.all_stochastic(ro), ctx())
+    _check_units(objective, units)
+    if len(units) == 0:
+        raise _fail(objective, "units() gave no unit for a rollout whose every stochastic edge is trained")
+    again = objective.units(ro, adv, EdgeSet.all_stochastic(ro), ctx())
+    if not all(torch.equal(a, b) for a, b in zip(vars(units).values(), vars(again).values(), strict=True)
+               if isinstance(a, torch.Tensor)):
+        raise _fail(objective, "the same rollout, advantages and generators must give the same units")
+    lctx = LossContext(policy, complete(sampler, "sampler") if sampler is not None else _default_sampler(), ro, cond)
+    whole = objective.loss(units, lctx)
+    if not isinstance(whole, UnitLoss):
+        raise _fail(objective, f"loss() must return a grpo.core.objective.UnitLoss, got {type(whole).__name__}")
+    n = len(units)
+    if whole.loss.shape != (n,) or whole.loss.dtype != torch.float32 or whole.finite.shape != (n,):
+        raise _fail(objective, f"loss() must give a ({n},) fp32 loss and a ({n},) finite mask")
+    if not (whole.finite.all() and torch.isfinite(whole.loss).all()):
+        raise _fail(objective, "the loss of ordinary units must be finite")
+    for name, value in whole.values.items():  # a metric whose value is not given logs its `empty`
+        if not isinstance(value, torch.Tensor) or value.shape != (n,):
+            raise _fail(objective, f"value {name!r} must be a tensor of shape ({n},)")
+    half = n // 2 or 1
+    parts = [objective.loss(units.take(torch.arange(0, half)), lctx), objective.loss(units.take(torch.arange(half, n)), lctx)]
+    split = torch.cat([p.loss for p in parts])
+    if not torch.allclose(split.detach(), whole.loss.detach(), atol=atol):
+        raise _fail(objective, "a unit's loss depends on the micro-batch it is computed in")
+    policy.denoiser.zero_grad(set_to_none=True)
+    whole.loss.sum().backward()
+    grads = [p.grad for p in policy.trainable_parameters()]
+    if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
+        raise _fail(objective, "the loss must have a gradient reaching the policy's trainable parameters")
+    if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+        raise _fail(objective, "the loss's gradient must be finite")
+    policy.denoiser.zero_grad(set_to_none=True)
+
+
+def _default_sampler() -> Any:
+    from grpo.core.registry import complete
     from grpo.plugins.samplers.flow import DanceSDE
 
-    ro, _, _ = tiny_rollout(parts.topology.plan(steps), sampler=DanceSDE(steps=steps, eta=0.5),
-                            split_logprob=parts.split_logprob)
-    check_advantage(parts.advantage, ro, group_relative=False)
-    for pruner in parts.pruners:
+    return complete(DanceSDE(steps=4, eta=0.5), "sampler")
+
+
+# -- strategies ------------------------------------------------------------------------------------
+def check_strategy(preset: Any, steps: int = 6, *, plugins: Any = ()) -> dict[str, Any]:
+    """A strategy is a ``Preset`` whose parts are registered (built-in, installed, or in `plugins`:
+    modules, objects or single ``@hookimpl`` functions, as for ``load_registry``), take the options it
+    gives them, and keep their own contracts on a rollout of its own tree over `steps` steps.
+    Returns the built parts by slot (``pruner``: a list)."""
+    from grpo.core.registry import instantiate, load_registry
+    from grpo.core.schema import validate
+    from grpo.core.strategy import SINGLE_SLOTS, Preset
+    from grpo.plugins.samplers.flow import DanceSDE
+
+    if not isinstance(preset, Preset):
+        raise _fail(preset, "a strategy must be a grpo.core.strategy.Preset")
+    registry = load_registry(plugins=plugins)
+
+    def build(kind: str, part: Any) -> Any:
+        if part.name not in registry.entries[kind]:
+            raise _fail(preset, f"its {kind} {part.name!r} is not registered (pass the plugin that provides it)")
+        entry = registry.entries[kind][part.name]
+        try:
+            return instantiate(entry, validate(entry.factory, dict(part.options), f"strategy.{kind}"), kind)
+        except Exception as e:
+            raise _fail(preset, f"its {kind} {part.name!r} does not take the options it gives: {e}") from None
+
+    parts: dict[str, Any] = {slot: build(slot, preset.part(slot)) for slot in SINGLE_SLOTS}
+    parts["pruner"] = [build("pruner", p) for p in preset.pruners]
+    build("sampler", preset.sampler)
+    check_topology(parts["topology"], steps)
+    sampler = DanceSDE(steps=steps, eta=0.5)
+    plan = parts["topology"].plan(steps)
+    ro, _, _ = tiny_rollout(plan, sampler=sampler, split_logprob=parts["objective"].keep.split_logprob)
+    check_advantage(parts["advantage"], ro, group_relative=False)
+    for pruner in parts["pruner"]:
         check_pruner(copy.deepcopy(pruner), ro)
+    check_objective(parts["objective"], sampler=sampler, plan=plan)
+    check_solver(parts["solver"])
     return parts
 
 

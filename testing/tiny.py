@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo.core.objective import Keep
 from grpo.core.policy import Conditioning
 from grpo.core.tree import Rollout, TreePlan
 
@@ -39,10 +40,12 @@ def tiny_model(path: str | Path | None = None, *, seed: int = 0) -> Path:
 
 
 def tiny_policy(path: str | Path | None = None):
-    """A ``shapes`` policy (the real Policy implementation) on the tiny random model, on CPU."""
+    """A ``shapes`` policy (the real Policy implementation) on the tiny random model, on CPU, built as
+    a run builds it (its optional members completed)."""
+    from grpo.core.registry import complete
     from grpo.plugins.shapes.policy import ShapesPolicy
 
-    return ShapesPolicy(path=str(path or tiny_model()), device="cpu")
+    return complete(ShapesPolicy(path=str(path or tiny_model()), device="cpu"), "model")
 
 
 def tiny_images(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
@@ -64,22 +67,50 @@ def tiny_rollout(
     seed: int = 0,
     split_logprob: str = "nominal",
     policy: Any = None,
+    keep: Keep | None = None,
+    solver: Any = None,
+    max_batch: int = 16,
 ) -> tuple[Rollout, Conditioning, Any]:
     """Roll out a forest on the tiny model: by default 2 prompts, a fan of 4 chains, 4 Dance-SDE steps.
 
-    Returns (rollout, conditioning, policy).
+    `keep` says what the rollout keeps (default: everything, split edges scored as `split_logprob`
+    says); deterministic steps are taken by `solver` (default Euler), a plan's named ones by the
+    registered solvers; `max_batch` nodes go through the model at once. Returns (rollout,
+    conditioning, policy).
     """
+    from grpo.core.registry import complete
     from grpo.core.rollout import rollout
     from grpo.plugins.samplers.flow import DanceSDE
+    from grpo.plugins.solvers.solvers import DPMSolverPP, Euler
     from grpo.plugins.trees.topologies import Fan
 
-    sampler = sampler or DanceSDE(steps=4, eta=0.5)
+    sampler = complete(sampler or DanceSDE(steps=4, eta=0.5), "sampler")
     plan = plan or Fan(group_size=4, noise_scale=1.0).plan(sampler.steps)
-    policy = policy or tiny_policy()
+    policy = complete(policy or tiny_policy(), "model")
+    keep = keep or Keep(log_prob=True, states=True, split_logprob=split_logprob)  # type: ignore[arg-type]
+    solvers = {"": complete(solver or Euler(), "solver"), "euler": complete(Euler(), "solver"),
+               "dpm-solver++": complete(DPMSolverPP(), "solver")}
     cond = policy.encode_prompts(prompts or PROMPTS[:2])
     gen = torch.Generator().manual_seed(seed)
-    ro = rollout(policy, sampler, plan, cond, generator=gen, max_batch=16, split_logprob=split_logprob)
+    ro = rollout(policy, sampler, plan, cond, generator=gen, max_batch=max_batch, solvers=solvers, keep=keep)
     return ro, cond, policy
+
+
+def strategy_parts(strategy: str, *, plugins: Any = (), **table: Any) -> dict[str, Any]:
+    """The parts a recipe's ``[strategy]`` table runs, built: ``use = strategy`` and `table`'s keys
+    (short keys such as ``split_points=[0, 2]``, or part tables such as ``topology={"use": "chains"}``).
+    Returns them by slot (``pruner``: a list). `plugins` are registered beside the installed ones."""
+    from grpo.core.compose import resolve_strategy
+    from grpo.core.errors import UserErrors
+    from grpo.core.registry import load_registry
+
+    errors: list = []
+    spec, _ = resolve_strategy(load_registry(plugins=plugins), {"use": strategy, **table}, errors)
+    if errors or spec is None:
+        raise UserErrors(errors)
+    return {"topology": spec.topology.build(), "advantage": spec.advantage.build(),
+            "pruner": [p.build() for p in spec.pruners], "objective": spec.objective.build(),
+            "solver": spec.solver.build()}
 
 
 # settings that make any recipe run in seconds on the tiny model

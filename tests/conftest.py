@@ -26,6 +26,8 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_policy(tiny_model_dir):
+    """The shapes policy on the tiny model, built as a run builds it (its optional members completed)."""
+    from grpo.core.registry import complete
     from grpo.plugins.shapes.policy import ShapesPolicy
 
-    return ShapesPolicy(path=str(tiny_model_dir), device="cpu")
+    return complete(ShapesPolicy(path=str(tiny_model_dir), device="cpu"), "model")

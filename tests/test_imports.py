@@ -1,5 +1,6 @@
-"""Layering, read from the source: `grpo.core` imports no plugin, no analysis and no CLI module, and a
-plugin folder imports no other plugin folder.
+"""Layering, read from the source: `grpo.core` imports no plugin, no analysis and no CLI module, the CLI
+imports no plugin (it reaches components through the registry), and a plugin folder imports no other
+plugin folder.
 
 Every `import x` and `from x import y` counts, inside functions too; relative imports are resolved
 against the package the file belongs to.
@@ -11,7 +12,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN_IN_CORE = ("grpo.plugins", "grpo.analysis", "grpo.cli")
+FORBIDDEN = {"core": ("grpo.plugins", "grpo.analysis", "grpo.cli"), "cli": ("grpo.plugins",)}
 
 
 def module_name(path: Path, folder: Path, package: str) -> str:
@@ -57,15 +58,20 @@ def modules_under(folder: Path, package: str):
             yield path, module_name(path, folder, package)
 
 
-def core_violations(root: Path = ROOT) -> list[str]:
+def layer_violations(layer: str, root: Path = ROOT) -> list[str]:
+    """Imports of `layer` (``core`` or ``cli``) of what it may not import."""
     def is_bad(name: str) -> bool:
-        return any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN_IN_CORE)
+        return any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN[layer])
 
     found = []
-    for path, module in modules_under(root / "core", "grpo.core"):
+    for path, module in modules_under(root / layer, f"grpo.{layer}"):
         for line, target, names in imports_of(path, module):
             found += [f"{path.relative_to(root)}:{line} imports {m}" for m in reached(target, names, is_bad)]
     return found
+
+
+def core_violations(root: Path = ROOT) -> list[str]:
+    return layer_violations("core", root)
 
 
 def plugin_folders(root: Path = ROOT) -> list[str]:
@@ -124,6 +130,11 @@ def test_core_imports_no_plugin_analysis_or_cli():
     assert not found, "grpo.core must not import grpo.plugins, grpo.analysis or grpo.cli:\n" + "\n".join(found)
 
 
+def test_cli_imports_no_plugin():
+    found = layer_violations("cli")
+    assert not found, "grpo.cli reaches components through the registry, not by importing grpo.plugins:\n" + "\n".join(found)
+
+
 def test_the_checks_resolve_relative_and_nested_imports(tmp_path):
     (tmp_path / "core").mkdir()
     (tmp_path / "core" / "__init__.py").write_text("")
@@ -158,13 +169,40 @@ def test_plugin_folders_do_not_import_each_other():
                        f"{sorted(shared_plugin_modules())}, not another folder:\n" + "\n".join(found))
 
 
-def test_the_engine_is_short_and_probes_no_ability():
+def ability_probes(root: Path = ROOT) -> list[str]:
+    """Every getattr/hasattr call in core/ and cli/ outside the registry (which reads what a factory
+    declares and completes a component's optional members once, when it is built)."""
+    found = []
+    for folder in ("core", "cli"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.relative_to(root) == Path("core", "registry.py"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.func.id}")
+    return found
+
+
+def test_no_ability_probes_in_core_or_cli():
+    """Components are called through their declared Protocol members: a missing optional member gets its
+    default once, when the component is built (grpo.core.registry.complete), never asked for later."""
+    found = ability_probes()
+    assert not found, "getattr/hasattr outside core/registry.py: " + ", ".join(found)
+
+
+def test_the_probe_check_finds_probes(tmp_path):
+    (tmp_path / "core").mkdir()
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "core" / "registry.py").write_text("x = getattr(object, 'a', None)\n")
+    (tmp_path / "core" / "engine.py").write_text("def f(c):\n    return hasattr(c, 'memory')\n")
+    (tmp_path / "cli" / "run.py").write_text("import os\nn = getattr(os, 'cpu_count')\n")
+    assert ability_probes(tmp_path) == [f"{Path('core', 'engine.py')}:2 hasattr", f"{Path('cli', 'run.py')}:2 getattr"]
+
+
+def test_the_engine_is_short_and_cores_functions_are_readable():
     """The engine stays a short loop over declared Protocol members; core's functions stay readable."""
     engine = ROOT / "core" / "engine.py"
     assert len(engine.read_text().splitlines()) <= 250
-    probes = [node.lineno for node in ast.walk(ast.parse(engine.read_text()))
-              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")]
-    assert not probes, f"core/engine.py probes abilities with getattr/hasattr at lines {probes}"
     long = []
     for path in sorted((ROOT / "core").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -3,26 +3,15 @@
 import pytest
 import torch
 
-from grpo.core.compose import default_make
 from grpo.core.reward import RewardOutput
 from grpo.core.tree import EdgeSet
-from grpo.plugins.branchgrpo.advantage import DepthWiseAdvantage
-from grpo.plugins.branchgrpo.pruners import DepthPruner, LastStepPruner, WidthPruner
-from grpo.plugins.branchgrpo.strategy import BranchGRPO, BranchGRPOMix
-from grpo.plugins.dancegrpo.advantage import GroupAdvantage
-from grpo.plugins.dancegrpo.pruners import TimestepFraction
-from grpo.plugins.dancegrpo.strategy import DanceGRPO
-from grpo.plugins.samplers.flow import DanceSDE, FlowSDE
-from grpo.plugins.shapes.rewards import JpegCompressibility, ShapesFaithfulness
-from grpo.plugins.trees.topologies import Fan
+from grpo.plugins.samplers.flow import DanceSDE
 from grpo.testing import (
     check_advantage,
     check_pruner,
     check_reward,
     check_sampler,
-    check_strategy,
-    check_topology,
-    tiny_images,
+    strategy_parts,
     tiny_rollout,
 )
 
@@ -31,36 +20,8 @@ from grpo.testing import (
 def tree_rollout(tiny_model_dir):
     from grpo.testing import tiny_policy
 
-    plan = BranchGRPO(split_points=[0, 2], branch_factor=2).build(default_make()).topology.plan(4)
+    plan = strategy_parts("branchgrpo", split_points=[0, 2], branch_factor=2)["topology"].plan(4)
     return tiny_rollout(plan, policy=tiny_policy(tiny_model_dir))[0]
-
-
-@pytest.mark.parametrize("reward", [ShapesFaithfulness(), JpegCompressibility()])
-def test_builtin_rewards_keep_the_contract(reward):
-    check_reward(reward, *tiny_images(5))
-
-
-@pytest.mark.parametrize("sampler", [DanceSDE(steps=4, eta=0.5), FlowSDE(steps=4, noise_level=0.7)])
-def test_builtin_samplers_keep_the_contract(sampler):
-    check_sampler(sampler)
-
-
-@pytest.mark.parametrize("estimator", [GroupAdvantage(), DepthWiseAdvantage(), DepthWiseAdvantage(fusion="path-prob")])
-def test_builtin_advantages_keep_the_contract(estimator, tree_rollout):
-    check_advantage(estimator, tree_rollout)
-
-
-@pytest.mark.parametrize("pruner", [TimestepFraction(timestep_fraction=0.5), DepthPruner(pruned_depths=[2, 3]), WidthPruner(),
-                                    LastStepPruner()])
-def test_builtin_pruners_keep_the_contract(pruner, tree_rollout):
-    check_pruner(pruner, tree_rollout)
-
-
-@pytest.mark.parametrize("strategy", [DanceGRPO(group_size=3), BranchGRPO(split_points=[0, 2]),
-                                      BranchGRPOMix(split_points=[0, 2])])
-def test_builtin_strategies_keep_the_contract(strategy):
-    check_strategy(strategy, steps=4)
-    check_topology(Fan(group_size=3))
 
 
 # -- broken components are caught --------------------------------------------------------------------

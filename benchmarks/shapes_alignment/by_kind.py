@@ -25,7 +25,7 @@ from grpo.plugins.shapes.world import parse_caption
 
 def breakdown(run_dir: Path, base: int | None, final: int | None, set_name: str = "train") -> str:
     recipe, _ = load_recipe(run_dir / "recipe.resolved.toml", [], env=True)
-    sets = recipe.prompts.create().eval_sets()
+    sets = recipe.prompts.build().eval_sets()
     if set_name not in sets:
         raise SystemExit(f"{run_dir} has no evaluation set {set_name!r}; its sets: {', '.join(sets)}")
     prompts = sets[set_name]

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 from benchmarks.shapes_alignment.make_figures import machine  # noqa: E402
 from grpo.cli.common import load_recipe  # noqa: E402
 from grpo.core.components import PromptCache, build  # noqa: E402
+from grpo.core.edges import EdgeUnits, reevaluate  # noqa: E402
 from grpo.core.rollout import rollout  # noqa: E402
 from grpo.core.tree import EdgeSet  # noqa: E402
-from grpo.core.update import EdgeBatch, edge_terms  # noqa: E402
 
 STEP_SETS = {"steps 0-2": range(0, 3), "steps 3-5": range(3, 6), "steps 6-9": range(6, 10), "steps 0-9": range(0, 10)}
 
@@ -67,15 +67,16 @@ def main() -> None:
     idx = torch.randperm(len(c.train_prompts), generator=g)[: args.trees]
     prompts = [c.train_prompts[i] for i in idx.tolist()]
     cond = PromptCache(policy).encode(prompts)
-    plan = c.parts.topology.plan(sampler.steps, 0)
+    plan = c.parts.plan(sampler.steps, 0)
     init = None
     if recipe.train.init_same_noise:
         init = torch.randn((1, *policy.latent_shape), generator=g).expand(args.trees, *policy.latent_shape).clone()
-    ro = rollout(policy, sampler, plan, cond, generator=g, max_batch=recipe.train.rollout_batch, init_noise=init)
+    ro = rollout(policy, sampler, plan, cond, generator=g, max_batch=recipe.train.rollout_batch, init_noise=init,
+                 solvers=c.parts.solvers, keep=c.parts.keep)
     leaf_prompts = [prompts[i] for i in ro.tree[-1].tolist()]
     scores, report = c.rewards.score(policy.decode(ro.final), leaf_prompts)
-    adv = c.rewards.advantages(c.parts.advantage, recipe.composition.records["advantage"], ro, scores)
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    adv = c.rewards.advantages(c.parts.advantage, recipe.strategy.advantage.entry, ro, scores)
+    batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
     tree_of = torch.stack([ro.tree[k + 1][c] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
     size = sum(p.numel() for p in params)
     per_set = {name: torch.zeros(args.trees, size) for name in STEP_SETS}
@@ -87,7 +88,7 @@ def main() -> None:
             mb = batch.take(sel)
             if float(mb.advantage.abs().sum()) == 0.0:
                 continue
-            log_prob, _, _ = edge_terms(policy, sampler, ro, cond, mb, c.parts.split_logprob)
+            log_prob = reevaluate(policy, sampler, ro, cond, mb, c.parts.keep.split_logprob).log_prob
             grads = torch.autograd.grad(-(mb.advantage * log_prob).sum(), params)
             flat = torch.cat([x.reshape(-1) for x in grads])
             for name, steps in STEP_SETS.items():

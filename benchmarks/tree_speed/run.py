@@ -59,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, recipe_file, sets in VARIANTS:
             sets = [*sets, f"train.iterations={args.iterations}", "eval.every=0", "logging.tensorboard=false",
-                    "train.kl_beta=0"]  # as measured: the cost of the tree alone, no reference forwards
+                    "strategy.kl_beta=0"]  # as measured: the cost of the tree alone, no reference forwards
             recipe, _ = load_recipe(ROOT / "recipes" / recipe_file, sets, env=True)
             report = cost(recipe)
             run_dir = Path(tmp) / recipe_file

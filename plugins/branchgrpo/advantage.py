@@ -48,6 +48,11 @@ class DepthWiseAdvantage:
     ) -> None:
         self.fusion, self.fusion_alpha, self.advantage_clamp = fusion, fusion_alpha, advantage_clamp
 
+    @property
+    def needs_log_prob(self) -> bool:
+        """Path-probability fusion weighs children by the log-probabilities of their edges."""
+        return self.fusion == "path-prob"
+
     def __call__(self, rollout: Rollout, rewards: torch.Tensor) -> Advantages:
         fused = fuse_rewards(rollout, rewards, self.fusion, self.fusion_alpha)
         plan = rollout.plan

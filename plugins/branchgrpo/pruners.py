@@ -21,7 +21,7 @@ def _active(ctx: PruneContext, fraction: float) -> bool:
 
 
 class DepthPruner:
-    """Drop the edges whose child depth is in `pruned_depths`.
+    """Drop the edges whose child depth is in `pruned_depths` (none when it is empty).
 
     With `depth_slide_every` > 0 the set moves one depth shallower every `depth_slide_every`
     iterations, until its shallowest depth reaches `depth_stop` (default, -1: the last split point).
@@ -30,7 +30,8 @@ class DepthPruner:
     def __init__(
         self,
         *,
-        pruned_depths: Annotated[list[int], Range(ge=1), Doc("child depths whose edges are not trained")],
+        pruned_depths: Annotated[list[int], Range(ge=1), Doc(
+            "child depths whose edges are not trained (a node made by step k has depth k + 1; empty = none)")] = [],  # noqa: B006
         depth_slide_every: Annotated[int, Range(ge=0), Doc("iterations between slides (0 = fixed)")] = 0,
         depth_stop: Annotated[int, Range(ge=-1), Doc("shallowest depth of a sliding set (-1 = last split point)")] = -1,
         pruning_fraction: FractionOption = 1.0,
@@ -74,7 +75,8 @@ class WidthPruner:
     def __init__(
         self,
         *,
-        width_ratio: Annotated[float, Range(gt=0, le=1), Doc("share of chains kept after the last split")] = 0.5,
+        width_ratio: Annotated[float, Range(gt=0, le=1), Doc(
+            "share of chains kept after the last split (1.0 keeps every chain)")] = 0.5,
         width_pooled: Annotated[bool, Doc("rank leaves over all of this rank's trees, not per tree")] = False,
         pruning_fraction: FractionOption = 1.0,
         width_pooled_across_ranks: Annotated[bool, Doc("with width_pooled: over every rank's trees")] = False,

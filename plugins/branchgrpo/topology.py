@@ -46,8 +46,9 @@ class Branching:
         window_slide_every: WindowSlideEvery = 0,
         window_stride: WindowStride = 1,
         flash_ratio: Annotated[float, Range(ge=0, lt=1), Doc(
-            "Mix-Flash: the ODE steps after the last stochastic step become DPM-Solver++ steps on a grid "
+            "Mix-Flash: the ODE steps after the last stochastic step become flash_solver steps on a grid "
             "of ⌊(T − last)·ratio⌋ points (0 = off)")] = 0.0,
+        flash_solver: Annotated[str, Doc("the registered solver of the compressed tail")] = "dpm-solver++",
     ) -> None:
         self.split_points = list(split_points)
         self.num_splits = num_splits
@@ -55,20 +56,20 @@ class Branching:
         self.split_noise_scale = split_noise_scale
         self.window_size, self.window_start = window_size, window_start
         self.window_slide_every, self.window_stride = window_slide_every, window_stride
-        self.flash_ratio = flash_ratio
+        self.flash_ratio, self.flash_solver = flash_ratio, flash_solver
 
     def splits(self, steps: int) -> list[int]:
         points = even_split_points(steps, self.num_splits) if self.num_splits else self.split_points
         if not points:
-            raise UserError("a branching tree needs at least one split point", where="strategy.split_points")
+            raise UserError("a branching tree needs at least one split point", where="split_points")
         if sorted(set(points)) != list(points) or points[-1] >= steps:
             raise UserError(
                 f"split points must be increasing, distinct and below sampler.steps = {steps}; got {points}",
-                where="strategy.split_points",
+                where="split_points",
             )
         if points[-1] == steps - 1:
             raise UserError(f"a split at the last step ({steps - 1}) gives {self.branch_factor} identical leaves: its "
-                            "children all decode from the same x̂0", where="strategy.split_points",
+                            "children all decode from the same x̂0", where="split_points",
                             hint=f"split before step {steps - 1}, or use more sampler.steps")
         return list(points)
 
@@ -88,4 +89,4 @@ class Branching:
             noise_scale=tuple(self.split_noise_scale if k in points else 1.0 for k in range(steps)),
             stochastic=tuple(k in points or k in window for k in range(steps)),
         )
-        return compress_tail(plan, self.flash_ratio) if self.flash_ratio else plan
+        return compress_tail(plan, self.flash_ratio, self.flash_solver) if self.flash_ratio else plan

@@ -38,7 +38,7 @@ class TimestepFraction:
     ) -> None:
         if step_window and (len(step_window) != 2 or step_window[0] >= step_window[1]):
             raise UserError(f"step_window must be [start, stop) with start < stop, got {step_window}",
-                            where="strategy.step_window")
+                            where="step_window")
         self.timestep_fraction, self.ignore_last, self.step_window = timestep_fraction, ignore_last, list(step_window)
         self.step_rounding, self.step_choice = step_rounding, step_choice
 

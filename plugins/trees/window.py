@@ -65,8 +65,10 @@ class SDEWindow:
         exp_decay_rate: Annotated[float, Range(ge=0), Doc("exp-decay: rate k")] = 0.1,
         window_seed: Annotated[int, Range(ge=0), Doc("random: seed of the starts")] = 0,
         flash_ratio: Annotated[float, Range(ge=0, lt=1), Doc(
-            "MixGRPO-Flash: the ODE steps after the window become DPM-Solver++ steps on a grid of "
-            "⌊(T − last)·ratio⌋ points (0 = Euler steps on the sampler's grid; released 0.4)")] = 0.0,
+            "MixGRPO-Flash: the ODE steps after the window become flash_solver steps on a grid of "
+            "⌊(T − last)·ratio⌋ points (0 = the rollout's solver on the sampler's grid; released 0.4)")] = 0.0,
+        flash_solver: Annotated[str, Doc("the registered solver of the compressed tail (released: DPM-Solver++)")
+                                ] = "dpm-solver++",
     ) -> None:
         if len(window_range) != 2:
             raise UserError(f"window_range must be [lo, hi), got {window_range}", where="window_range")
@@ -75,7 +77,7 @@ class SDEWindow:
         self.iters_per_window, self.window_stride, self.roll_back = iters_per_window, window_stride, roll_back
         self.max_iters, self.min_iters = max_iters_per_window, min_iters_per_window
         self.exp_decay_from, self.exp_decay_rate, self.window_seed = exp_decay_from, exp_decay_rate, window_seed
-        self.flash_ratio = flash_ratio
+        self.flash_ratio, self.flash_solver = flash_ratio, flash_solver
 
     def bounds(self, steps: int) -> tuple[int, int]:
         """(lo, hi) of the window's steps in a tree of `steps` steps."""
@@ -129,4 +131,4 @@ class SDEWindow:
         else:
             plan = TreePlan(tuple(self.group_size if k == window.start else 1 for k in range(steps)), (1.0,) * steps,
                             stochastic)
-        return compress_tail(plan, self.flash_ratio) if self.flash_ratio else plan
+        return compress_tail(plan, self.flash_ratio, self.flash_solver) if self.flash_ratio else plan

@@ -253,9 +253,9 @@ def test_the_shipped_shapes_family_compares_as_is(tmp_path):
     assert len(jobs) == 2 * len(family)
     said = {(n.split(" differs ")[0], n.split(" in ")[1].split(":")[0]) for n in notes}
     sde = {"sampler.use"}  # a sampler of another kind: its kind is said, not each option it lacks
-    assert {k for r, k in said if r == "shapes_dance_lora"} == {"model.lora_rank", "train.lr", "train.kl_beta"}
+    assert {k for r, k in said if r == "shapes_dance_lora"} == {"model.lora_rank", "train.lr"}
     assert {k for r, k in said if r in ("shapes_mixgrpo", "shapes_mixgrpo_flash")} == sde
-    assert {k for r, k in said if r == "shapes_flowgrpo"} == sde | {"train.kl_form"}
+    assert {k for r, k in said if r == "shapes_flowgrpo"} == sde
     assert {r for r, _ in said} == {"shapes_dance_lora", "shapes_flowgrpo", "shapes_mixgrpo", "shapes_mixgrpo_flash"}
     _, notes = plan_jobs([recipes / "shapes_dance.toml", recipes / "shapes_branch.toml"], [0],
                          ["eval.every_minutes=5"], tmp_path)

@@ -96,7 +96,7 @@ def test_deepspeed_backend_matches_torch_backend(tiny_model_dir, tmp_path, ds):
         out = tmp_path / backend
         table = f"{{use='{backend}'}}" if backend == "torch" else f"{{use='deepspeed', {ds}}}"
         extra = ["--set", f"backend={table}", "--set", "eval.every=0", "--set", "train.optimizer_steps=2",
-                 "--set", "train.kl_beta=0.5", "--set", "train.micro_batch=2", "--set", "train.lr=1e-3"]
+                 "--set", "strategy.kl_beta=0.5", "--set", "train.micro_batch=2", "--set", "train.lr=1e-3"]
         result = CliRunner().invoke(app, ["run", DANCE, *small(tiny_model_dir, 2, extra), "--out", str(out), "--quiet"])
         assert result.exit_code == 0, result.output
         outs[backend] = [r for r in read_metrics(out) if r["kind"] == "train"]
@@ -144,7 +144,7 @@ def test_sigkill_and_resume_match_an_uninterrupted_run(tiny_model_dir, tmp_path)
 
 def test_kl_penalty_with_lora(tiny_model_dir, tmp_path):
     out = tmp_path / "kl"
-    extra = ["--set", "train.kl_beta=0.1", "--set", "sampler.noise_block=1", "--set", "model.lora_rank=2", "--set", "eval.every=0",
+    extra = ["--set", "strategy.kl_beta=0.1", "--set", "sampler.noise_block=1", "--set", "model.lora_rank=2", "--set", "eval.every=0",
              "--set", "train.lr=1e-2", "--set", "reward=[{use='jpeg-compressibility'}]"]
     result = CliRunner().invoke(app, ["run", DANCE, *small(tiny_model_dir, 2, extra), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
@@ -182,7 +182,7 @@ def test_training_raises_a_reward_the_policy_can_move(tmp_path):
     prompts.write_text("one red square on a black background\n")
     out = tmp_path / "run"
     sets = [f"prompts={{use='file', path='{prompts}', eval_count=0}}", "train.prompts_per_iteration=1",
-            "strategy.group_size=16", "train.lr=1e-4", "train.kl_beta=0.0", "train.iterations=10",
+            "strategy.group_size=16", "train.lr=1e-4", "strategy.kl_beta=0.0", "train.iterations=10",
             "eval.every=0", "train.checkpoint_every=100", "reward=[{use='jpeg-compressibility'}]",
             "sampler.noise_block=1", "strategy.step_window=[0,10]", "strategy.timestep_fraction=0.8"]
     result = CliRunner().invoke(app, ["run", DANCE, *[x for s in sets for x in ("--set", s)], "--out", str(out), "--quiet"])

@@ -10,14 +10,14 @@ import torch
 from typer.testing import CliRunner
 
 from grpo.cli.main import app
-from grpo.core.compose import default_make
-from grpo.core.rollout import plan_sigmas, rollout
-from grpo.core.sampler import dpm_solver_step, euler_step, sigma_grid
+from grpo.core.edges import EdgeUnits, reevaluate
+from grpo.core.rollout import plan_sigmas
+from grpo.core.sampler import dpm_solver_step, sigma_grid
+from grpo.core.solver import Previous
 from grpo.core.tree import Advantages, EdgeSet, TreePlan, compress_tail
-from grpo.core.update import EdgeBatch, edge_terms
-from grpo.plugins.branchgrpo.strategy import BranchGRPOMix
-from grpo.plugins.mixgrpo.strategy import MixGRPO, MixGRPOFlash
 from grpo.plugins.samplers.flow import FlowSDE
+from grpo.plugins.solvers.solvers import DPMSolverPP, Euler
+from grpo.testing import check_solver, strategy_parts, tiny_rollout
 
 MU, S = 0.7, 0.3  # data x0 ~ N(MU, S²) per coordinate
 
@@ -41,14 +41,32 @@ def exact(x, sigma, sigma_to):
 
 
 def integrate(x, sigmas, solver):
-    prev = (None, None)
+    """The registered solver's steps on the Gaussian's exact velocity."""
+    step = {"euler": Euler(), "dpm": DPMSolverPP(order=2)}[solver].step
+    prev = None
     for k in range(len(sigmas) - 1):
         s, sn = sigmas[k].expand(x.shape[0]), sigmas[k + 1].expand(x.shape[0])
         v = gaussian_v(x, float(sigmas[k]))
         x0 = x - float(sigmas[k]) * v
-        x = euler_step(x, v, s, sn) if solver == "euler" else dpm_solver_step(x, x0, s, sn, *prev)
-        prev = (x0, s)
+        x, prev = step(x, v, x0, s, sn, prev).double(), Previous(x0, v, s)
     return x
+
+
+def test_the_registered_solvers_keep_their_contract():
+    check_solver(Euler())
+    check_solver(DPMSolverPP(order=2))
+    check_solver(DPMSolverPP(order=1))
+
+
+def test_euler_is_the_plain_step_and_first_order_dpm_ignores_the_previous_step():
+    g = torch.Generator().manual_seed(3)
+    x, v = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    s, sn = torch.tensor([0.8, 0.8]), torch.tensor([0.5, 0.5])
+    x0 = x - 0.8 * v
+    torch.testing.assert_close(Euler().step(x, v, x0, s, sn, None), x + (sn - s).view(-1, 1, 1, 1) * v)
+    prev = Previous(x0 + 1.0, v, torch.tensor([0.9, 0.9]))
+    torch.testing.assert_close(DPMSolverPP(order=1).step(x, v, x0, s, sn, prev), dpm_solver_step(x, x0, s, sn))
+    assert not torch.allclose(DPMSolverPP(order=2).step(x, v, x0, s, sn, prev), dpm_solver_step(x, x0, s, sn))
 
 
 def test_matches_diffusers_dpm_solver_multistep_with_flow_sigmas():
@@ -60,12 +78,13 @@ def test_matches_diffusers_dpm_solver_multistep_with_flow_sigmas():
     scheduler.set_timesteps(10)
     sigmas = scheduler.sigmas.float()
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
-    theirs, ours, prev = x.clone(), x.clone(), (None, None)
+    theirs, ours, prev, solver = x.clone(), x.clone(), None, DPMSolverPP(order=2)
     for k, t in enumerate(scheduler.timesteps):
         theirs = scheduler.step(gaussian_v(theirs, float(sigmas[k])), t, theirs).prev_sample
         s, sn = sigmas[k].expand(4), sigmas[k + 1].expand(4)
-        x0 = ours - s.view(-1, 1) * gaussian_v(ours, float(sigmas[k]))
-        ours, prev = dpm_solver_step(ours, x0, s, sn, *prev), (x0, s)
+        v = gaussian_v(ours, float(sigmas[k]))
+        x0 = ours - s.view(-1, 1) * v
+        ours, prev = solver.step(ours, v, x0, s, sn, prev), Previous(x0, v, s)
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
 
 
@@ -102,7 +121,7 @@ def released_flash_forwards(steps, window, ratio, splits=(), b=2, group=1):
 
 @pytest.mark.parametrize("iteration", [0, 20, 100, 200, 280])
 def test_mixgrpo_flash_costs_match_a_brute_force_count(iteration):
-    topology = MixGRPOFlash().build(default_make()).topology
+    topology = strategy_parts("mixgrpo-flash")["topology"]
     plan = topology.plan(25, iteration)
     window = list(topology.window(25, iteration))
     total, forwards = released_flash_forwards(25, window, 0.4, group=12)
@@ -113,7 +132,7 @@ def test_mixgrpo_flash_costs_match_a_brute_force_count(iteration):
 
 
 def test_branch_mix_flash_costs_match_a_brute_force_count():
-    plan = BranchGRPOMix(flash_ratio=0.4).build(default_make()).topology.plan(20)
+    plan = strategy_parts("branchgrpo-mix", flash_ratio=0.4)["topology"].plan(20)
     total, forwards = released_flash_forwards(20, range(4), 0.4, splits=(0, 3, 6, 9))
     assert (plan.steps, plan.rollout_forwards) == (total, forwards) == (13, 91)
     assert plan.split_steps == (0, 3, 6, 9) and plan.stochastic_edges == 34  # training is Mix's own
@@ -123,7 +142,7 @@ def test_compressed_grid_by_hand():
     window = TreePlan((1, 4) + (1,) * 8, (1.0,) * 10, (False, True, True) + (False,) * 7)
     plan = compress_tail(window, 0.4)  # last = 2: ⌊8·0.4⌋ = 3 points from u = 0.7 to 0
     assert plan.times == pytest.approx((1.0, 0.9, 0.8, 0.7, 0.35, 0.0))
-    assert plan.solver == ("euler",) * 3 + ("dpm",) * 2 and plan.branch == (1, 4, 1, 1, 1)
+    assert plan.solver == ("",) * 3 + ("dpm-solver++",) * 2 and plan.branch == (1, 4, 1, 1, 1)
     sigmas = plan_sigmas(FlowSDE(steps=10, shift=3.0), plan)
     torch.testing.assert_close(sigmas[:4], sigma_grid(10, 3.0)[:4])  # the trained steps keep their σ
     assert float(sigmas[4]) == pytest.approx(3 * 0.35 / (1 + 2 * 0.35)) and float(sigmas[-1]) == 0.0
@@ -131,22 +150,23 @@ def test_compressed_grid_by_hand():
     assert compress_tail(late, 0.4) is late  # one ODE step after the window: nothing to save
 
 
-@pytest.mark.parametrize("strategy", [MixGRPOFlash(group_size=3, window_size=2),
-                                      BranchGRPOMix(split_points=[0, 2], window_size=2, flash_ratio=0.4)],
+@pytest.mark.parametrize("strategy,table", [("mixgrpo-flash", {"group_size": 3, "window_size": 2}),
+                                            ("branchgrpo-mix", {"split_points": [0, 2], "window_size": 2,
+                                                                "flash_ratio": 0.4})],
                          ids=["mixgrpo-flash", "branchgrpo-mix-flash"])
-def test_flash_rollouts_stay_on_policy_and_end_clean(tiny_policy, strategy):
+def test_flash_rollouts_stay_on_policy_and_end_clean(tiny_policy, strategy, table):
     sampler = FlowSDE(steps=10, noise_level=0.7)
-    parts = strategy.build(default_make())
-    plan = parts.topology.plan(10)
-    assert "dpm" in plan.solver
-    cond = tiny_policy.encode_prompts(["two red circles on a gray background"])
-    ro = rollout(tiny_policy, sampler, plan, cond, generator=torch.Generator().manual_seed(4), max_batch=4,
-                 split_logprob=parts.split_logprob)
+    parts = strategy_parts(strategy, **table)
+    split_logprob = parts["objective"].split_logprob
+    plan = parts["topology"].plan(10)
+    assert "dpm-solver++" in plan.solver
+    ro, cond, _ = tiny_rollout(plan, sampler=sampler, prompts=["two red circles on a gray background"], seed=4,
+                               split_logprob=split_logprob, policy=tiny_policy, max_batch=4)
     assert ro.final.shape == ro.states[-1].shape and torch.allclose(ro.final, ro.states[-1], atol=1e-5)
     assert all(torch.isnan(ro.log_prob[k]).all() for k in range(plan.steps) if not plan.stochastic[k])
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
-    lp, _, _ = edge_terms(tiny_policy, sampler, ro, cond, batch, parts.split_logprob)
+    batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    lp = reevaluate(tiny_policy, sampler, ro, cond, batch, split_logprob).log_prob
     assert torch.all((torch.exp(lp - batch.old_log_prob) - 1).abs() < 1e-5)
 
 
@@ -161,5 +181,5 @@ def test_grpo_plan_counts_the_flash_recipes(tmp_path):
         assert result.exit_code == 0, result.output
         data = json.loads(result.output)
         assert (data["steps"], data["rollout_forwards_per_tree"]) == expected
-        assert {s["mode"] for s in data["per_step"]} == {"SDE", "DPM"} | ({"ODE"} if "branch" in name else set())
-    assert MixGRPO().build(default_make()).topology.plan(25).solver == ()  # plain MixGRPO: Euler, full grid
+        assert {s["mode"] for s in data["per_step"]} == {"SDE", "dpm-solver++"} | ({"ODE"} if "branch" in name else set())
+    assert strategy_parts("mixgrpo")["topology"].plan(25).solver == ()  # plain MixGRPO: the rollout's solver, full grid

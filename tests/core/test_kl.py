@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from grpo.core.update import reference_kl
+from grpo.core.registry import complete
+from grpo.plugins.objectives.clipped_ratio import reference_kl
 from grpo.plugins.samplers.flow import DanceSDE
 from grpo.testing import tiny_policy
 
@@ -27,7 +28,7 @@ def test_gaussian_kl_is_torchs_on_the_noise_draws(block):
     g = torch.Generator().manual_seed(0)
     mean, mean_ref = torch.randn(3, 3, 32, 32, generator=g), torch.randn(3, 3, 32, 32, generator=g)
     std, delta = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.05, 0.1, 0.2])
-    ours = reference_kl(tiny_policy(), DanceSDE(steps=4, noise_block=block), mean, mean_ref, std, delta)
+    ours = reference_kl(tiny_policy(), complete(DanceSDE(steps=4, noise_block=block), "sampler"), mean, mean_ref, std, delta)
     mu, mu_ref = tile_means(mean, block), tile_means(mean_ref, block)
     s = std.view(-1, 1, 1, 1).expand_as(mu)
     want = kl_divergence(Normal(mu, s), Normal(mu_ref, s)).flatten(1).mean(dim=1)
@@ -38,9 +39,9 @@ def test_flow_grpo_kl_divides_by_its_sigma_t_without_the_step_size():
     g = torch.Generator().manual_seed(1)
     mean, mean_ref = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
     std, delta = torch.tensor([0.1, 0.3]), torch.tensor([0.04, 0.1])
-    ours = reference_kl(tiny_policy(), DanceSDE(steps=4), mean, mean_ref, std, delta, "flow-grpo")
+    ours = reference_kl(tiny_policy(), complete(DanceSDE(steps=4), "sampler"), mean, mean_ref, std, delta, "flow-grpo")
     sigma_t_sq = (std**2 / delta).view(-1, 1, 1, 1)  # Flow-GRPO's std_dev_t² (τ = σ_t·sqrt(Δ))
     want = ((mean - mean_ref) ** 2 / (2 * sigma_t_sq)).flatten(1).mean(dim=1)
     torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-7)
-    gaussian = reference_kl(tiny_policy(), DanceSDE(steps=4), mean, mean_ref, std, delta)
+    gaussian = reference_kl(tiny_policy(), complete(DanceSDE(steps=4), "sampler"), mean, mean_ref, std, delta)
     torch.testing.assert_close(ours, gaussian * delta)  # 1/Δ times weaker: 10-25× here

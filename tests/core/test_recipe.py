@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 
 from grpo.cli.common import load_recipe
+from grpo.core.config import TrainConfig
 from grpo.core.errors import UserError, UserErrors
-from grpo.core.recipe import TrainConfig, apply_overrides, expand_env
+from grpo.core.recipe import apply_overrides, expand_env
 from grpo.core.schema import validate
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"))
@@ -12,8 +13,11 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.toml"
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path):
+    from grpo.core.components import build_parts
+
     recipe, _ = load_recipe(path, env=False)
     assert recipe.rewards and recipe.train.iterations >= 1
+    build_parts(recipe)  # its parts fit together, as `grpo validate` checks
 
 
 def test_overrides_parse_toml_values():
@@ -92,3 +96,30 @@ def test_reward_names_label_the_logs_and_survive_resolution(tmp_path):
     # the exact-match reward is the binary component of the faithfulness one, image by image
     assert train["reward/exact-match/mean"] == pytest.approx(train["reward/shapes-faithfulness/exact/mean"])
     assert train["reward/shapes-faithfulness/mean"] == pytest.approx(train["reward/shapes-faithfulness/score/mean"])
+
+
+def test_a_run_directory_of_version_0_1_reads_in_the_new_layout():
+    """The committed runs of benchmarks/branch_vs_dance were written by 0.1 ([train] kl_beta, the
+    strategy's own options, [parts]): read again, DanceGRPO's is exactly today's shapes_dance recipe,
+    so `grpo compare` keeps it; BranchGRPO's keeps the parts it ran (no width pruner), which today's
+    preset adds, so a comparison redoes it rather than passing it off as today's."""
+    from grpo.cli.compare import _check_same_settings
+    from grpo.core.recipe import load_toml, upgrade_resolved
+
+    runs = RECIPES[0].parents[1] / "benchmarks" / "branch_vs_dance" / "runs"
+    old = load_toml(runs / "shapes_dance-seed1" / "recipe.resolved.toml")
+    assert "kl_beta" in old["train"] and "objective" not in old["strategy"]  # the 0.1 layout
+    dance, _ = load_recipe(runs / "shapes_dance-seed1" / "recipe.resolved.toml", env=False, resolved=True)
+    today, _ = load_recipe(RECIPES[0].parent / "shapes_dance.toml", ["train.seed=1"], env=False)
+    assert dance.to_dict() == today.to_dict()
+    _check_same_settings(runs / "shapes_dance-seed1", today.to_dict())  # kept by grpo compare
+    branch, _ = load_recipe(runs / "shapes_branch-seed0" / "recipe.resolved.toml", env=False, resolved=True)
+    assert [p.entry.name for p in branch.strategy.pruners] == ["depth"]
+    assert branch.strategy.objective.options == {"clip_range": 1e-3, "kl_beta": 0.5, "kl_form": "gaussian",
+                                                 "grpo_guard": False, "split_logprob": "nominal"}
+    now, _ = load_recipe(RECIPES[0].parent / "shapes_branch.toml", env=False)
+    with pytest.raises(UserError, match=r"other settings \(\[strategy\] differ\)"):
+        _check_same_settings(runs / "shapes_branch-seed0", now.to_dict())
+    assert upgrade_resolved(today.to_dict()) == today.to_dict()  # today's layout passes unchanged
+    with pytest.raises(UserErrors, match="train.kl_beta"):  # a user's recipe with 0.1 keys is told where they went
+        load_recipe(runs / "shapes_dance-seed1" / "recipe.resolved.toml", env=False)

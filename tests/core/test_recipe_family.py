@@ -1,10 +1,10 @@
 """The shapes recipe family: every ``recipes/shapes_*.toml`` agrees with ``shapes_dance.toml`` on
 everything but the algorithm, so that `grpo compare` of any subset of them compares algorithms only.
 
-What may differ: the ``[strategy]`` table (and the parts it expands to), the SDE's own noise options
-of the sampler (its ``use``, ``eta``, ``noise_level``, ``first_step``: each method's exploration), and the
-form of the KL term. A recipe that trains adapters (``model.lora_rank``) may also set its own adapter
-size, learning rate and KL weight. Everything else (model, steps, shift, ``noise_block``, rewards,
+What may differ: the ``[strategy]`` table (every part it runs, the objective's clip range and KL term
+among them) and the SDE's own noise options of the sampler (its ``use``, ``eta``, ``noise_level``,
+``first_step``: each method's exploration). A recipe that trains adapters (``model.lora_rank``) may
+also set its own adapter size and learning rate. Everything else (model, steps, shift, ``noise_block``, rewards,
 prompts, evaluation set and schedule, iterations, batch, optimizer) is the family's.
 """
 
@@ -19,8 +19,8 @@ from grpo.cli.common import load_recipe
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 FAMILY = sorted(p for p in RECIPES.glob("shapes_*.toml") if p.stem != "shapes_dance")
 ALGORITHM = ("strategy", "parts", "provenance", "sampler.use", "sampler.eta", "sampler.noise_level",
-             "sampler.first_step", "train.kl_form")
-ADAPTERS = ("model.lora_rank", "model.lora_alpha", "train.lr", "train.kl_beta")
+             "sampler.first_step")
+ADAPTERS = ("model.lora_rank", "model.lora_alpha", "train.lr")
 
 
 def _flat(data: object, path: str = "") -> dict[str, object]:

@@ -3,20 +3,22 @@
 import pytest
 import torch
 
-from grpo.core.rollout import rollout
+from grpo.core.edges import EdgeUnits, reevaluate
 from grpo.core.tree import Advantages, EdgeSet
-from grpo.core.update import EdgeBatch, clipped_loss, edge_terms, partition
+from grpo.core.update import partition
+from grpo.plugins.objectives.clipped_ratio import clipped_loss
 from grpo.plugins.samplers.flow import DanceSDE, FlowSDE
 from grpo.plugins.trees.topologies import Fan
+from grpo.testing import tiny_rollout
 
 PROMPTS = ["two red circles on a gray background", "one blue square on a white background"]
 
 
 def _rollout(policy, sampler, max_batch, group=3, seed=0, split_logprob="nominal", noise_scale=1.0):
     plan = Fan(group_size=group, noise_scale=noise_scale).plan(sampler.steps)
-    cond = policy.encode_prompts(PROMPTS)
-    gen = torch.Generator().manual_seed(seed)
-    return rollout(policy, sampler, plan, cond, generator=gen, max_batch=max_batch, split_logprob=split_logprob), cond
+    ro, cond, _ = tiny_rollout(plan, sampler=sampler, prompts=PROMPTS, seed=seed, split_logprob=split_logprob,
+                               policy=policy, max_batch=max_batch)
+    return ro, cond
 
 
 def test_rollout_does_not_depend_on_micro_batch(tiny_policy):
@@ -36,11 +38,11 @@ def test_rollout_does_not_depend_on_micro_batch(tiny_policy):
 def test_on_policy_ratio_is_one_for_every_transition(tiny_policy, sampler, split_logprob, noise_scale):
     ro, cond = _rollout(tiny_policy, sampler, max_batch=5, split_logprob=split_logprob, noise_scale=noise_scale)
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
     assert len(batch) == ro.plan.edges * 2
     ratios = []
     for part in torch.split(torch.arange(len(batch)), 7):  # a micro-batch size unlike the rollout's
-        lp, _, _ = edge_terms(tiny_policy, sampler, ro, cond, batch.take(part), split_logprob)
+        lp = reevaluate(tiny_policy, sampler, ro, cond, batch.take(part), split_logprob).log_prob
         ratios.append(torch.exp(lp - batch.old_log_prob[part]))
     r = torch.cat(ratios)
     assert torch.all((r - 1).abs() < 1e-5), float((r - 1).abs().max())
@@ -89,13 +91,13 @@ def test_partition_covers_every_edge_once_and_keeps_chains_together(tiny_policy)
     sampler = DanceSDE(steps=4)
     ro, _ = _rollout(tiny_policy, sampler, 8)
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
     gen = torch.Generator().manual_seed(0)
     for unit in ("edges", "chains"):
-        parts = partition(batch, 3, unit, gen)
+        parts = partition(batch.major, batch.chain, 3, unit, gen)
         assert len(parts) == 3
         assert sorted(torch.cat(parts).tolist()) == list(range(len(batch)))
-    chains = partition(batch, 3, "chains", gen)
+    chains = partition(batch.major, batch.chain, 3, "chains", gen)
     seen = [set(batch.chain[p].tolist()) for p in chains]
     assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1 :])
 

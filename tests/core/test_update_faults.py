@@ -9,17 +9,15 @@ import copy
 
 import pytest
 import torch
+from support import clipped_update
 
 from grpo.core.backend import OptimizerConfig
+from grpo.core.edges import EdgeUnits
 from grpo.core.tree import Advantages, EdgeSet
-from grpo.core.update import EdgeBatch, UpdateConfig, update
 from grpo.plugins.backends.plain import TorchBackend
 from grpo.plugins.samplers.flow import DanceSDE
 from grpo.plugins.trees.topologies import Fan
 from grpo.testing import tiny_policy, tiny_rollout
-
-CONFIG = UpdateConfig(clip_range=1e-3, optimizer_steps=1, epochs=1, micro_batch=4, accumulation_unit="edges",
-                      kl_beta=0.0, split_logprob="nominal")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +26,7 @@ def setting():
     ro, cond, policy = tiny_rollout(Fan(group_size=4).plan(3), sampler=sampler)
     gen = torch.Generator().manual_seed(3)
     adv = Advantages([torch.randn(ro.states[k + 1].shape[0], generator=gen) for k in range(ro.steps)])
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
     return sampler, ro, cond, policy, batch
 
 
@@ -42,11 +40,11 @@ def train(setting, batch, *, poison_grad: bool = False):
                                                             grad_clip=1.0))
     if poison_grad:  # a gradient that is not finite for a reason no edge shows
         params[0].register_hook(lambda g: torch.full_like(g, float("inf")))
-    stats = update(policy, sampler, backend, ro, cond, batch, CONFIG, torch.Generator().manual_seed(0))
+    stats = clipped_update(policy, sampler, backend, ro, cond, batch, clip_range=1e-3)
     return [p.detach().clone() for p in params], stats
 
 
-def poisoned(batch: EdgeBatch, i: int, how: str) -> EdgeBatch:
+def poisoned(batch: EdgeUnits, i: int, how: str) -> EdgeUnits:
     out = batch.take(torch.arange(len(batch)))
     if how == "advantage":
         out.advantage[i] = float("nan")
@@ -72,7 +70,7 @@ def test_one_poisoned_edge_costs_only_that_edge(setting, how):
         without = batch.take(torch.tensor([j for j in range(len(batch)) if j != i]))
     want, clean = train(setting, without)
     got, stats = train(setting, poisoned(batch, i, how))
-    assert clean.skipped_edges == 0 and stats.skipped_edges == 1 and stats.skipped_steps == 0
+    assert clean.skipped == 0 and stats.skipped == 1 and stats.skipped_steps == 0
     assert stats.optimizer_steps == 1 and torch.isfinite(torch.tensor(stats.grad_norm))
     assert max(float((a - b).abs().max()) for a, b in zip(got, want, strict=True)) < 1e-6
     moved = max(float((a - b).abs().max()) for a, b in zip(got, setting[3].trainable_parameters(), strict=True))
@@ -81,7 +79,7 @@ def test_one_poisoned_edge_costs_only_that_edge(setting, how):
 
 def test_a_step_whose_gradient_is_not_finite_for_another_reason_is_dropped_and_counted(setting):
     got, stats = train(setting, setting[4], poison_grad=True)
-    assert stats.skipped_steps == 1 and stats.optimizer_steps == 0 and stats.skipped_edges == 0
+    assert stats.skipped_steps == 1 and stats.optimizer_steps == 0 and stats.skipped == 0
     base = setting[3].trainable_parameters()
     assert all(torch.equal(a, b) for a, b in zip(got, base, strict=True))  # nothing applied
 

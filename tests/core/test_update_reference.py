@@ -9,14 +9,16 @@ import copy
 
 import pytest
 import torch
+from support import clipped_update
 from torch.distributions import Normal
 
 from grpo.core.backend import OptimizerConfig
-from grpo.core.recipe import RewardSpec
+from grpo.core.config import RewardSpec
+from grpo.core.edges import EdgeUnits
 from grpo.core.registry import load_registry
 from grpo.core.scoring import Rewards
 from grpo.core.tree import Advantages, EdgeSet
-from grpo.core.update import EdgeBatch, UpdateConfig, update
+from grpo.core.update import UpdateConfig
 from grpo.plugins.backends.plain import TorchBackend
 from grpo.plugins.samplers.flow import DanceSDE
 from grpo.plugins.trees.topologies import Fan
@@ -34,10 +36,10 @@ def setting():
     ro, cond, policy = tiny_rollout(Fan(group_size=3).plan(3), sampler=sampler)
     gen = torch.Generator().manual_seed(5)
     adv = Advantages([torch.randn(ro.states[k + 1].shape[0], generator=gen) for k in range(ro.steps)])
-    return sampler, ro, cond, policy, EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    return sampler, ro, cond, policy, EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
 
 
-def hand_partition(batch: EdgeBatch, parts: int, unit: str, gen: torch.Generator) -> list[list[int]]:
+def hand_partition(batch: EdgeUnits, parts: int, unit: str, gen: torch.Generator) -> list[list[int]]:
     """Shuffle edges (or whole chains, each kept in step order) and split them into `parts` steps."""
     if unit == "edges":
         order = torch.randperm(len(batch), generator=gen).tolist()
@@ -84,9 +86,9 @@ def engine_update(setting, parts: int, epochs: int, unit: str):
     params = policy.trainable_parameters()
     backend = TorchBackend(device="cpu")
     backend.setup(policy.denoiser, params, OPTIM)
-    config = UpdateConfig(clip_range=CLIP, optimizer_steps=parts, epochs=epochs, micro_batch=2,
-                          accumulation_unit=unit, kl_beta=0.0, split_logprob="nominal")
-    stats = update(policy, sampler, backend, ro, cond, batch, config, torch.Generator().manual_seed(11))
+    config = UpdateConfig(optimizer_steps=parts, epochs=epochs, micro_batch=2, accumulation_unit=unit)
+    stats = clipped_update(policy, sampler, backend, ro, cond, batch, clip_range=CLIP, config=config,
+                           generator=torch.Generator().manual_seed(11))
     return [p.detach() for p in params], stats
 
 
@@ -109,9 +111,9 @@ def test_advantage_aggregation_is_the_weighted_sum_of_per_reward_advantages(sett
     gen = torch.Generator().manual_seed(2)
     scores = [torch.randn(ro.states[-1].shape[0], generator=gen), 10 * torch.rand(ro.states[-1].shape[0], generator=gen)]
     estimator = registry.get("advantage", "group").factory()
-    record = registry.get("advantage", "group")
-    per = Rewards(specs, [None, None], "advantage").advantages(estimator, record, ro, scores)
-    summed = Rewards(specs, [None, None], "sum").advantages(estimator, record, ro, scores)
+    entry = registry.get("advantage", "group")
+    per = Rewards(specs, [None, None], "advantage").advantages(estimator, entry, ro, scores)
+    summed = Rewards(specs, [None, None], "sum").advantages(estimator, entry, ro, scores)
     group = ro.plan.leaves
 
     def norm(r):

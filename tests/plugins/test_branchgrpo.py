@@ -5,23 +5,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import log_probs, sample
 
-from grpo.core.compose import default_make
+from grpo.core.edges import EdgeUnits
 from grpo.core.errors import UserError
 from grpo.core.plan import skeleton
 from grpo.core.pruner import PruneContext
-from grpo.core.rollout import rollout
 from grpo.core.sampler import sigma_grid
 from grpo.core.tree import Advantages, EdgeSet, TreePlan
-from grpo.core.update import EdgeBatch, edge_terms
 from grpo.plugins.branchgrpo.advantage import DepthWiseAdvantage
 from grpo.plugins.branchgrpo.pruners import DepthPruner, LastStepPruner, WidthPruner
-from grpo.plugins.branchgrpo.strategy import BranchGRPO, BranchGRPOMix
 from grpo.plugins.branchgrpo.topology import Branching, even_split_points
 from grpo.plugins.dancegrpo.advantage import GroupAdvantage
-from grpo.plugins.dancegrpo.strategy import DanceGRPO
 from grpo.plugins.samplers.flow import DanceSDE
 from grpo.plugins.trees.topologies import Fan
+from grpo.testing import strategy_parts
 
 
 def brute_force(steps, splits, b):
@@ -42,7 +40,7 @@ def test_branching_costs_match_brute_force(steps, splits, b):
 
 
 def test_reference_tree_costs_and_even_split_points():
-    plan = BranchGRPO().build(default_make()).topology.plan(20)
+    plan = strategy_parts("branchgrpo")["topology"].plan(20)
     assert (plan.rollout_forwards, plan.edges, plan.leaves) == (203, 218, 16)
     assert even_split_points(20, 4) == [0, 3, 6, 9]
     assert Branching(num_splits=4).plan(20).split_steps == (0, 3, 6, 9)
@@ -102,7 +100,7 @@ def test_depth_wise_advantage_is_per_tree_and_zero_for_single_or_flat_depths():
 
 
 def test_pruners_only_narrow_edges():
-    plan = BranchGRPO().build(default_make()).topology.plan(20)
+    plan = strategy_parts("branchgrpo")["topology"].plan(20)
     ro = _tree(plan)
     r = torch.arange(16, dtype=torch.float32)
     adv = DepthWiseAdvantage()(ro, r)
@@ -119,7 +117,7 @@ def test_pruners_only_narrow_edges():
 
 
 def test_depth_pruner_counts_and_slide():
-    plan = BranchGRPO().build(default_make()).topology.plan(20)
+    plan = strategy_parts("branchgrpo")["topology"].plan(20)
     ro = _tree(plan)
     adv = DepthWiseAdvantage()(ro, torch.arange(16.0))
     full = EdgeSet.all_stochastic(ro)
@@ -147,17 +145,18 @@ def test_width_pruner_keeps_best_and_worst_chains_per_tree_or_pooled():
 def test_dancegrpo_equals_the_fan_tree_of_branchgrpo(tiny_policy):
     """DanceGRPO = the tree with split points {0}, b = G, λ = 1: same samples, advantages and loss."""
     sampler = DanceSDE(steps=4, eta=0.5)
-    dance = DanceGRPO(group_size=4, timestep_fraction=1.0).build(default_make())
-    tree = BranchGRPO(split_points=[0], branch_factor=4, split_noise_scale=1.0).build(default_make())
+    dance = strategy_parts("dancegrpo", group_size=4, timestep_fraction=1.0)
+    tree = strategy_parts("branchgrpo", split_points=[0], branch_factor=4, split_noise_scale=1.0)
     cond = tiny_policy.encode_prompts(["two red circles on a gray background", "one blue square on a white background"])
     outs = []
     for parts in (dance, tree):
-        ro = rollout(tiny_policy, sampler, parts.topology.plan(4), cond,
-                     generator=torch.Generator().manual_seed(0), max_batch=8, split_logprob=parts.split_logprob)
+        mode = parts["objective"].split_logprob
+        ro = sample(tiny_policy, sampler, parts["topology"].plan(4), cond,
+                    generator=torch.Generator().manual_seed(0), max_batch=8, split_logprob=mode)
         rewards = ro.final.flatten(1).mean(1)  # any deterministic function of the samples
-        adv = parts.advantage(ro, rewards)
-        batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
-        lp, _, _ = edge_terms(tiny_policy, sampler, ro, cond, batch, parts.split_logprob)
+        adv = parts["advantage"](ro, rewards)
+        batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
+        lp = log_probs(tiny_policy, sampler, ro, cond, batch, mode)
         loss = -(batch.advantage * torch.exp(lp - batch.old_log_prob)).mean()
         outs.append((ro, adv, loss))
     (ra, aa, la), (rb, ab, lb) = outs
@@ -172,23 +171,24 @@ def test_dancegrpo_equals_the_fan_tree_of_branchgrpo(tiny_policy):
 @pytest.mark.parametrize("mode", ["nominal", "scaled"])
 def test_on_policy_ratio_on_split_edges(tiny_policy, mode):
     sampler = DanceSDE(steps=5, eta=0.5)
-    parts = BranchGRPO(split_points=[0, 2], split_logprob=mode).build(default_make())
+    parts = strategy_parts("branchgrpo", split_points=[0, 2], split_logprob=mode)
+    assert parts["objective"].keep.split_logprob == mode
     cond = tiny_policy.encode_prompts(["three green triangles on a black background"])
-    ro = rollout(tiny_policy, sampler, parts.topology.plan(5), cond, generator=torch.Generator().manual_seed(1),
-                 max_batch=3, split_logprob=mode)
+    ro = sample(tiny_policy, sampler, parts["topology"].plan(5), cond, generator=torch.Generator().manual_seed(1),
+                max_batch=3, split_logprob=mode)
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
-    lp, _, _ = edge_terms(tiny_policy, sampler, ro, cond, batch, mode)
+    batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    lp = log_probs(tiny_policy, sampler, ro, cond, batch, mode)
     assert torch.all((torch.exp(lp - batch.old_log_prob) - 1).abs() < 1e-5)
 
 
 def test_mix_trains_only_sde_edges_and_window_slides():
-    mix = BranchGRPOMix(window_size=4, window_slide_every=10, window_stride=2).build(default_make())
-    plan = mix.topology.plan(20, iteration=0)
+    mix = strategy_parts("branchgrpo-mix", window_size=4, window_slide_every=10, window_stride=2)
+    plan = mix["topology"].plan(20, iteration=0)
     assert [k for k in range(20) if plan.stochastic[k]] == [0, 1, 2, 3, 6, 9]
-    later = mix.topology.plan(20, iteration=35)  # three moves of 2 steps: window 6..9
+    later = mix["topology"].plan(20, iteration=35)  # three moves of 2 steps: window 6..9
     assert [k for k in range(20) if later.stochastic[k]] == [0, 3, 6, 7, 8, 9]
-    end = mix.topology.plan(20, iteration=10_000)  # the window stops at the last steps
+    end = mix["topology"].plan(20, iteration=10_000)  # the window stops at the last steps
     assert [k for k in range(20) if end.stochastic[k]] == [0, 3, 6, 9, 16, 17, 18, 19]
     ro = _tree(plan)
     edges = EdgeSet.all_stochastic(ro)
@@ -202,7 +202,7 @@ def test_mix_ode_steps_have_no_log_probability(tiny_policy):
     sampler = DanceSDE(steps=6, eta=0.5)
     plan = TreePlan((2, 1, 1, 1, 1, 1), (4.0, 1, 1, 1, 1, 1), (True, True, False, False, False, False))
     cond = tiny_policy.encode_prompts(["one red circle on a white background"])
-    ro = rollout(tiny_policy, sampler, plan, cond, generator=torch.Generator().manual_seed(0), max_batch=4)
+    ro = sample(tiny_policy, sampler, plan, cond, generator=torch.Generator().manual_seed(0), max_batch=4)
     assert torch.isnan(ro.log_prob[3]).all() and torch.isfinite(ro.log_prob[0]).all()
     assert EdgeSet.all_stochastic(ro).per_step() == [2, 2, 0, 0, 0, 0]
     assert Fan(group_size=2).plan(6).stochastic == (True,) * 6
@@ -248,7 +248,7 @@ def test_a_split_at_the_last_step_is_refused(tmp_path):
     """Its children all decode from the same x̂0: b identical leaves."""
     with pytest.raises(UserError, match="last step") as e:
         Branching(split_points=[0, 3]).plan(4)
-    assert e.value.where == "strategy.split_points"
+    assert e.value.where == "split_points"  # the option's name: a recipe reports it where it was set
 
 
 def test_pruned_depths_beyond_the_tree_are_refused(tmp_path):
@@ -285,8 +285,8 @@ def test_split_log_probabilities_in_closed_form(tiny_policy, mode):
     lam, sampler = 3.0, DanceSDE(steps=3, eta=0.5)
     plan = Branching(split_points=[0], branch_factor=2, split_noise_scale=lam).plan(3)
     cond = tiny_policy.encode_prompts(["one red circle on a white background"])
-    ro = rollout(tiny_policy, sampler, plan, cond, generator=torch.Generator().manual_seed(4), max_batch=4,
-                 split_logprob=mode)
+    ro = sample(tiny_policy, sampler, plan, cond, generator=torch.Generator().manual_seed(4), max_batch=4,
+                split_logprob=mode)
     x, sigma, sigma_next = ro.states[0], ro.sigmas[0].expand(1), ro.sigmas[1].expand(1)
     with torch.no_grad():
         mean, tau = sampler.step(x, tiny_policy.velocity(x, sigma, cond).float(), sigma, sigma_next)

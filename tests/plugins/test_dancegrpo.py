@@ -4,15 +4,14 @@ from pathlib import Path
 import torch
 
 from grpo.core.advantage import normalise_groups
-from grpo.core.compose import default_make
 from grpo.core.plan import skeleton
 from grpo.core.pruner import PruneContext
 from grpo.core.sampler import sigma_grid
 from grpo.core.tree import Advantages, EdgeSet
 from grpo.plugins.dancegrpo.advantage import GroupAdvantage
 from grpo.plugins.dancegrpo.pruners import TimestepFraction
-from grpo.plugins.dancegrpo.strategy import DanceGRPO
 from grpo.plugins.trees.topologies import Fan
+from grpo.testing import strategy_parts
 
 
 def _forest(group, steps, trees):
@@ -49,11 +48,14 @@ def test_timestep_fraction_trains_ceil_f_t_steps_per_chain():
 
 
 def test_strategy_parts_follow_options():
-    parts = DanceGRPO(group_size=16, timestep_fraction=1.0, clip_range=1e-4).build(default_make())
-    assert parts.pruners == []  # f = 1 trains every step
-    plan = parts.topology.plan(20)
+    parts = strategy_parts("dancegrpo", group_size=16, timestep_fraction=1.0, clip_range=2e-4)
+    plan = parts["topology"].plan(20)
     assert (plan.leaves, plan.edges, plan.rollout_forwards) == (16, 320, 305)
-    assert parts.clip_range == 1e-4 and parts.sampler == "dance-sde"
+    assert parts["objective"].clip_range == 2e-4 and parts["pruner"][0].timestep_fraction == 1.0
+    ro = _forest(group=16, steps=20, trees=1)  # f = 1 trains every step
+    adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
+    ctx = PruneContext(0, 1, torch.Generator().manual_seed(0))
+    assert parts["pruner"][0](ro, adv, EdgeSet.all_stochastic(ro), ctx).count() == 320
 
 
 def test_timestep_fraction_window():

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import clipped_update, log_probs, sample
 
-from grpo.core.rollout import rollout
+from grpo.core.edges import EdgeUnits
 from grpo.core.tree import Advantages, EdgeSet, TreePlan
-from grpo.core.update import EdgeBatch
 from grpo.plugins.diffusion.models import FluxPolicy, SD3Policy, WanPolicy
 from grpo.plugins.samplers.flow import ODE
 from grpo.testing.tiny_diffusers import tiny_flux, tiny_sd3, tiny_wan
@@ -70,8 +70,8 @@ def test_sampling_matches_the_diffusers_pipeline(name, folders):
     policy = make(name, folders)
     steps = 4
     noise = torch.randn((2, *policy.latent_shape), generator=torch.Generator().manual_seed(3))
-    ours = rollout(policy, PipelineGridODE(policy.pipe, steps), TreePlan((1,) * steps, (1.0,) * steps, (False,) * steps),
-                   policy.encode_prompts(PROMPTS), generator=torch.Generator(), max_batch=8, init_noise=noise).final
+    ours = sample(policy, PipelineGridODE(policy.pipe, steps), TreePlan((1,) * steps, (1.0,) * steps, (False,) * steps),
+                  policy.encode_prompts(PROMPTS), generator=torch.Generator(), max_batch=8, init_noise=noise).final
     theirs = pipeline_latents(name, policy, noise, steps)
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-5)
@@ -126,11 +126,12 @@ def test_one_branchgrpo_iteration_end_to_end(name, folders, tmp_path, monkeypatc
              "max_sequence_length": 16, **kwargs}
     data = {
         "model": model,
-        "strategy": {"use": "branchgrpo", "split_points": [0, 2], "branch_factor": 2, "clip_range": 1e-3},
+        "strategy": {"use": "branchgrpo", "split_points": [0, 2], "branch_factor": 2, "clip_range": 1e-3,
+                     "kl_beta": 0.1},
         "sampler": {"use": "dance-sde", "steps": 4, "eta": 0.5},
         "reward": [{"use": "test-mean-red" if name == "wan-t2v" else "jpeg-compressibility"}],
         "prompts": {"use": "file", "path": str(tmp_path / "prompts.txt"), "eval_count": 1},
-        "train": {"iterations": 1, "prompts_per_iteration": 2, "micro_batch": 4, "rollout_batch": 8, "kl_beta": 0.1,
+        "train": {"iterations": 1, "prompts_per_iteration": 2, "micro_batch": 4, "rollout_batch": 8,
                   "checkpoint_every": 1},
         "eval": {"every": 1, "grid_images": 2},
         "backend": {"use": "torch", "device": "cpu"},
@@ -192,9 +193,9 @@ def test_the_latent_shape_is_known_from_the_configs_before_weights_load(name, fo
     """What `grpo validate` checks a noise block against equals the loaded policy's noise grid."""
     _, cls, kwargs = CASES[name]
     options = {"path": str(folders[name]), "height": 32, "width": 32, **({"frames": 5} if name == "wan-t2v" else {})}
-    from grpo.core.abilities import complete
+    from grpo.core.registry import complete
 
-    policy = complete(make(name, folders), "policy")  # the built-in default for models that tile their latent
+    policy = complete(make(name, folders), "model")  # the built-in default for models that tile their latent
     assert cls.noise_grid_for(options) == policy.noise_grid()
     if name != "flux":
         assert policy.noise_grid() == tuple(policy.latent_shape)
@@ -235,8 +236,8 @@ def test_flux_noise_tiles_are_squares_of_the_unpacked_latent(folders):
     b = 4
     sampler = DanceSDE(steps=2, eta=0.7, noise_block=b)
     cond = policy.encode_prompts(PROMPTS[:1])
-    ro = rollout(policy, sampler, TreePlan((2, 1), (1.0, 1.0), (True, True)), cond,
-                 generator=torch.Generator().manual_seed(0), max_batch=4)
+    ro = sample(policy, sampler, TreePlan((2, 1), (1.0, 1.0), (True, True)), cond,
+                generator=torch.Generator().manual_seed(0), max_batch=4)
     x, sigma, sigma_next = ro.states[0], ro.sigmas[0].expand(1), ro.sigmas[1].expand(1)
     mean, std = sampler.step(x, policy.velocity(x, sigma, cond), sigma, sigma_next)
     eps = (ro.states[1] - mean) / std.view(-1, 1, 1)  # both children's standard normal draws, packed
@@ -248,10 +249,8 @@ def test_flux_noise_tiles_are_squares_of_the_unpacked_latent(folders):
     means = tiles[:, :, :, 0, :, 0]
     assert means.unique().numel() > 0.9 * means.numel()  # and one draw per square, channel and child
     assert abs(float(means.std()) - 1.0) < 0.25
-    from grpo.core.update import edge_terms
-
-    batch = EdgeBatch.gather(ro, Advantages([torch.zeros(2), torch.zeros(2)]), EdgeSet.all_stochastic(ro))
-    log_prob, _, _ = edge_terms(policy, sampler, ro, cond, batch, "nominal")
+    batch = EdgeUnits.gather(ro, Advantages([torch.zeros(2), torch.zeros(2)]), EdgeSet.all_stochastic(ro))
+    log_prob = log_probs(policy, sampler, ro, cond, batch)
     torch.testing.assert_close(log_prob, batch.old_log_prob, atol=1e-4, rtol=0)
 
 
@@ -262,7 +261,6 @@ def test_bf16_rollout_and_update_stay_on_policy(name, folders):
     rounds differently; measured: FLUX and Wan 0, SD3 ≤ 5e-4), the weights train, and nothing is
     skipped."""
     from grpo.core.backend import OptimizerConfig
-    from grpo.core.update import UpdateConfig, update
     from grpo.plugins.backends.plain import TorchBackend
     from grpo.plugins.samplers.flow import DanceSDE
 
@@ -271,20 +269,19 @@ def test_bf16_rollout_and_update_stay_on_policy(name, folders):
     sampler = DanceSDE(steps=3, eta=0.7)
     cond = policy.encode_prompts(PROMPTS)
     plan = TreePlan((2, 1, 1), (1.0, 1.0, 1.0), (True, True, True))
-    ro = rollout(policy, sampler, plan, cond, generator=torch.Generator().manual_seed(0), max_batch=3)
+    ro = sample(policy, sampler, plan, cond, generator=torch.Generator().manual_seed(0), max_batch=3)
     adv = Advantages([torch.randn(ro.states[k + 1].shape[0], generator=torch.Generator().manual_seed(k))
                       for k in range(3)])
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
     params = policy.trainable_parameters()
     before = [p.detach().float().clone() for p in params]
     backend = TorchBackend(device="cpu")
     backend.setup(policy.denoiser, params, OptimizerConfig(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
                                                            grad_clip=1.0))
-    config = UpdateConfig(clip_range=1e-3, optimizer_steps=1, epochs=1, micro_batch=4, accumulation_unit="edges",
-                          kl_beta=0.0, split_logprob="nominal")
-    stats = update(policy, sampler, backend, ro, cond, batch, config, torch.Generator().manual_seed(0))
-    assert stats.trained_edges == 2 * 6 and stats.skipped_edges == 0 and stats.optimizer_steps == 1
-    assert abs(stats.ratio_min - 1) < 2e-3 and abs(stats.ratio_max - 1) < 2e-3, (stats.ratio_min, stats.ratio_max)
+    stats = clipped_update(policy, sampler, backend, ro, cond, batch, clip_range=1e-3)
+    assert stats.trained == 2 * 6 and stats.skipped == 0 and stats.optimizer_steps == 1
+    low, high = stats.metrics["ratio_min"], stats.metrics["ratio_max"]
+    assert abs(low - 1) < 2e-3 and abs(high - 1) < 2e-3, (low, high)
     assert any(not torch.equal(p.detach().float(), b) for p, b in zip(params, before, strict=True))
 
 

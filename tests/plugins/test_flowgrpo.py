@@ -5,20 +5,19 @@ import statistics
 
 import pytest
 import torch
+from support import log_probs, sample
 
-from grpo.core.compose import default_make
 from grpo.core.dist import Group
+from grpo.core.edges import EdgeUnits
 from grpo.core.plan import skeleton
 from grpo.core.pruner import PruneContext
-from grpo.core.rollout import rollout
 from grpo.core.sampler import sigma_grid
 from grpo.core.scoring import zero_std_ratio
 from grpo.core.tree import Advantages, EdgeSet
-from grpo.core.update import EdgeBatch, edge_terms
 from grpo.plugins.dancegrpo.advantage import GroupAdvantage
-from grpo.plugins.flowgrpo.strategy import FlowGRPO
 from grpo.plugins.samplers.flow import FlowSDE
 from grpo.plugins.trees.topologies import Chains, Fan
+from grpo.testing import strategy_parts
 
 PROMPTS = ["two red circles on a gray background", "one blue square on a white background"]
 
@@ -36,29 +35,29 @@ def test_rollout_of_chains_draws_one_initial_noise_per_chain(tiny_policy):
     plan = Chains(group_size=3).plan(3)
     cond = tiny_policy.encode_prompts(PROMPTS)
     gens = [torch.Generator().manual_seed(s) for s in (5, 6)]
-    ro = rollout(tiny_policy, sampler, plan, cond, generator=gens, max_batch=4)
+    ro = sample(tiny_policy, sampler, plan, cond, generator=gens, max_batch=4)
     assert [s.shape[0] for s in ro.states] == [6, 6, 6, 6]
     assert ro.tree[0].tolist() == [0, 0, 0, 1, 1, 1] and ro.num_trees == 2
     roots = ro.states[0].flatten(1)
     assert torch.linalg.matrix_rank(roots) == 6  # six different noises
     # the second tree sampled alone (its own generator) is the same tree
-    alone = rollout(tiny_policy, sampler, plan, cond.select(torch.tensor([1])),
-                    generator=[torch.Generator().manual_seed(6)], max_batch=4)
+    alone = sample(tiny_policy, sampler, plan, cond.select(torch.tensor([1])),
+                   generator=[torch.Generator().manual_seed(6)], max_batch=4)
     torch.testing.assert_close(alone.states[-1], ro.states[-1][3:], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="2 initial noises for 2 trees of 3 root"):
-        rollout(tiny_policy, sampler, plan, cond, generator=gens, max_batch=4, init_noise=ro.states[0][:2])
+        sample(tiny_policy, sampler, plan, cond, generator=gens, max_batch=4, init_noise=ro.states[0][:2])
 
 
 def test_flow_grpo_advantage_by_hand():
     rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 10.0])
     pop = statistics.pstdev(rewards.tolist())  # one std over the batch, population form
-    parts = FlowGRPO(group_size=4).build(default_make())
-    ro = skeleton(parts.topology.plan(3), sigma_grid(3), trees=2)
-    got = parts.advantage(ro, rewards)
+    parts = strategy_parts("flow-grpo", group_size=4)
+    ro = skeleton(parts["topology"].plan(3), sigma_grid(3), trees=2)
+    got = parts["advantage"](ro, rewards)
     want = [(r - 2.5) / (pop + 1e-4) for r in (1, 2, 3, 4)] + [0.0] * 4
     for k in range(3):  # every edge of a chain carries its leaf's advantage
         torch.testing.assert_close(got.values[k], torch.tensor(want))
-    own = FlowGRPO(group_size=4, global_std=False).build(default_make()).advantage(ro, rewards)
+    own = strategy_parts("flow-grpo", group_size=4, std="group")["advantage"](ro, rewards)
     first = statistics.pstdev([1, 2, 3, 4])
     torch.testing.assert_close(own.values[0][:4], torch.tensor([(r - 2.5) / (first + 1e-4) for r in (1, 2, 3, 4)]))
     torch.testing.assert_close(own.values[0][4:], torch.zeros(4))  # a flat group: 0 / (0 + 1e-4)
@@ -83,25 +82,26 @@ def test_zero_std_ratio_counts_flat_groups():
 
 
 def test_flow_grpo_trains_the_released_share_of_each_chain():
-    parts = FlowGRPO(group_size=3).build(default_make())
-    plan = parts.topology.plan(10)
+    parts = strategy_parts("flow-grpo", group_size=3)
+    plan = parts["topology"].plan(10)
     ro = skeleton(plan, sigma_grid(10), trees=2)
     adv = Advantages([torch.zeros(n.shape[0]) for n in ro.states[1:]])
-    edges = parts.pruners[0](ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 1, torch.Generator().manual_seed(0)))
+    edges = parts["pruner"][0](ro, adv, EdgeSet.all_stochastic(ro), PruneContext(0, 1, torch.Generator().manual_seed(0)))
     per_chain = torch.stack(edges.masks, dim=1).sum(dim=1)
     assert per_chain.tolist() == [9] * 6  # ⌊0.99 · 10⌋ of each chain's 10 steps: the first nine
     assert all(bool(m.all()) for m in edges.masks[:9]) and not edges.masks[9].any()
-    assert parts.clip_range == 1e-4 and parts.sampler == "flow-sde"
+    objective = parts["objective"]
+    assert (objective.clip_range, objective.kl_beta, objective.kl_form) == (1e-4, 0.04, "flow-grpo")
 
 
 def test_on_policy_ratio_of_flow_grpo_edges(tiny_policy):
     sampler = FlowSDE(steps=4, noise_level=0.7)
-    parts = FlowGRPO(group_size=3).build(default_make())
+    parts = strategy_parts("flow-grpo", group_size=3)
     cond = tiny_policy.encode_prompts(PROMPTS)
-    ro = rollout(tiny_policy, sampler, parts.topology.plan(4), cond, generator=torch.Generator().manual_seed(2),
-                 max_batch=5)
+    ro = sample(tiny_policy, sampler, parts["topology"].plan(4), cond, generator=torch.Generator().manual_seed(2),
+                max_batch=5)
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
     assert len(batch) == 2 * 3 * 4
-    lp, _, _ = edge_terms(tiny_policy, sampler, ro, cond, batch, parts.split_logprob)
+    lp = log_probs(tiny_policy, sampler, ro, cond, batch, parts["objective"].split_logprob)
     assert torch.all((torch.exp(lp - batch.old_log_prob) - 1).abs() < 1e-5)

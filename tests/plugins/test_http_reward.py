@@ -121,7 +121,7 @@ def test_failed_samples_are_left_out_of_training(server, tmp_path):
     records = run_tiny_recipe(recipe, tmp_path / "run", [
         f"reward=[{{use='http', url='{server}', image_size=0}}]",
         f"prompts={{use='file', path='{prompts}', eval_count=1}}",
-        "strategy.group_size=3", "strategy.timestep_fraction=1.0", "strategy.step_window=[]", "train.kl_beta=0",
+        "strategy.group_size=3", "strategy.timestep_fraction=1.0", "strategy.step_window=[]", "strategy.kl_beta=0",
     ])
     train = next(r for r in records if r["kind"] == "train")
     assert train["reward/failed"] == 3  # the three chains of 'a bad square'

@@ -5,17 +5,15 @@ import itertools
 
 import pytest
 import torch
+from support import log_probs, sample
 
-from grpo.core.compose import default_make
+from grpo.core.edges import EdgeUnits
 from grpo.core.errors import UserError
-from grpo.core.rollout import rollout
 from grpo.core.tree import Advantages, EdgeSet
-from grpo.core.update import EdgeBatch, edge_terms
 from grpo.plugins.dancegrpo.advantage import GroupAdvantage
-from grpo.plugins.flowgrpo.strategy import FlowGRPO
-from grpo.plugins.mixgrpo.strategy import MixGRPO
 from grpo.plugins.samplers.flow import FlowSDE
 from grpo.plugins.trees.window import SDEWindow
+from grpo.testing import strategy_parts
 
 
 def runs(window: SDEWindow, steps: int, iterations: int) -> list[tuple[int, int]]:
@@ -71,13 +69,15 @@ def test_the_tree_splits_at_the_window_and_shares_its_prefix():
 
 
 def test_mixgrpo_and_fast_strategies():
-    mix = MixGRPO().build(default_make())
-    plan = mix.topology.plan(25, iteration=60)  # the third window: steps 2-5
+    mix = strategy_parts("mixgrpo")
+    plan = mix["topology"].plan(25, iteration=60)  # the third window: steps 2-5
     assert [k for k in range(25) if plan.stochastic[k]] == [2, 3, 4, 5] and plan.split_steps == (2,)
-    assert (mix.clip_range, mix.sampler, mix.pruners) == (1e-4, "flow-sde", [])
+    assert (mix["objective"].clip_range, mix["pruner"]) == (1e-4, [])
     assert plan.rollout_forwards == 3 + 12 * 22  # 300 in the released code, which repeats the prefix
-    fast = FlowGRPO(group_size=4, sde_window_size=2).build(default_make())
-    assert fast.pruners == [] and fast.topology.plan(10).roots == 4  # independent chains, as released
+    fast = strategy_parts("flow-grpo-fast", group_size=4, window_size=2)
+    assert fast["pruner"] == [] and fast["topology"].plan(10).roots == 4  # independent chains, as released
+    assert (fast["objective"].clip_range, fast["objective"].kl_beta) == (1e-5, 0.0)
+    assert fast["topology"].window(10, 0) == fast["topology"].window(10, 0)  # drawn from the iteration alone
 
 
 def test_trimmed_statistics_leave_out_the_lowest_rewards():
@@ -86,17 +86,18 @@ def test_trimmed_statistics_leave_out_the_lowest_rewards():
     torch.testing.assert_close(got, torch.tensor([-5.0, -1.0, 0.0, 1.0]))  # mean 5, std 1 of 4, 5, 6; clamped
 
 
-@pytest.mark.parametrize("strategy", [MixGRPO(group_size=3, window_size=2, iters_per_window=1),
-                                      FlowGRPO(group_size=3, sde_window_size=2, sde_window_range=[0, 4])],
+@pytest.mark.parametrize("strategy,table", [("mixgrpo", {"group_size": 3, "window_size": 2, "iters_per_window": 1}),
+                                            ("flow-grpo-fast", {"group_size": 3, "window_size": 2,
+                                                                "window_range": [0, 4]})],
                          ids=["mixgrpo", "flow-grpo-fast"])
-def test_on_policy_ratio_of_window_edges(tiny_policy, strategy):
+def test_on_policy_ratio_of_window_edges(tiny_policy, strategy, table):
     sampler = FlowSDE(steps=6, noise_level=0.7)
-    parts = strategy.build(default_make())
+    parts = strategy_parts(strategy, **table)
     cond = tiny_policy.encode_prompts(["two red circles on a gray background", "one blue square on a white background"])
-    plan = parts.topology.plan(6, iteration=2)
-    ro = rollout(tiny_policy, sampler, plan, cond, generator=torch.Generator().manual_seed(3), max_batch=4)
+    plan = parts["topology"].plan(6, iteration=2)
+    ro = sample(tiny_policy, sampler, plan, cond, generator=torch.Generator().manual_seed(3), max_batch=4)
     adv = Advantages([torch.zeros(s.shape[0]) for s in ro.states[1:]])
-    batch = EdgeBatch.gather(ro, adv, EdgeSet.all_stochastic(ro))
+    batch = EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
     assert len(batch) == 2 * 3 * 2  # the window's two steps of every chain
-    lp, _, _ = edge_terms(tiny_policy, sampler, ro, cond, batch, parts.split_logprob)
+    lp = log_probs(tiny_policy, sampler, ro, cond, batch, parts["objective"].split_logprob)
     assert torch.all((torch.exp(lp - batch.old_log_prob) - 1).abs() < 1e-5)

@@ -10,7 +10,7 @@ from grpo.testing import check_advantage, check_pruner, check_reward, check_stra
 from grpo_example_plugin.advantages import RankAdvantage, centred_ranks
 from grpo_example_plugin.pruners import TopAdvantage
 from grpo_example_plugin.rewards import Colourfulness
-from grpo_example_plugin.strategy import RankGRPO
+from grpo_example_plugin.strategy import RANK_GRPO
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "shapes_rank.toml"
 
@@ -19,7 +19,7 @@ def test_components_keep_the_contracts():
     check_reward(Colourfulness())
     check_advantage(RankAdvantage())
     check_pruner(TopAdvantage(keep=0.5))
-    check_strategy(RankGRPO(group_size=3), steps=4)
+    check_strategy(RANK_GRPO, steps=4)
 
 
 def test_colourfulness_of_known_images():

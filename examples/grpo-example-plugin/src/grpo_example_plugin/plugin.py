@@ -26,6 +26,6 @@ def grpo_register_pruner(registry):
 
 @hookimpl
 def grpo_register_strategy(registry):
-    from .strategy import RankGRPO
+    from .strategy import RANK_GRPO
 
-    registry.add("rank-grpo", RankGRPO)
+    registry.add("rank-grpo", RANK_GRPO)

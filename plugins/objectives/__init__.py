@@ -1,0 +1,1 @@
+"""The built-in objectives: the clipped likelihood ratio of the policy-gradient family."""

@@ -1,0 +1,165 @@
+"""The clipped likelihood ratio (DanceGRPO, BranchGRPO, Flow-GRPO, MixGRPO): per trained edge
+``max(−A·r, −A·clip(r, 1 ± ε))`` with r the ratio of the edge's transition density under the current
+and the sampling policy, plus an optional KL penalty to the base policy; GRPO-Guard's re-centred
+ratio as an option."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+
+from grpo.core.edges import EdgeUnits, reevaluate
+from grpo.core.errors import UserError
+from grpo.core.objective import Keep, LossContext, Metric, UnitContext, UnitLoss
+from grpo.core.policy import Policy
+from grpo.core.sampler import Sampler, block_mean
+from grpo.core.schema import Doc, Range
+from grpo.core.tree import Advantages, EdgeSet, Rollout, TreePlan
+
+MAX_LOG_RATIO = 80.0  # |log r| beyond this overflows fp32 once multiplied: the edge is left out
+METRICS = {
+    "loss": Metric("loss"),
+    "ratio_mean": Metric("ratio", "mean", 1.0),
+    "ratio_min": Metric("ratio", "min", 1.0),
+    "ratio_max": Metric("ratio", "max", 1.0),
+    "clip_fraction": Metric("clipped"),
+    "approx_kl": Metric("approx_kl"),
+    "kl": Metric("kl"),
+}
+
+
+def clipped_loss(ratio: torch.Tensor, advantage: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """Per-edge ``max(−A·r, −A·clip(r, 1 − ε, 1 + ε))``."""
+    unclipped = -advantage * ratio
+    clipped = -advantage * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.maximum(unclipped, clipped)
+
+
+def edge_losses(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, kl: torch.Tensor | None,
+                clip_range: float, kl_beta: float, log_ratio: torch.Tensor | None = None,
+                weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-edge losses (E,), ratios (E,) and which edges are finite (E,) bool.
+
+    The ratio is exp(log_prob − old_log_prob), or exp(`log_ratio`) when given (GRPO-Guard's); the
+    clipped term is multiplied by `weight` (E,) when given, the KL term is not. An edge whose
+    log-ratio, advantage or KL is not finite (or whose log-ratio exceeds ±``MAX_LOG_RATIO``) gets
+    loss 0 with no gradient: its inputs are replaced *before* ``exp`` and the products, so that the
+    backward pass never meets 0·inf, and one bad edge cannot turn the step's shared gradient into NaN."""
+    delta = log_prob - old_log_prob if log_ratio is None else log_ratio
+    finite = torch.isfinite(delta) & (delta.abs() <= MAX_LOG_RATIO) & torch.isfinite(advantage)
+    if kl is not None:
+        finite &= torch.isfinite(kl)
+    ratio = torch.exp(torch.where(finite, delta, torch.zeros_like(delta)))
+    adv = torch.where(finite, advantage, torch.zeros_like(advantage))
+    loss_e = clipped_loss(ratio, adv, clip_range)
+    if weight is not None:
+        loss_e = loss_e * weight
+    if kl is not None:
+        loss_e = loss_e + kl_beta * torch.where(finite, kl, torch.zeros_like(kl))
+    return torch.where(finite, loss_e, torch.zeros_like(loss_e)), ratio, finite
+
+
+def reference_kl(policy: Policy, sampler: Sampler, mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor,
+                 delta: torch.Tensor, kl_form: str = "gaussian") -> torch.Tensor:
+    """(E,) KL of the policy's step to the reference's, on the draws the noise is made of.
+
+    ``gaussian``: the exact KL of N(μ̄, τ²) to N(μ̄_ref, τ²) per draw, μ̄ the means over the
+    sampler's noise tiles on the policy's noise grid (the elements themselves for ``noise_block``
+    1), averaged over the draws like the log-probability. ``flow-grpo``: Flow-GRPO's
+    ‖μ − μ_ref‖² / (2σ_t²) with its σ_t² = τ²/Δ (no step size Δ in the denominator), that is the
+    gaussian form × Δ: a β taken from Flow-GRPO's recipes means the same here only in this form.
+    """
+    d = block_mean(policy.to_noise_grid(mean) - policy.to_noise_grid(mean_ref), sampler.noise_block)
+    kl = (d**2).flatten(1).mean(dim=1) / (2.0 * std**2)
+    return kl * delta if kl_form == "flow-grpo" else kl
+
+
+def guarded_log_ratio(policy: Policy, sampler: Sampler, rollout: Rollout, units: EdgeUnits, x_next: torch.Tensor,
+                      mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(E,) GRPO-Guard's re-centred log-ratio ``s·(log r + ‖Δμ‖²/(2s²))`` with Δμ = μ − μ_old and s
+    the step's standard deviation. For a Gaussian step it is ``mean(ε ⊙ Δμ)``, ε = (x' − μ_old)/s
+    the drawn noise: zero-mean under the rollout, where log r itself drifts to −‖Δμ‖²/(2s²) < 0,
+    and no longer scaled by 1/s, which is largest at the low-noise steps. Computed on the noise's
+    draws (tile means on the policy's noise grid), as the log-probabilities are; with gradients."""
+    if not rollout.means:
+        raise ValueError("GRPO-Guard needs the rollout's transition means (a rollout that keeps means)")
+    old = torch.stack([rollout.means[k][c] for k, c in zip(units.step.tolist(), units.child.tolist(), strict=True)])
+    old = old.to(mean.device)
+    drawn = block_mean(policy.to_noise_grid(x_next - old), sampler.noise_block)
+    shift = block_mean(policy.to_noise_grid(mean - old), sampler.noise_block)
+    return (drawn * shift).flatten(1).mean(dim=1) / std
+
+
+def step_sizes(rollout: Rollout, units: EdgeUnits) -> torch.Tensor:
+    """(E,) the σ-step Δ = σ_k − σ_{k+1} of each edge (GRPO-Guard divides a step's loss by it)."""
+    return rollout.sigmas[units.step] - rollout.sigmas[units.step + 1]
+
+
+class ClippedRatio:
+    """The policy-gradient family's objective: per trained edge ``max(−A·r, −A·clip(r, 1 − ε, 1 + ε))``,
+    r the ratio of the edge's Gaussian transition density (a mean over the noise's draws) under the
+    current and the sampling policy, averaged over the edges of an optimizer step, plus
+    ``kl_beta`` times the KL of the step's Gaussian to the base policy's.
+
+    ``kl_form = "flow-grpo"`` takes that KL in Flow-GRPO's form (the Gaussian one × the step size
+    Δ). ``grpo_guard`` is GRPO-Guard: the re-centred log-ratio ``s·(log r + ‖Δμ‖²/2s²)`` and each
+    step's loss divided by its Δσ (pair it with a clip range near 1e-6, as released). It trains on
+    per-step densities, so it needs a stochastic sampler.
+    """
+
+    unit = "edges"
+    metrics = METRICS
+
+    def __init__(
+        self,
+        *,
+        clip_range: Annotated[float, Range(gt=0), Doc("ε of the clipped ratio")] = 1e-4,
+        kl_beta: Annotated[float, Range(ge=0), Doc("weight of the KL penalty to the base policy (0 = off)")] = 0.0,
+        kl_form: Annotated[Literal["gaussian", "flow-grpo"], Doc(
+            "the exact Gaussian KL per noise draw, or Flow-GRPO's (the gaussian one × the step size Δ)")] = "gaussian",
+        grpo_guard: Annotated[bool, Doc(
+            "GRPO-Guard: the re-centred log-ratio s·(log r + ‖Δμ‖²/2s²) in the clipped objective and each step's "
+            "loss divided by its Δσ (pair with a clip range near 1e-6 as released)")] = False,
+        split_logprob: Annotated[Literal["nominal", "scaled"], Doc(
+            "a split edge's density with the step's τ (the released BranchGRPO) or with λ·τ, the density its "
+            "children were drawn from")] = "nominal",
+    ) -> None:
+        self.clip_range, self.kl_beta, self.kl_form = clip_range, kl_beta, kl_form
+        self.grpo_guard, self.split_logprob = grpo_guard, split_logprob
+        self.keep = Keep(log_prob=True, means=grpo_guard, states=True, split_logprob=split_logprob)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_beta > 0
+
+    def check_plan(self, plan: TreePlan, sampler: Sampler) -> None:
+        if not any(plan.stochastic):
+            raise UserError("the tree has no stochastic step, so no edge has a density to train",
+                            where="strategy.topology", hint="use a topology with SDE steps")
+
+    def units(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: UnitContext) -> EdgeUnits:
+        return EdgeUnits.gather(rollout, advantages, edges)
+
+    def loss(self, units: EdgeUnits, ctx: LossContext) -> UnitLoss:
+        policy, sampler, rollout = ctx.policy, ctx.sampler, ctx.rollout
+        t = reevaluate(policy, sampler, rollout, ctx.cond, units, self.split_logprob)
+        kl = None
+        if self.kl_beta > 0:
+            with torch.no_grad(), policy.reference():
+                v_ref = policy.velocity(t.x, t.sigma, t.cond).float()
+            mean_ref, _ = sampler.step(t.x, v_ref, t.sigma, t.sigma_next)
+            kl = reference_kl(policy, sampler, t.mean, mean_ref, t.std.detach(), t.sigma - t.sigma_next, self.kl_form)
+        log_ratio = weight = None
+        if self.grpo_guard:
+            log_ratio = guarded_log_ratio(policy, sampler, rollout, units, t.x_next, t.mean, t.std)
+            weight = 1.0 / step_sizes(rollout, units).to(t.log_prob.device)
+        dev = t.log_prob.device
+        old = units.old_log_prob.to(dev)
+        loss_e, ratio, finite = edge_losses(t.log_prob, old, units.advantage.to(dev), kl, self.clip_range,
+                                            self.kl_beta, log_ratio=log_ratio, weight=weight)
+        values = {"ratio": ratio, "clipped": ((ratio.detach() - 1.0).abs() > self.clip_range).double(),
+                  "approx_kl": 0.5 * (t.log_prob.detach() - old) ** 2}
+        if kl is not None:
+            values["kl"] = kl
+        return UnitLoss(loss_e, finite, values)

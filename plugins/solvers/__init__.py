@@ -1,0 +1,1 @@
+"""The built-in deterministic solvers: Euler and DPM-Solver++."""
