@@ -19,8 +19,11 @@ from .tiny import tiny_images, tiny_rollout
 
 
 def _same(xs: Any, ys: Any) -> bool:
-    """Two sequences of tensors, element by element exactly equal."""
-    return all(torch.equal(a, b) for a, b in zip(xs, ys, strict=True))
+    """Two sequences of tensors, element by element exactly equal (NaN where the other has NaN: the
+    log-probability of a deterministic step)."""
+    return all(a.shape == b.shape and a.dtype == b.dtype and torch.equal(torch.isnan(a), torch.isnan(b))
+               and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)) if a.is_floating_point() else torch.equal(a, b)
+               for a, b in zip(xs, ys, strict=True))
 
 
 def _fail(component: Any, promise: str) -> AssertionError:
@@ -64,15 +67,15 @@ def check_reward(reward: Any, images: torch.Tensor | None = None, prompts: list[
 
 # -- topologies ------------------------------------------------------------------------------------
 def check_topology(topology: Any, steps: int = 6, iterations: int = 3) -> None:
-    """A topology returns a TreePlan of `steps` steps, the same one for the same iteration, with at
-    least two leaves to compare and a stochastic step, and no split at the last step (whose children
-    would all decode from the same x̂0)."""
+    """A topology returns a TreePlan of `steps` steps (or of a grid of its own, ``times``), the same one
+    for the same iteration, with at least two leaves to compare and a stochastic step, and no split at
+    the last step (whose children would all decode from the same x̂0)."""
     for it in range(iterations):
         plan = topology.plan(steps, it)
         if not isinstance(plan, TreePlan):
             raise _fail(topology, f"plan() must return a TreePlan, got {type(plan).__name__}")
-        if plan.steps != steps:
-            raise _fail(topology, f"plan({steps}) has {plan.steps} steps")
+        if plan.steps != steps and not plan.times:
+            raise _fail(topology, f"plan({steps}) has {plan.steps} steps and no grid of its own (times)")
         if plan != topology.plan(steps, it):
             raise _fail(topology, f"plan({steps}, {it}) differs between two calls")
         if plan.leaves < 2 or not any(plan.stochastic):
@@ -261,6 +264,8 @@ def check_objective(objective: Any, *, sampler: Any = None, plan: TreePlan | Non
     if not all(isinstance(m, Metric) for m in objective.metrics.values()):
         raise _fail(objective, "metrics must map names to grpo.core.objective.Metric")
     ro, cond, policy = tiny_rollout(plan, sampler=sampler, keep=objective.keep, split_logprob=objective.keep.split_logprob)
+    if objective.needs_reference:  # as the engine does before training with a KL term
+        policy.snapshot_reference()
     adv = Advantages([torch.randn(s.shape[0], generator=torch.Generator().manual_seed(k))
                       for k, s in enumerate(ro.states[1:])])
     def ctx() -> UnitContext:
@@ -292,6 +297,8 @@ def check_objective(objective: Any, *, sampler: Any = None, plan: TreePlan | Non
     if not torch.allclose(split.detach(), whole.loss.detach(), atol=atol):
         raise _fail(objective, "a unit's loss depends on the micro-batch it is computed in")
     policy.denoiser.zero_grad(set_to_none=True)
+    if not whole.loss.requires_grad:
+        raise _fail(objective, "the loss must have a gradient reaching the policy's trainable parameters (it has none)")
     whole.loss.sum().backward()
     grads = [p.grad for p in policy.trainable_parameters()]
     if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):

@@ -57,7 +57,8 @@ def test_example_plugin_installs_lists_runs_and_passes_its_tests(venv, tmp_path)
     _run(venv, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=EXAMPLE)
 
 
-@pytest.mark.parametrize("kind", ["reward", "strategy", "pruner", "advantage", "topology"])
+@pytest.mark.parametrize("kind", ["reward", "strategy", "pruner", "advantage", "topology", "objective", "solver",
+                                  "sampler"])
 def test_plugins_new_package_installs_and_passes_its_tests(venv, tmp_path, kind):
     folder = tmp_path / f"grpo-my-{kind}"
     _run(venv, "-m", "grpo.cli.main", "plugins", "new", kind, f"my-{kind}", "--out", str(folder))

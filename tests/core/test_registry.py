@@ -149,3 +149,34 @@ def test_failure_inside_a_plugin_names_the_plugin(tmp_path, monkeypatch, tiny_mo
     assert ("reward 'boom' from plugin 'boom_plugin' (local module) failed in score(): ValueError: the reward "
             "server said no") in result.output
     assert "Traceback" not in result.output
+
+
+def test_what_a_factory_declares_is_read_once_into_its_entry():
+    """Class attributes or keywords of registry.add: the entry holds them; nothing reads the factory later."""
+    from grpo.core.hookspecs import hookimpl
+
+    class Declared:
+        requires = ("numpy",)
+        sources = {"path": "somewhere"}
+
+        def __init__(self, *, path: str = "") -> None:
+            self.path = path
+
+    @hookimpl
+    def grpo_register_prompts(registry):
+        registry.add("declared", Declared)
+        registry.add("given", Declared, requires=("scipy",), hub_patterns={"path": ["*.json"]})
+
+    reg = load_registry(autoload=False, plugins=[grpo_register_prompts])
+    declared, given = reg.get("prompts", "declared"), reg.get("prompts", "given")
+    assert declared.requires == ("numpy",) and declared.sources == {"path": "somewhere"} and declared.hub_patterns == {}
+    assert given.requires == ("scipy",) and given.hub_patterns == {"path": ("*.json",)} and given.sources == {"path": "somewhere"}
+    shapes = reg.get("model", "shapes")
+    assert shapes.bundled and shapes.noise_grid_for is not None and "diffusers" in shapes.requires
+
+    @hookimpl
+    def grpo_register_reward(registry):
+        registry.add("odd", Declared, weights="x")
+
+    with pytest.raises(PluginError, match="registry.add\\(\\) got 'weights'"):
+        load_registry(autoload=False, plugins=[grpo_register_reward])

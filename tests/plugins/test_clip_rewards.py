@@ -10,6 +10,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_rewards import (
+    HEADS,
+    IMAGE,
+    LAYERS,
+    PATCH,
+    PROJ,
+    TEXT_WIDTH,
+    WIDTH,
+    open_clip_state,
+    write_aesthetic_head,
+    write_clip,
+    write_hps,
+)
 
 from grpo.core.errors import UserError
 from grpo.plugins.rewards.clip import (
@@ -24,7 +37,6 @@ from grpo.plugins.rewards.clip import (
     tensor_short_side_crop,
 )
 from grpo.testing import check_reward, tiny_images
-from grpo.testing.tiny_diffusers import clip_tokenizer
 
 
 def pictures(n: int, size: int | tuple[int, int] = 32):
@@ -34,35 +46,7 @@ def pictures(n: int, size: int | tuple[int, int] = 32):
     return F.interpolate(images, size=hw, mode="bilinear", align_corners=False).clamp(0, 1), prompts
 
 
-WIDTH, TEXT_WIDTH, LAYERS, HEADS, PATCH, IMAGE, PROJ = 32, 24, 2, 2, 7, 28, 16
-
-
-# -- an open_clip-layout checkpoint and an independent forward of it -----------------------------------
-def open_clip_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=0.2):
-        return torch.randn(*shape, generator=g) * scale
-
-    vocab = len(clip_tokenizer())
-    s = {"visual.conv1.weight": r(WIDTH, 3, PATCH, PATCH), "visual.class_embedding": r(WIDTH),
-         "visual.positional_embedding": r((IMAGE // PATCH) ** 2 + 1, WIDTH), "visual.proj": r(WIDTH, PROJ),
-         "token_embedding.weight": r(vocab, TEXT_WIDTH), "positional_embedding": r(77, TEXT_WIDTH),
-         "text_projection": r(TEXT_WIDTH, PROJ), "logit_scale": torch.tensor(math.log(100.0))}
-    for name, width in (("visual.ln_pre", WIDTH), ("visual.ln_post", WIDTH), ("ln_final", TEXT_WIDTH)):
-        s[f"{name}.weight"], s[f"{name}.bias"] = 1 + r(width, scale=0.05), r(width, scale=0.05)
-    for tower, width in (("visual.transformer", WIDTH), ("transformer", TEXT_WIDTH)):
-        for i in range(LAYERS):
-            p = f"{tower}.resblocks.{i}."
-            s[p + "attn.in_proj_weight"], s[p + "attn.in_proj_bias"] = r(3 * width, width), r(3 * width)
-            s[p + "attn.out_proj.weight"], s[p + "attn.out_proj.bias"] = r(width, width), r(width)
-            s[p + "mlp.c_fc.weight"], s[p + "mlp.c_fc.bias"] = r(4 * width, width), r(4 * width)
-            s[p + "mlp.c_proj.weight"], s[p + "mlp.c_proj.bias"] = r(width, 4 * width), r(width)
-            for ln in ("ln_1", "ln_2"):
-                s[p + ln + ".weight"], s[p + ln + ".bias"] = 1 + r(width, scale=0.05), r(width, scale=0.05)
-    return s
-
-
+# -- an independent forward of the open_clip-layout checkpoint (tiny_rewards.open_clip_state) -----------
 def _block(x, s, p, heads, causal):
     n, L, d = x.shape
     h = F.layer_norm(x, (d,), s[p + "ln_1.weight"], s[p + "ln_1.bias"])
@@ -97,11 +81,7 @@ def open_clip_forward(s, pixels, tokens):
 
 @pytest.fixture(scope="module")
 def hps_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hps")
-    state = open_clip_state()
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 1}, root / "hps.pt")
-    clip_tokenizer().save_pretrained(str(root / "tokenizer"))
-    return root, state
+    return write_hps(tmp_path_factory.mktemp("hps"))
 
 
 def test_open_clip_mapping_computes_the_same_features(hps_files):
@@ -158,21 +138,7 @@ def test_tensor_crop_keeps_the_centre():
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
-    folder = tmp_path_factory.mktemp("clip")
-    tok = clip_tokenizer()
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=TEXT_WIDTH, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=1, bos_token_id=0,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=IMAGE, patch_size=PATCH),
-        projection_dim=PROJ)
-    CLIPModel(config).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return folder
+    return write_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_pickscore_scalings(clip_folder):
@@ -193,10 +159,7 @@ def test_pickscore_scalings(clip_folder):
     lambda f, h: AestheticReward(path=str(f), head=str(h), device="cpu"),
 ], ids=["pickscore", "clip-score-flow-grpo", "clip-score-dancegrpo", "aesthetic"])
 def test_rewards_keep_the_contract(make, clip_folder, tmp_path):
-    head = tmp_path / "head.pth"
-    dims = [PROJ, 32, 16, 8, 4, 1]
-    torch.save({f"layers.{i}.{k}": torch.randn(dims[j + 1], dims[j]) if k == "weight" else torch.randn(dims[j + 1])
-                for j, i in enumerate([0, 2, 4, 6, 7]) for k in ("weight", "bias")}, head)
+    head = write_aesthetic_head(tmp_path / "head.pth")
     images, prompts = pictures(5, 36)
     check_reward(make(clip_folder, head), images, prompts)
 

@@ -5,33 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from tiny_rewards import make_hpsv3, write_hpsv3
 
 from grpo.core.errors import UserError
 from grpo.plugins.rewards.hpsv3 import HPSv3Reward
 from grpo.testing import tiny_images
-from grpo.testing.tiny_vlm import tiny_qwen2vl
-
-TEMPLATE = "You judge images.\nTextual prompt - {text_prompt}\nPlease provide the overall ratings of this image: <|Reward|>\n\nEND\n"
-PIXELS = 4 * 28 * 28  # tiny: 4 merged tokens per image
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hpsv3")
-    model, _ = tiny_qwen2vl(root / "base", extra_tokens=1)  # <|Reward|>
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    head = {"rm_head.0.weight": torch.randn(32, 64) * 0.2, "rm_head.0.bias": torch.randn(32) * 0.1,
-            "rm_head.3.weight": torch.randn(16, 32) * 0.2, "rm_head.3.bias": torch.randn(16) * 0.1,
-            "rm_head.5.weight": torch.randn(2, 16) * 0.2, "rm_head.5.bias": torch.randn(2) * 0.1}
-    save_file({**state, **head}, str(root / "HPSv3.safetensors"))
-    (root / "template.txt").write_text(TEMPLATE)
-    return root, model, head
+    return write_hpsv3(tmp_path_factory.mktemp("hpsv3"))
 
 
-def make(root, **kw):
-    return HPSv3Reward(path=str(root / "HPSv3.safetensors"), base=str(root / "base"),
-                       template_file=str(root / "template.txt"), pixels=PIXELS, precision="fp32", device="cpu", **kw)
+make = make_hpsv3
 
 
 def test_mu_is_the_ranknet_head_at_the_reward_token(files):

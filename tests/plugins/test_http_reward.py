@@ -4,74 +4,22 @@ samples out of the update."""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import math
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from tiny_rewards import Judge, serve
 
 from grpo.core.errors import UserError
 from grpo.plugins.rewards.http import HttpReward
 from grpo.testing import tiny_images
 
 
-class Judge(BaseHTTPRequestHandler):
-    """Answers by the caption: 'good' → 4, 'bad' → no rating, 'slow' → too late, 'flaky' → a 500
-    first, then 3; anything else → a rating from the image's mean red (1 + 4·red)."""
-
-    calls: dict[str, int] = {}
-    seen: list[dict] = []
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        Judge.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        content = body["messages"][0]["content"]
-        text = next(c["text"] for c in content if c["type"] == "text")
-        caption = text.rsplit("Caption: [", 1)[1].rstrip("]")
-        Judge.calls[caption] = Judge.calls.get(caption, 0) + 1
-        if "slow" in caption:
-            time.sleep(1.5)
-        if "flaky" in caption and Judge.calls[caption] == 1:
-            self.send_response(500)
-            self.end_headers()
-            return
-        if "good" in caption:
-            answer = "Looks right.\nFinal Score: 4"
-        elif "bad" in caption:
-            answer = "I cannot tell."
-        elif "flaky" in caption:
-            answer = "Final Score: 3"
-        else:
-            url = next(c["image_url"]["url"] for c in content if c["type"] == "image_url")
-            image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-            red = float(np.asarray(image.convert("RGB"), dtype=np.float32)[..., 0].mean()) / 255
-            answer = f"Final Score: {1 + 4 * red:.4f}"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve() as url:
+        yield url
 
 
 def test_ratings_retries_and_failures(server, monkeypatch):

@@ -8,31 +8,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_rewards import BLIP_D as D
+from tiny_rewards import BLIP_HEADS as HEADS
+from tiny_rewards import BLIP_IMAGE as IMAGE
+from tiny_rewards import BLIP_LAYERS as LAYERS
+from tiny_rewards import BLIP_PATCH as PATCH
+from tiny_rewards import BLIP_TEXT as TEXT
+from tiny_rewards import make_imagereward, write_imagereward
 
 from grpo.core.errors import UserError
 from grpo.plugins.rewards.clip import normalize, pil_short_side_crop
 from grpo.plugins.rewards.imagereward import MEAN, STD, ImageRewardReward
 from grpo.testing import tiny_images
-
-D, LAYERS, HEADS, PATCH, IMAGE, TEXT = 32, 2, 2, 8, 32, 24
-
-
-def vit_state(seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, s=0.1):
-        return torch.randn(*shape, generator=g) * s
-
-    st = {"cls_token": r(1, 1, D), "pos_embed": r(1, (IMAGE // PATCH) ** 2 + 1, D),
-          "patch_embed.proj.weight": r(D, 3, PATCH, PATCH), "patch_embed.proj.bias": r(D),
-          "norm.weight": 1 + r(D), "norm.bias": r(D)}
-    for i in range(LAYERS):
-        p = f"blocks.{i}."
-        st.update({p + "norm1.weight": 1 + r(D), p + "norm1.bias": r(D), p + "attn.qkv.weight": r(3 * D, D),
-                   p + "attn.qkv.bias": r(3 * D), p + "attn.proj.weight": r(D, D), p + "attn.proj.bias": r(D),
-                   p + "norm2.weight": 1 + r(D), p + "norm2.bias": r(D), p + "mlp.fc1.weight": r(4 * D, D),
-                   p + "mlp.fc1.bias": r(4 * D), p + "mlp.fc2.weight": r(D, 4 * D), p + "mlp.fc2.bias": r(D)})
-    return st
 
 
 def vit_forward(st, pixels):
@@ -54,33 +41,10 @@ def vit_forward(st, pixels):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from transformers import BertTokenizerFast, BlipTextConfig, BlipTextModel
-
-    root = tmp_path_factory.mktemp("imagereward")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "green", "circle", "square",
-             "triangle", "two", "three", "on", "background", "circles", "squares", "triangles", "yellow", "one"]
-    (root / "vocab.txt").write_text("\n".join(words) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
-    tok.save_pretrained(str(root / "tok"))
-    torch.manual_seed(0)
-    text = BlipTextModel(BlipTextConfig(vocab_size=len(tok) + 2, hidden_size=TEXT, encoder_hidden_size=D,
-                                        intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                                        max_position_embeddings=40, is_decoder=True, pad_token_id=0),
-                         add_pooling_layer=False)
-    state = {f"blip.visual_encoder.{k}": v for k, v in vit_state().items()}
-    state.update({f"blip.text_encoder.{k}": v for k, v in text.state_dict().items()})
-    dims = [TEXT, 16, 8, 8, 4, 1]
-    for j, i in enumerate([0, 2, 4, 6, 7]):
-        state[f"mlp.layers.{i}.weight"] = torch.randn(dims[j + 1], dims[j]) * 0.3
-        state[f"mlp.layers.{i}.bias"] = torch.randn(dims[j + 1]) * 0.1
-    state["blip.vision_proj.weight"] = torch.randn(4, D)  # present in the release, unused by the score
-    torch.save(state, root / "ImageReward.pt")
-    return root, state
+    return write_imagereward(tmp_path_factory.mktemp("imagereward"))
 
 
-def make(root, **kw):
-    return ImageRewardReward(path=str(root / "ImageReward.pt"), tokenizer=str(root / "tok"), vision_heads=HEADS,
-                             text_heads=2, device="cpu", **kw)
+make = make_imagereward
 
 
 def test_vision_mapping_matches_blips_vit(files):

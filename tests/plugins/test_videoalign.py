@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_rewards import make_videoalign, video, write_videoalign
 
 from grpo.core.errors import UserError
 from grpo.plugins.rewards.clip import CLIP_MEAN, CLIP_STD
 from grpo.plugins.rewards.videoalign import VideoAlignReward, frame_indices, patchify, smart_resize
-
-TEMPLATE = "\nRate this video.  \nPrompt: {text_prompt}\nQuality <|VQ_reward|> motion <|MQ_reward|> text <|TA_reward|> "
 
 
 def test_frame_indices():
@@ -49,44 +48,12 @@ def test_patchify_orders_patches_as_qwen():
                         row += 1
 
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A Qwen2-VL base folder, and a VideoReward-style checkpoint: PEFT-wrapped LoRA (r 4, α 8) in
-    transformers 4.46's key layout, plus an rm_head; returns them with the unmerged peft model."""
-    from peft import LoraConfig, get_peft_model
-
-    from grpo.testing.tiny_vlm import tiny_qwen2vl
-
-    root = tmp_path_factory.mktemp("videoalign")
-    model, _ = tiny_qwen2vl(root / "base", extra_tokens=3)  # the three reward tokens, after the base vocabulary
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, lora_dropout=0.0))
-    with torch.no_grad():
-        for n, p in peft.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.05)
-    peft.eval()
-    state = {}
-    for key, value in peft.state_dict().items():  # back to transformers 4.46's layout
-        key = key.replace("base_model.model.model.language_model.", "base_model.model.model.")
-        key = key.replace("base_model.model.model.visual.", "base_model.model.visual.")
-        state[key] = value.clone()
-    rm_head = torch.randn(1, 64) * 0.1
-    state["base_model.model.rm_head.weight"] = rm_head
-    torch.save(state, root / "model.pth")
-    (root / "template.txt").write_text(TEMPLATE, encoding="utf-8")
-    return root, peft, rm_head
+    return write_videoalign(tmp_path_factory.mktemp("videoalign"))
 
 
-def make(root, **kw):
-    return VideoAlignReward(path=str(root / "model.pth"), base=str(root / "base"), template_file=str(root / "template.txt"),
-                            lora_rank=4, lora_alpha=8.0, fps=16.0, precision="fp32", device="cpu", **kw)
-
-
-def video(seed: int, frames: int = 5) -> torch.Tensor:
-    return torch.rand(frames, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+make = make_videoalign
 
 
 def reference(reward, peft, rm_head, clip, prompt, positions=None):
