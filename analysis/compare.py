@@ -58,6 +58,16 @@ def seed_interval(values: list[float]) -> tuple[float, float]:
     return mean, t_quantile_975(n - 1) * math.sqrt(var / n)
 
 
+def trained_units(record: dict[str, Any]) -> float:
+    """The units an iteration's update trained (``update/trained_<unit>``, else ``cost/trained_<unit>``:
+    edges for the clipped ratio, samples for an objective on the forward process)."""
+    for prefix in ("update/trained_", "cost/trained_"):
+        found = [v for k, v in record.items() if k.startswith(prefix)]
+        if found:
+            return float(found[0])
+    return 0.0
+
+
 @dataclass
 class RunSummary:
     """What the report needs from one run directory."""
@@ -108,10 +118,11 @@ class RunSummary:
         return out
 
     def forwards(self) -> dict[int, float]:
-        """Cumulative model forwards (rollout forwards + update forwards, one per trained edge and epoch)."""
+        """Cumulative model forwards (rollout forwards + update forwards, one per trained unit and epoch:
+        an edge for the clipped ratio, a re-noised sample for an objective on the forward process)."""
         out, total = {0: 0.0}, 0.0
         for r in self.train:
-            total += r.get("cost/rollout_forwards", 0.0) + r.get("update/trained_edges", r.get("cost/trained_edges", 0.0))
+            total += r.get("cost/rollout_forwards", 0.0) + trained_units(r)
             out[r["iteration"] + 1] = total
         return out
 
@@ -137,7 +148,8 @@ class RunSummary:
         return sum(vals) / len(vals) if vals else float("nan")
 
     def per_leaf(self, key: str) -> float:
-        num = sum(r.get(key, 0.0) for r in self.train)
+        """`key` summed over the iterations, per leaf (``cost/trained_edges``: the objective's units)."""
+        num = sum(trained_units(r) if key == "cost/trained_edges" else r.get(key, 0.0) for r in self.train)
         den = sum(r.get("cost/leaves", 0.0) for r in self.train)
         return num / den if den else float("nan")
 

@@ -61,7 +61,8 @@ class RichReporter:
             value = metrics.get(f"reward/{key}/mean")
             if value is not None:
                 parts.append(f"{key} {value:.3f}")
-        parts.append(f"clip {metrics.get('update/clip_fraction', 0.0):.2f}")
+        if "update/clip_fraction" in metrics:  # the clipped ratio's
+            parts.append(f"clip {metrics['update/clip_fraction']:.2f}")
         parts.append(f"{metrics.get('time/iteration', 0.0):.1f}s/it")
         if self.minutes:
             parts.insert(0, f"it {iteration + 1}")

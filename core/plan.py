@@ -23,6 +23,7 @@ class CostReport:
     parts: dict = field(default_factory=dict)
     unit: str = "edges"
     units_per_tree: int = 0
+    solver: str = "euler"  # the solver of the deterministic steps the plan names none for
 
     @property
     def trained_edges(self) -> int:
@@ -52,7 +53,7 @@ class CostReport:
                     "live_nodes": p.live(k),
                     "branch": p.branch[k],
                     "noise_scale": p.noise_scale[k],
-                    "mode": "SDE" if p.stochastic[k] else (p.solver[k] if p.solver and p.solver[k] else "ODE"),
+                    "mode": "SDE" if p.stochastic[k] else (p.solver[k] if p.solver and p.solver[k] else self.solver),
                     "trained_edges": self.trained_per_step[k],
                 }
                 for k in range(p.steps)
@@ -89,4 +90,5 @@ def cost(recipe: Recipe, iteration: int = 0, parts: Parts | None = None) -> Cost
             records[slot] = [{**table, **r} for table, r in zip(tables["pruner"], rec, strict=True)]
         else:
             records[slot] = {**tables[slot], **rec}
-    return CostReport(plan, sigmas.tolist(), edges.per_step(), records, parts.objective.unit, len(units))
+    return CostReport(plan, sigmas.tolist(), edges.per_step(), records, parts.objective.unit, len(units),
+                      recipe.strategy.solver.entry.name)

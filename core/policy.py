@@ -79,7 +79,7 @@ class Policy(Protocol):
 
     def snapshot_reference(self) -> None:
         """Take the frozen copy ``reference()`` predicts with; called before the backend wraps the
-        denoiser, when ``train.kl_beta`` > 0."""
+        denoiser, when the objective needs a reference (a KL term: the clipped ratio's ``kl_beta`` > 0)."""
         ...
 
     def place_reference(self, place: Callable[[torch.nn.Module], torch.nn.Module]) -> None:

@@ -22,6 +22,7 @@ from .errors import PluginError, UserError, UserErrors, closest, unknown_name_hi
 from .registry import Registry
 from .schema import options_of, validate
 from .strategy import Part, Preset
+from .tomlfile import load_toml as load_toml  # the recipe file reader, re-exported
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,21 +40,6 @@ MOVED = {
     "train.grpo_guard": "GRPO-Guard is an option of the clipped-ratio objective: [strategy.objective] grpo_guard "
                         "(or strategy.grpo_guard)",
 }
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"recipe {str(path)!r} does not exist", hint="give the path of a .toml recipe, e.g. recipes/shapes_dance.toml")
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is not UTF-8)",
-                        hint="give a TOML recipe, e.g. recipes/shapes_dance.toml") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML: {e}", hint="fix the syntax at the line and column given") from None
 
 
 def _parse_value(text: str) -> Any:

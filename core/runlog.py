@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from .errors import UserError
-from .recipe import load_toml
 from .rundir import METRICS, RESOLVED, TENSORBOARD, WANDB_ID
+from .tomlfile import load_toml
 
 
 def truncate_jsonl(path: Path, start_iteration: int) -> None:

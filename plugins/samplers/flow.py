@@ -107,8 +107,8 @@ class CPS(_GridSampler):
     ``log_prob = "flow-grpo"`` scores a transition as Flow-GRPO's code does, −mean‖x' − μ‖² (the
     constants and the 1/(2τ²) scale dropped; pair it with a small clip range, 1e-5 as released);
     ``"gaussian"`` with the exact Gaussian density, like the other samplers. The last step has no
-    noise (σ' = 0), so under ``"gaussian"`` it has no density to train: leave it out (the strategy's
-    ``ignore_last`` or ``train_last_step = false``)."""
+    noise (σ' = 0), so under ``"gaussian"`` it has no density to train: leave it out (the timestep-fraction pruner's
+    ``ignore_last``, or the ``last-step`` pruner)."""
 
     def __init__(
         self,

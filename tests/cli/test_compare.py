@@ -280,3 +280,21 @@ def test_table_and_headline_numbers_are_written_plainly():
     assert [c[2] for c in cells] == ["20.5", "20"]
     text = headline(dance + branch, rows, measures)
     assert "final gain differs from dance's by 0.000 ± 0.001 (paired by seed, 2 seeds)" in text, text
+
+
+def test_model_forwards_count_the_units_of_any_objective():
+    """An edge or a re-noised sample is one update forward: cumulative forwards and units per leaf read
+    the objective's own `update/trained_<unit>`."""
+    from grpo.analysis.compare import trained_units
+
+    edges = _run("a", 0, [(0, 0.0), (2, 0.1)])
+    for r in edges.train:
+        r.update({"cost/rollout_forwards": 100.0, "update/trained_edges": 30.0, "cost/trained_edges": 30.0,
+                  "cost/leaves": 10.0})
+    samples = _run("b", 0, [(0, 0.0), (2, 0.1)])
+    for r in samples.train:
+        r.update({"cost/rollout_forwards": 100.0, "update/trained_samples": 20.0, "cost/trained_samples": 20.0,
+                  "cost/leaves": 10.0})
+    assert edges.forwards() == {0: 0.0, 1: 130.0, 2: 260.0} and samples.forwards() == {0: 0.0, 1: 120.0, 2: 240.0}
+    assert edges.per_leaf("cost/trained_edges") == 3.0 and samples.per_leaf("cost/trained_edges") == 2.0
+    assert trained_units({"cost/trained_samples": 4.0}) == 4.0 and trained_units({}) == 0.0

@@ -13,19 +13,19 @@ import tomllib
 from typer.testing import CliRunner
 
 from grpo.cli.main import app
+from grpo.cli.scaffold import COMPONENTS
 from grpo.core.errors import PluginError, UserErrors
 from grpo.core.recipe import load_toml, parse
 from grpo.core.registry import load_registry
 from grpo.core.strategy import Part, Preset
 
-PARTS = '''
-from dataclasses import dataclass
+# the objective is the one `grpo plugins new objective` writes: reward-weighted flow matching on re-noised leaves
+PARTS = COMPONENTS["objective"].format(cls="WeightedLeaves") + '''
 from typing import Annotated
 
 import torch
 
 from grpo.core.hookspecs import hookimpl
-from grpo.core.objective import Keep, Metric, UnitLoss, Units
 from grpo.core.schema import Doc, Range
 from grpo.core.tree import Advantages, EdgeSet, TreePlan
 
@@ -61,44 +61,6 @@ class TwoSplits:
 
     def plan(self, steps, iteration=0):
         return TreePlan(tuple(self.branch if k < 2 else 1 for k in range(steps)), (1.0,) * steps, (True,) * steps)
-
-
-@dataclass(kw_only=True)
-class NoisedLeaves(Units):
-    leaf: torch.Tensor
-    sigma: torch.Tensor
-    noise: torch.Tensor
-    weight: torch.Tensor
-
-
-class WeightedLeaves:
-    """Reward-weighted flow matching on re-noised leaves: (ε − x0) regressed at `draws` noise levels per
-    leaf, weighted by max(A, 0). Keeps nothing of the trajectory."""
-
-    unit = "samples"
-    keep = Keep()
-    metrics = {"loss": Metric("loss"), "mse": Metric("mse")}
-
-    def __init__(self, *, draws: Annotated[int, Range(ge=1), Doc("noise levels per leaf")] = 2) -> None:
-        self.draws = draws
-
-    def units(self, rollout, advantages, edges, ctx):
-        leaves, per_tree, k = rollout.final.shape[0], rollout.plan.leaves, self.draws
-        leaf = torch.arange(leaves).repeat_interleave(k)
-        tree = rollout.tree[-1][leaf]
-        shape = tuple(rollout.final.shape[1:])
-        sigma = torch.cat([torch.rand(per_tree * k, generator=g) for g in ctx.generators])
-        noise = torch.cat([torch.randn((per_tree * k, *shape), generator=g) for g in ctx.generators])
-        return NoisedLeaves(tree=tree, major=torch.zeros_like(leaf), minor=leaf - tree * per_tree * k, chain=leaf,
-                            leaf=leaf, sigma=sigma.clamp(1e-3, 1 - 1e-3), noise=noise,
-                            weight=advantages.values[-1][leaf].float().clamp_min(0.0))
-
-    def loss(self, units, ctx):
-        x0 = ctx.rollout.final[units.leaf].float()
-        s = units.sigma.view(-1, *([1] * (x0.dim() - 1)))
-        v = ctx.policy.velocity((1 - s) * x0 + s * units.noise, units.sigma, ctx.cond.select(units.tree)).float()
-        mse = ((v - (units.noise - x0)) ** 2).flatten(1).mean(dim=1)
-        return UnitLoss(units.weight * mse, torch.isfinite(units.weight), {"mse": mse.detach()})
 
 
 class Midpoint:

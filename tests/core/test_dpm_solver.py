@@ -181,5 +181,5 @@ def test_grpo_plan_counts_the_flash_recipes(tmp_path):
         assert result.exit_code == 0, result.output
         data = json.loads(result.output)
         assert (data["steps"], data["rollout_forwards_per_tree"]) == expected
-        assert {s["mode"] for s in data["per_step"]} == {"SDE", "dpm-solver++"} | ({"ODE"} if "branch" in name else set())
+        assert {s["mode"] for s in data["per_step"]} == {"SDE", "dpm-solver++"} | ({"euler"} if "branch" in name else set())
     assert strategy_parts("mixgrpo")["topology"].plan(25).solver == ()  # plain MixGRPO: the rollout's solver, full grid
