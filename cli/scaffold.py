@@ -171,7 +171,8 @@ class {cls}:
         sigma = torch.cat([torch.rand(per_tree * k, generator=g) for g in ctx.generators])
         noise = torch.cat([torch.randn((per_tree * k, *shape), generator=g) for g in ctx.generators])
         weight = advantages.values[-1][leaf].float().clamp_min(0.0)
-        return NoisedLeaves(tree=tree, major=torch.zeros_like(leaf), minor=leaf - tree * per_tree * k, chain=leaf,
+        within = torch.arange(leaf.numel()) - tree * per_tree * k  # each unit's place within its tree
+        return NoisedLeaves(tree=tree, major=torch.zeros_like(leaf), minor=within, chain=leaf,
                             leaf=leaf, sigma=sigma.clamp(1e-3, 1.0 - 1e-3), noise=noise, weight=weight)
 
     def loss(self, units: NoisedLeaves, ctx: LossContext) -> UnitLoss:

@@ -246,6 +246,13 @@ def _check_units(objective: Any, units: Any, expected: int | None = None) -> Non
             raise _fail(objective, f"units field {name!r} must be long")
     if units.valid().shape != (n,) or units.valid().dtype != torch.bool:
         raise _fail(objective, f"units.valid() must be ({n},) bool")
+    if n and (int(units.major.min()) < 0 or int(units.minor.min()) < 0):
+        raise _fail(objective, "units' major and minor keys must be >= 0")
+    keys = torch.stack([units.major, units.tree, units.minor], dim=1)
+    if torch.unique(keys, dim=0).shape[0] != n:
+        raise _fail(objective, "two units share (major, tree, minor): each unit needs its own place in the iteration")
+    if expected is not None and n and (int(units.tree.max()) >= expected or int(units.chain.min()) < 0):
+        raise _fail(objective, f"units' trees must be this rank's ({expected}) and chains leaves of theirs")
 
 
 def check_objective(objective: Any, *, sampler: Any = None, plan: TreePlan | None = None, atol: float = 1e-5) -> None:
@@ -272,7 +279,7 @@ def check_objective(objective: Any, *, sampler: Any = None, plan: TreePlan | Non
         return UnitContext(0, [torch.Generator().manual_seed(100 + t) for t in range(ro.num_trees)])
 
     units = objective.units(ro, adv, EdgeSet.all_stochastic(ro), ctx())
-    _check_units(objective, units)
+    _check_units(objective, units, ro.num_trees)
     if len(units) == 0:
         raise _fail(objective, "units() gave no unit for a rollout whose every stochastic edge is trained")
     again = objective.units(ro, adv, EdgeSet.all_stochastic(ro), ctx())

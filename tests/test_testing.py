@@ -262,7 +262,8 @@ def _leaf_objective(**changes):
             if changes.get("unseeded"):
                 leaf = leaf[torch.randperm(leaf.numel())]
             tree = rollout.tree[-1][leaf]
-            return Leaves(tree=tree, major=torch.zeros_like(leaf), minor=leaf, chain=leaf, leaf=leaf)
+            minor = torch.zeros_like(leaf) if changes.get("shared_place") else leaf
+            return Leaves(tree=tree, major=torch.zeros_like(leaf), minor=minor, chain=leaf, leaf=leaf)
 
         def loss(self, units, ctx):
             x0 = ctx.rollout.final[units.leaf]
@@ -279,7 +280,8 @@ def _leaf_objective(**changes):
 
 
 @pytest.mark.parametrize("change,message", [("unseeded", "same units"), ("batch_mean", "depends on the micro-batch"),
-                                            ("detached", "gradient reaching the policy")])
+                                            ("detached", "gradient reaching the policy"),
+                                            ("shared_place", r"share \(major, tree, minor\)")])
 def test_broken_objectives_fail(change, message):
     from grpo.testing import check_objective
 

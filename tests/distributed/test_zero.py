@@ -239,3 +239,39 @@ def test_flow_grpo_global_std_on_two_ranks_equals_one(tiny_model_dir, tmp_path):
         assert b["update/loss"] == pytest.approx(a["update/loss"], rel=1e-3, abs=1e-8)
         assert b["update/grad_norm"] == pytest.approx(a["update/grad_norm"], rel=1e-5)
         assert b["reward/zero_std_ratio"] == a["reward/zero_std_ratio"]
+
+
+def test_two_ranks_train_an_objective_on_the_leaves_like_one(tiny_model_dir, tmp_path, monkeypatch):
+    """An objective of a plugin module that trains on re-noised leaves (the one `grpo plugins new
+    objective` writes), on independent chains of a deterministic rollout: every unit is drawn from its
+    tree's own stream and the optimizer steps over every rank's units, so 2 ranks train like one."""
+    from grpo.cli.scaffold import COMPONENTS
+
+    (tmp_path / "leaf_objective.py").write_text(
+        COMPONENTS["objective"].format(cls="WeightedLeaves")
+        + "\nfrom grpo.core.hookspecs import hookimpl\n\n\n@hookimpl\ndef grpo_register_objective(registry):\n"
+          "    registry.add('weighted-leaves', WeightedLeaves)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    leaf = ("plugins.modules=['leaf_objective']", "strategy.topology={use='chains', group_size=4}",
+            "strategy.objective={use='weighted-leaves', draws=2}", "sampler={use='ode', steps=8}")
+    sets = args(tiny_model_dir, None, extra=leaf)
+    sets = [x for i, x in enumerate(sets) if "pruned_depths" not in x and "pruned_depths" not in sets[min(i + 1, len(sets) - 1)]]
+    # the family's recipe without the options of the parts replaced here (the fan's and the clipped ratio's)
+    lines = (ROOT / "recipes" / "shapes_dance.toml").read_text().splitlines()
+    recipe = tmp_path / "leaves.toml"
+    recipe.write_text("\n".join(x for x in lines if not x.startswith(("group_size", "clip_range", "kl_beta"))) + "\n")
+    runs = {}
+    for n in (1, 2):
+        runs[n] = tmp_path / f"ranks{n}"
+        grpo("run", str(recipe), *sets, "--out", str(runs[n]), nproc=n)
+    one, two = train_records(runs[1]), train_records(runs[2])
+    for a, b in zip(one, two, strict=True):
+        assert a["reward/shapes-faithfulness/mean"] == b["reward/shapes-faithfulness/mean"]
+        assert a["update/trained_samples"] == b["update/trained_samples"] == 4 * 4 * 2
+        assert a["update/optimizer_steps"] == b["update/optimizer_steps"] == 3
+        assert b["update/loss"] == pytest.approx(a["update/loss"], rel=1e-4, abs=1e-8)
+        assert b["update/grad_norm"] == pytest.approx(a["update/grad_norm"], rel=1e-4)
+    assert one[1]["update/grad_norm"] > 0
+    w1, w2 = trained(runs[1], 2), trained(runs[2], 2)
+    moved = flat(w1) - flat(base_weights(tiny_model_dir, w1))
+    assert float((flat(w2) - flat(w1)).norm()) < 0.01 * float(moved.norm())
