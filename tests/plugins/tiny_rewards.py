@@ -251,7 +251,10 @@ class Judge(BaseHTTPRequestHandler):
 
 @contextmanager
 def serve() -> Iterator[str]:
-    """The judge on a free loopback port, for the duration: its base URL."""
+    """The judge on a free loopback port, for the duration: its base URL. It starts with no request
+    seen (the counts and requests are the judge's, shared by every server)."""
+    Judge.calls.clear()
+    Judge.seen.clear()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
