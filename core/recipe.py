@@ -311,10 +311,32 @@ def upgrade_resolved(data: dict[str, Any]) -> dict[str, Any]:
     objective = {"use": "clipped-ratio", "clip_range": strategy.get("clip_range", 1e-4),
                  "split_logprob": strategy.get("split_logprob", "nominal"), "kl_beta": train.pop("kl_beta", 0.0),
                  "kl_form": train.pop("kl_form", "gaussian"), "grpo_guard": train.pop("grpo_guard", False)}
+    pruners = [table(r) for r in parts["pruner"]]
+    if "pruner" not in strategy:  # the strategy's own pruners: as its 0.2 preset lists them
+        pruners = _preset_pruners(strategy, pruners)
     out["strategy"] = {"use": strategy.get("use"), "topology": table(parts["topology"]),
-                       "advantage": table(parts["advantage"]), "pruner": [table(r) for r in parts["pruner"]],
-                       "objective": objective, "solver": {"use": "euler"}}
+                       "advantage": table(parts["advantage"]), "pruner": pruners, "objective": objective,
+                       "solver": {"use": "euler"}}
     return out
+
+
+def _preset_pruners(strategy: dict[str, Any], ran: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pruners a 0.1 built-in strategy ran, in the form of its 0.2 preset. 0.1 made a pruner only
+    when an option asked for it; the preset always lists it, neutral where 0.1 made none (no depth
+    pruned, every chain kept, every step a candidate), which trains the same edges."""
+    s, use = strategy, strategy.get("use")
+    if use in ("branchgrpo", "branchgrpo-mix") and "pruned_depths" in s:
+        out = [{"use": "depth", "pruned_depths": s["pruned_depths"], "depth_slide_every": s.get("depth_slide_every", 0),
+                "depth_stop": s.get("depth_stop", -1), "pruning_fraction": s.get("pruning_fraction", 1.0)},
+               {"use": "width", "width_ratio": s.get("width_ratio") or 1.0, "width_pooled": s.get("width_pooled", False),
+                "pruning_fraction": s.get("pruning_fraction", 1.0),
+                "width_pooled_across_ranks": s.get("width_pooled_across_ranks", False)}]
+        return out + ([{"use": "last-step"}] if s.get("train_last_step") is False else [])
+    if use == "dancegrpo" and "timestep_fraction" in s:
+        return [{"use": "timestep-fraction", "timestep_fraction": s["timestep_fraction"],
+                 "ignore_last": s.get("ignore_last", False), "step_window": s.get("step_window", []),
+                 "step_rounding": s.get("step_rounding", "up"), "step_choice": "random"}]
+    return ran
 
 
 def plugin_modules(data: dict[str, Any]) -> list[str]:

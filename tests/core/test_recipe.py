@@ -100,9 +100,9 @@ def test_reward_names_label_the_logs_and_survive_resolution(tmp_path):
 
 def test_a_run_directory_of_version_0_1_reads_in_the_new_layout():
     """The committed runs of benchmarks/branch_vs_dance were written by 0.1 ([train] kl_beta, the
-    strategy's own options, [parts]): read again, DanceGRPO's is exactly today's shapes_dance recipe,
-    so `grpo compare` keeps it; BranchGRPO's keeps the parts it ran (no width pruner), which today's
-    preset adds, so a comparison redoes it rather than passing it off as today's."""
+    strategy's own options, [parts]): read again, each is exactly today's recipe (BranchGRPO's with
+    the preset's neutral width pruner, which 0.1 did not make and which trains the same edges), so
+    `grpo compare` keeps them; a run whose settings differ is still refused."""
     from grpo.cli.compare import _check_same_settings
     from grpo.core.recipe import load_toml, upgrade_resolved
 
@@ -114,12 +114,16 @@ def test_a_run_directory_of_version_0_1_reads_in_the_new_layout():
     assert dance.to_dict() == today.to_dict()
     _check_same_settings(runs / "shapes_dance-seed1", today.to_dict())  # kept by grpo compare
     branch, _ = load_recipe(runs / "shapes_branch-seed0" / "recipe.resolved.toml", env=False, resolved=True)
-    assert [p.entry.name for p in branch.strategy.pruners] == ["depth"]
+    assert [p.entry.name for p in branch.strategy.pruners] == ["depth", "width"]
+    assert branch.strategy.pruners[1].options["width_ratio"] == 1.0  # 0.1's "0 = off": every chain kept
     assert branch.strategy.objective.options == {"clip_range": 1e-3, "kl_beta": 0.5, "kl_form": "gaussian",
                                                  "grpo_guard": False, "split_logprob": "nominal"}
     now, _ = load_recipe(RECIPES[0].parent / "shapes_branch.toml", env=False)
+    assert branch.to_dict() == now.to_dict()
+    _check_same_settings(runs / "shapes_branch-seed0", now.to_dict())
+    other, _ = load_recipe(RECIPES[0].parent / "shapes_branch.toml", ["strategy.width_ratio=0.5"], env=False)
     with pytest.raises(UserError, match=r"other settings \(\[strategy\] differ\)"):
-        _check_same_settings(runs / "shapes_branch-seed0", now.to_dict())
+        _check_same_settings(runs / "shapes_branch-seed0", other.to_dict())
     assert upgrade_resolved(today.to_dict()) == today.to_dict()  # today's layout passes unchanged
     with pytest.raises(UserErrors, match="train.kl_beta"):  # a user's recipe with 0.1 keys is told where they went
         load_recipe(runs / "shapes_dance-seed1" / "recipe.resolved.toml", env=False)
