@@ -17,6 +17,12 @@ after several optimizer steps, losses, gradient norms) are compared to 1e-4 rela
 vector units (an AMD EPYC and an Intel Xeon, measured) run other matrix kernels, and Flow-GRPO's
 smallest ratio after four optimizer steps moved by 1.4e-5 between them while every reward matched.
 
+One judgement of the shapes reward can flip between those CPUs: on the AMD EPYC (AVX2 kernels)
+the first rollout of ``shapes_mixgrpo`` scores one shape judgement otherwise (its shape mean is
+0.719 there, 0.734 pinned: 1/64 apart), and everything after it follows. Such a recipe keeps the other CPU's whole
+record in ``tests/data/pinned_metrics_other_cpus.json``; a run passes when it matches the pinned
+record or one of those, each to the tolerances above, never a mixture.
+
 Re-record (only when a change is meant to move results, and say so in its commit):
 ``GRPO_REPIN=1 python -m pytest tests/core/test_pinned_metrics.py``.
 """
@@ -32,6 +38,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PINNED = ROOT / "tests" / "data" / "pinned_metrics.json"
+OTHER_CPUS = ROOT / "tests" / "data" / "pinned_metrics_other_cpus.json"
 RECIPES = sorted((ROOT / "recipes").glob("shapes_*.toml"))
 SHORT = ["train.iterations=2", "train.prompts_per_iteration=2", "train.checkpoint_every=2", "eval.every=2",
          "prompts.eval_train_samples=0", "prompts.eval_held_out_samples=1", "eval.grid_images=4",
@@ -61,13 +68,30 @@ def test_short_runs_reproduce_their_pinned_metrics(recipe, tmp_path):
         PINNED.write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
         return
     expected = json.loads(PINNED.read_text())[recipe.stem]
-    assert [(r["kind"], r["iteration"]) for r in records] == [(r["kind"], r["iteration"]) for r in expected]
+    problems = mismatches(records, expected)
+    if problems:  # a record measured on another CPU, where a judgement of the reward flipped, may match
+        others = json.loads(OTHER_CPUS.read_text()).get(recipe.stem, [])
+        if any(not mismatches(records, other["records"]) for other in others):
+            return
+    assert not problems, problems[:6]
+
+
+def mismatches(records: list[dict], expected: list[dict]) -> list[str]:
+    """Where a run's records differ from pinned ones (empty when they agree)."""
+    if [(r["kind"], r["iteration"]) for r in records] != [(r["kind"], r["iteration"]) for r in expected]:
+        return [f"records {[(r['kind'], r['iteration']) for r in records]}, pinned "
+                f"{[(r['kind'], r['iteration']) for r in expected]}"]
+    out = []
     for got, want in zip(records, expected, strict=True):
-        assert sorted(got) == sorted(want), (got["kind"], got["iteration"])
+        at = f"{got['kind']} {got['iteration']}"
+        if sorted(got) != sorted(want):
+            out.append(f"{at}: keys {sorted(set(got) ^ set(want))}")
+            continue
         for key, value in want.items():
             if isinstance(value, float) and math.isfinite(value):
                 rel = 1e-4 if key.startswith("update/") else 1e-6  # the update's statistics: see the docstring
-                assert math.isclose(got[key], value, rel_tol=rel, abs_tol=1e-6), (got["kind"], got["iteration"], key,
-                                                                                  got[key], value)
-            else:
-                assert got[key] == value or (value != value and got[key] != got[key]), (key, got[key], value)
+                if not math.isclose(got[key], value, rel_tol=rel, abs_tol=1e-6):
+                    out.append(f"{at}: {key} {got[key]!r}, pinned {value!r}")
+            elif not (got[key] == value or (value != value and got[key] != got[key])):
+                out.append(f"{at}: {key} {got[key]!r}, pinned {value!r}")
+    return out

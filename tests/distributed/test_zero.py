@@ -37,12 +37,19 @@ def args(model_dir, stage: int | None, iterations: int = 2, extra=()) -> list[st
     return [x for s in sets for x in ("--set", s)]
 
 
+def failure(stderr: str) -> str:
+    """What a failed run printed: from a rank's fault report (its stacks, not the list of extension
+    modules that ends it) when one died of a fault, else the end."""
+    fault = stderr.find("Fatal Python error")
+    return stderr[fault:fault + 6000] if fault >= 0 else stderr[-3000:]
+
+
 def grpo(*argv: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "grpo.cli.main", *argv, "--quiet", "--nproc", str(nproc)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if check:
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, failure(done.stderr)
     return done
 
 
@@ -177,7 +184,7 @@ def test_export_of_a_zero3_run_loads_in_diffusers_and_samples_the_same(tiny_mode
     grpo("run", BRANCH, *args(tiny_model_dir, 3), "--out", str(run), nproc=2)
     done = subprocess.run([sys.executable, "-m", "grpo.cli.main", "export", str(run), "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done.stderr)
     unet = UNet2DConditionModel.from_pretrained(out / "unet")
     weights = trained(run, 2)
     state = unet.state_dict()
@@ -212,7 +219,7 @@ def test_torchrun_starts_the_same_run(tiny_model_dir, tmp_path):
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-port", str(free_port()), "-m", "grpo.cli.main", *run_args, "--out", str(theirs),
                            "--quiet"], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done.stderr)
     a, b = train_records(ours), train_records(theirs)
     for key in ("update/loss", "update/grad_norm", "reward/shapes-faithfulness/mean"):
         assert a[0][key] == b[0][key], key
