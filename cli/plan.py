@@ -39,20 +39,24 @@ def plan(
         if isinstance(rec, list) and not rec:
             parts.add_row(slot, "(none)", "", "", "")
     console.print(parts)
+    edges = data["unit"] == "edges"  # an objective of other units trains no edge: its column would mislead
     table = Table(title=f"{r.strategy.name}: one tree over {data['steps']} steps")
-    for col in ("step", "σ → σ'", "live nodes", "branch", "mode", "trained edges"):
+    for col in ("step", "σ → σ'", "live nodes", "branch", "mode", *(("trained edges",) if edges else ())):
         table.add_column(col, justify="right")
     for s in data["per_step"]:
         split = f"×{s['branch']} (λ {s['noise_scale']:g})" if s["branch"] > 1 else ""
         table.add_row(str(s["step"]), f"{s['sigma']:.3f} → {s['sigma_next']:.3f}", str(s["live_nodes"]), split,
-                      s["mode"], str(s["trained_edges"]))
+                      s["mode"], *((str(s["trained_edges"]),) if edges else ()))
     console.print(table)
-    console.print(
-        f"per tree: [bold]{data['leaves_per_tree']}[/] leaves, [bold]{data['rollout_forwards_per_tree']}[/] rollout "
-        f"forwards, {data['edges_per_tree']} edges, [bold]{data['trained_edges_per_tree']}[/] trained edges "
-        f"({data['rollout_forwards_per_leaf']:.2f} forwards and {data['trained_edges_per_leaf']:.2f} trained edges "
-        f"per leaf); {prompts} trees per iteration"
-    )
-    if data["unit"] != "edges":
+    leaves, forwards, chains = data["leaves_per_tree"], data["rollout_forwards_per_tree"], data["chain_forwards_per_tree"]
+    trained = (f", [bold]{data['trained_edges_per_tree']}[/] trained edges "
+               f"({data['trained_edges_per_leaf']:.2f} per leaf)") if edges else ""
+    console.print(f"per tree: [bold]{leaves}[/] leaves, [bold]{forwards}[/] rollout forwards "
+                  f"({data['rollout_forwards_per_leaf']:.2f} per leaf), {data['edges_per_tree']} edges{trained}; "
+                  f"{prompts} trees per iteration")
+    if forwards != chains:
+        console.print(f"as {leaves} separate chains of {data['steps']} steps: {chains} rollout forwards "
+                      f"({data['steps']:.2f} per leaf); this tree takes {forwards / chains:.0%} of them")
+    if not edges:
         console.print(f"objective {r.strategy.objective.entry.name}: [bold]{data['units_per_tree']}[/] "
-                      f"{data['unit']} trained per tree")
+                      f"{data['unit'].replace('_', ' ')} trained per tree")

@@ -112,6 +112,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "objective": {
         "needs_reference": False,  # no frozen copy of the base policy
+        "lag": None,  # no lagged copy of the trained weights
         "check_plan": _objective_check_plan,  # trains on any rollout
     },
 }

@@ -41,6 +41,9 @@ class TrainConfig:
     ema_decay: Annotated[float, Range(ge=0, lt=1), Doc(
         "EMA of the trained weights, used by evaluation and export (0 = off; Flow-GRPO: 0.9)")] = 0.0
     ema_every: Annotated[int, Range(ge=1), Doc("optimizer steps between EMA updates (Flow-GRPO: 8)")] = 1
+    ema_warmup: Annotated[bool, Doc(
+        "EMA decay min((1 + s)/(10 + s), ema_decay) at optimizer step s (the released EMA of DiffusionNFT and "
+        "Flow-GRPO); false: ema_decay from the first update")] = False
     init_same_noise: Annotated[bool, Doc("one initial noise shared by all prompts of an iteration")] = True
     reward_aggregation: Annotated[
         Literal["sum", "advantage"], Doc("weight rewards before advantages ('sum') or advantages per reward")

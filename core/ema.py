@@ -1,44 +1,55 @@
-"""An exponential moving average of the trained weights (``[train] ema_decay``, ``ema_every``).
+"""Copies of the trained weights kept beside them: the EMA that evaluation and export use
+(``[train] ema_decay``, ``ema_every``, ``ema_warmup``), and the lagged copy an objective asks for
+(``Objective.lag``: DiffusionNFT's old policy).
 
-Every `every` optimizer steps, ``ema ← decay·ema + (1 − decay)·θ`` for each trained parameter θ
-(Flow-GRPO's EMA: decay 0.9 every 8 steps). Evaluation, its sample grids and ``grpo export`` use
-the averaged weights; a checkpoint holds them (``ema.safetensors``), so a resumed run continues
-the same average.
+Both are fp32 shadows of the trained parameters, moved towards the weights as
+``copy ← d·copy + (1 − d)·θ`` and swapped into the module for the duration of ``applied()``.
+
+- The EMA: every `every` optimizer steps, with d = `decay`, or with the warm-up
+  d = min((1 + s)/(10 + s), decay) at optimizer step s (DiffusionNFT's and Flow-GRPO's released EMA).
+- The lagged copy: after every iteration (or every optimizer step), with d from its ``Lag`` schedule
+  at the optimizer steps taken so far. The rollout samples from it when the lag says so.
+
+A checkpoint holds both (``ema.safetensors``, ``lagged.safetensors``), so a resumed run continues them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .objective import Lag
+
 FILE = "ema.safetensors"
+LAGGED_FILE = "lagged.safetensors"
 STEPS = "__optimizer_steps__"
 
 
-class WeightAverage:
-    """The EMA of `parameters` (named by `names`, as the module names them), kept in fp32 beside them."""
+class ShadowWeights:
+    """An fp32 copy of `parameters` (named by `names`, as the module names them), saved as `file`."""
 
-    def __init__(self, parameters: list[torch.nn.Parameter], names: list[str], decay: float, every: int) -> None:
-        self.parameters, self.names, self.decay, self.every = parameters, names, decay, every
+    file = FILE
+
+    def __init__(self, parameters: list[torch.nn.Parameter], names: list[str]) -> None:
+        self.parameters, self.names = parameters, names
         self.shadow = [p.detach().float().clone() for p in parameters]
-        self.steps = 0
+        self.steps = 0  # optimizer steps seen
 
     @torch.no_grad()
-    def after_step(self) -> None:
-        """Count an optimizer step; every `every` steps, move the average towards the weights."""
-        self.steps += 1
-        if self.steps % self.every:
-            return
+    def blend(self, decay: float) -> None:
+        """``copy ← decay·copy + (1 − decay)·θ``."""
         for s, p in zip(self.shadow, self.parameters, strict=True):
-            s.mul_(self.decay).add_(p.detach().float(), alpha=1.0 - self.decay)
+            s.mul_(decay).add_(p.detach().float(), alpha=1.0 - decay)
 
     @contextmanager
     def applied(self) -> Iterator[None]:
-        """The averaged weights in the module for the duration (the trained ones restored after)."""
+        """The copy in the module for the duration (the trained weights restored after). Enter it
+        before any forward whose graph is still needed: swapping changes the parameters in place."""
         kept = [p.detach().clone() for p in self.parameters]
         with torch.no_grad():
             for s, p in zip(self.shadow, self.parameters, strict=True):
@@ -52,35 +63,78 @@ class WeightAverage:
 
     def save(self, directory: Path) -> None:
         state = {n: s.cpu().contiguous() for n, s in zip(self.names, self.shadow, strict=True)}
-        save_file({**state, STEPS: torch.tensor([self.steps])}, str(directory / FILE))
+        save_file({**state, STEPS: torch.tensor([self.steps])}, str(directory / self.file))
 
     def load(self, directory: Path) -> None:
-        """Restore what `save` wrote; a checkpoint written without an average starts one from the weights."""
-        if not (directory / FILE).is_file():
+        """Restore what `save` wrote; a checkpoint written without this copy starts it from the weights."""
+        if not (directory / self.file).is_file():
             return
-        state = read(directory)
+        state = read(directory, self.file)
         with torch.no_grad():
             for n, s in zip(self.names, self.shadow, strict=True):
                 s.copy_(state[n])
-        self.steps = int(load_file(str(directory / FILE))[STEPS])
+        self.steps = int(load_file(str(directory / self.file))[STEPS])
 
 
-def read(directory: Path) -> dict[str, torch.Tensor]:
-    """The averaged weights of a checkpoint folder, by parameter name (empty when it has none)."""
-    if not (directory / FILE).is_file():
-        return {}
-    return {k: v for k, v in load_file(str(directory / FILE)).items() if k != STEPS}
+class WeightAverage(ShadowWeights):
+    """The EMA: every `every` optimizer steps, blended with `decay` (or its warm-up)."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter], names: list[str], decay: float, every: int,
+                 warmup: bool = False) -> None:
+        super().__init__(parameters, names)
+        self.decay, self.every, self.warmup = decay, every, warmup
+
+    def current_decay(self) -> float:
+        """The decay of the blend after optimizer step `steps` (1-based)."""
+        return min((1 + self.steps) / (10 + self.steps), self.decay) if self.warmup else self.decay
+
+    def after_step(self) -> None:
+        """Count an optimizer step; every `every` steps, move the average towards the weights."""
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.blend(self.current_decay())
 
 
-class NoAverage:
-    """What the engine holds when ``train.ema_decay`` is 0: nothing averaged, nothing saved."""
+class LaggedWeights(ShadowWeights):
+    """The objective's lagged copy, blended on its ``Lag`` schedule."""
+
+    file = LAGGED_FILE
+
+    def __init__(self, parameters: list[torch.nn.Parameter], names: list[str], lag: Lag) -> None:
+        super().__init__(parameters, names)
+        self.lag = lag
+
+    def after_step(self) -> None:
+        self.steps += 1
+        if self.lag.every == "optimizer_step":
+            self.blend(self.lag.decay(self.steps))
+
+    def after_iteration(self) -> None:
+        if self.lag.every == "iteration":
+            self.blend(self.lag.decay(self.steps))
+
+    def sampling(self) -> AbstractContextManager[None]:
+        """The weights the rollout samples with: this copy when the lag says so (from its
+        ``rollout_after`` optimizer steps on), else the trained ones."""
+        if self.lag.rollout and self.steps >= self.lag.rollout_after:
+            return self.applied()
+        return nullcontext()
+
+
+class NoCopy:
+    """What the engine holds for a copy the run does not keep: nothing moved, swapped or saved."""
 
     def after_step(self) -> None:
         return None
 
-    @contextmanager
-    def applied(self) -> Iterator[None]:
-        yield
+    def after_iteration(self) -> None:
+        return None
+
+    def applied(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def sampling(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def save(self, directory: Path) -> None:
         return None
@@ -89,17 +143,62 @@ class NoAverage:
         return None
 
 
-def weight_average(module: torch.nn.Module, parameters: list[torch.nn.Parameter], decay: float,
-                   every: int) -> WeightAverage | NoAverage:
-    """The run's average of `parameters` of `module` (NoAverage for decay 0). UserError when the
-    backend partitions the weights (ZeRO-3), whose ranks then hold no whole parameter to average."""
-    if not decay:
-        return NoAverage()
+def read(directory: Path, file: str = FILE) -> dict[str, torch.Tensor]:
+    """The weights of one copy in a checkpoint folder (the EMA by default), by parameter name (empty
+    when it has none)."""
+    if not (directory / file).is_file():
+        return {}
+    return {k: v for k, v in load_file(str(directory / file)).items() if k != STEPS}
+
+
+def _whole(parameters: list[torch.nn.Parameter], where: str) -> None:
     if any(p.numel() == 0 for p in parameters):
         from .errors import UserError
 
         raise UserError("the backend partitions the trained weights over the ranks (ZeRO-3), so no rank holds "
-                        "them whole to average", where="train.ema_decay",
-                        hint="use ZeRO stage 0-2 (backend.zero_stage or a zero2 preset) with an EMA, or set it to 0")
+                        "them whole to keep a copy of", where=where,
+                        hint="use ZeRO stage 0-2 (backend.zero_stage or a zero2 preset)")
+
+
+def _names(module: torch.nn.Module, parameters: list[torch.nn.Parameter]) -> list[str]:
     names = {id(p): n for n, p in module.named_parameters()}
-    return WeightAverage(parameters, [names[id(p)] for p in parameters], decay, every)
+    return [names[id(p)] for p in parameters]
+
+
+def weight_average(module: torch.nn.Module, parameters: list[torch.nn.Parameter], decay: float,
+                   every: int, warmup: bool = False) -> WeightAverage | NoCopy:
+    """The run's average of `parameters` of `module` (NoCopy for decay 0). UserError when the
+    backend partitions the weights (ZeRO-3), whose ranks then hold no whole parameter to average."""
+    if not decay:
+        return NoCopy()
+    _whole(parameters, "train.ema_decay")
+    return WeightAverage(parameters, _names(module, parameters), decay, every, warmup)
+
+
+def lagged_weights(module: torch.nn.Module, parameters: list[torch.nn.Parameter],
+                   lag: Lag | None) -> LaggedWeights | NoCopy:
+    """The objective's lagged copy of `parameters` (NoCopy when it keeps none); UserError on ZeRO-3."""
+    if lag is None:
+        return NoCopy()
+    _whole(parameters, "strategy.objective")
+    return LaggedWeights(parameters, _names(module, parameters), lag)
+
+
+@dataclass
+class WeightCopies:
+    """The run's EMA and the objective's lagged copy, moved, saved and restored together."""
+
+    ema: WeightAverage | NoCopy
+    lagged: LaggedWeights | NoCopy
+
+    def after_step(self) -> None:
+        self.ema.after_step()
+        self.lagged.after_step()
+
+    def save(self, directory: Path) -> None:
+        self.ema.save(directory)
+        self.lagged.save(directory)
+
+    def load(self, directory: Path) -> None:
+        self.ema.load(directory)
+        self.lagged.load(directory)

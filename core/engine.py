@@ -29,7 +29,7 @@ from .backend import OptimizerConfig
 from .components import PromptCache, build, check_world
 from .config import Recipe
 from .dist import Group, bind_local_gpu
-from .ema import weight_average
+from .ema import WeightCopies, lagged_weights, weight_average
 from .errors import UserError
 from .evaluation import Evaluator, Schedule
 from .objective import LossContext, UnitContext
@@ -97,7 +97,8 @@ class Trainer:
         c.backend.setup(c.policy.denoiser, params, OptimizerConfig(
             lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]), eps=t.eps, grad_clip=t.grad_clip))
         self.group = Group(c.backend.rank, c.backend.world_size)
-        self.ema = weight_average(c.policy.denoiser, params, t.ema_decay, t.ema_every)
+        self.copies = WeightCopies(weight_average(c.policy.denoiser, params, t.ema_decay, t.ema_every, t.ema_warmup),
+                                   lagged_weights(c.policy.denoiser, params, c.parts.objective.lag))
         if c.parts.objective.needs_reference:
             c.policy.place_reference(c.backend.place_frozen)
 
@@ -113,7 +114,7 @@ class Trainer:
                                     f"has {self.group.size}", where="--resume",
                                     hint=f"resume with --nproc {state.get('world_size', 1)}")
                 self.c.backend.load(found[0])
-                self.ema.load(found[0])
+                self.copies.load(found[0])
                 start, elapsed = found[1], float(state.get("elapsed", 0.0))
                 log.info("resuming at iteration %d from %s", start, found[0])
             self.group.barrier()  # every rank has read the checkpoint before rank 0 may replace it
@@ -139,22 +140,24 @@ class Trainer:
             plan = parts.plan(c.sampler.steps, it)
             shared = streams.shared_noise(t.seed, it, tuple(c.policy.latent_shape), len(prompts), plan.roots) \
                 if t.init_same_noise else None
-            ro = rollout(c.policy, c.sampler, plan, cond, max_batch=t.rollout_batch, init_noise=shared,
-                         generator=streams.tree_generators(t.seed, it, trees), solvers=parts.solvers, keep=parts.keep,
-                         on_step=lambda k: self.reporter.stage(f"rollout {k + 1}/{plan.steps}"))
+            with self.copies.lagged.sampling():  # the objective's lagged weights, when it samples with them
+                ro = rollout(c.policy, c.sampler, plan, cond, max_batch=t.rollout_batch, init_noise=shared,
+                             generator=streams.tree_generators(t.seed, it, trees), solvers=parts.solvers,
+                             keep=parts.keep, on_step=lambda k: self.reporter.stage(f"rollout {k + 1}/{plan.steps}"))
         with self._stage(times, "reward"):
             scores, report = c.rewards.score(c.policy.decode(ro.final), [prompts[i] for i in ro.tree[-1].tolist()])
         with timed(times, "advantage"):
             scores, failed = impute_failed(ro, scores)
             adv = c.rewards.advantages(parts.advantage, parts.spec.advantage.entry, ro, scores, self.group)
             flat = zero_std_ratio(ro, c.rewards.total(scores), self.group)
-            unit_ctx = UnitContext(it, streams.unit_generators(t.seed, it, trees))
+            unit_ctx = UnitContext(it, streams.unit_generators(t.seed, it, trees), ~failed if failed.any() else None)
             units = parts.units(ro, adv, self._prune(it, ro, adv, failed), unit_ctx)
         with self._stage(times, "update"):
-            stats = update(parts.learning_rule, LossContext(c.policy, c.sampler, ro, cond), c.backend, units,
-                           self.update_cfg, gen, placeholder=parts.placeholder(ro, unit_ctx), group=self.group,
-                           on_micro_batch=update_progress(self.reporter, len(units) * t.epochs),
-                           on_optimizer_step=self.ema.after_step)
+            stats = update(parts.learning_rule, LossContext(c.policy, c.sampler, ro, cond, self.copies.lagged.applied),
+                           c.backend, units, self.update_cfg, gen, placeholder=parts.placeholder(ro, unit_ctx),
+                           group=self.group, on_micro_batch=update_progress(self.reporter, len(units) * t.epochs),
+                           on_optimizer_step=self.copies.after_step)
+            self.copies.lagged.after_iteration()
         return iteration_metrics(ro, report, failed, stats, times, group=self.group, lr=t.lr,
                                  unit=parts.objective.unit, memory=c.backend.memory(), zero_std_ratio=flat)
 
@@ -195,7 +198,7 @@ class Trainer:
             return
         self.reporter.stage("evaluate")
         start = time.perf_counter()
-        with self.ema.applied():  # the averaged weights, when the recipe keeps an average
+        with self.copies.ema.applied():  # the averaged weights, when the recipe keeps an average
             ev = self.evaluator.evaluate(done)
         ev["time/evaluation"], ev["time/training"] = time.perf_counter() - start, elapsed
         if mark is not None:
@@ -233,7 +236,7 @@ class Trainer:
             if done % t.checkpoint_every == 0 or done == t.iterations or over:
                 self.reporter.stage("checkpoint")
                 checkpoint.save(self.run_dir, self.c.backend, done, t.keep_checkpoints, {"elapsed": elapsed},
-                                group=self.group, also=self.ema.save)
+                                group=self.group, also=self.copies.save)
             self._maybe_evaluate(done, elapsed, force=over)
             if over:
                 reason = "time_budget"

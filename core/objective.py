@@ -12,7 +12,8 @@ unit costing that unit, the EMA hook and the reductions over ranks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Literal, Protocol, runtime_checkable
 
@@ -110,6 +111,36 @@ class UnitLoss:
 
 
 @dataclass(frozen=True)
+class Lag:
+    """A lagged copy of the trained weights that an objective keeps (``Objective.lag``): the engine
+    keeps it beside the weights, moves it as ``copy ← d·copy + (1 − d)·θ`` and saves it with every
+    checkpoint. DiffusionNFT's old policy is one; so are AWM's and DGPO's EMA references.
+
+    Attributes:
+        rate, cap, flat: the decay after s optimizer steps, ``d = min(rate·(s − flat), cap)``, and 0
+            for s < flat (DiffusionNFT's ``decay_type`` 1: rate 0.001, cap 0.5, flat 0).
+        every: when the copy moves: after each ``"iteration"``'s update, or after each
+            ``"optimizer_step"``.
+        rollout: the rollout samples with the copy instead of the trained weights ...
+        rollout_after: ... once this many optimizer steps have been taken (0: from the start).
+
+    The copy starts as the weights the run starts with. A loss reads it through
+    ``LossContext.lagged``.
+    """
+
+    rate: float
+    cap: float
+    flat: int = 0
+    every: Literal["iteration", "optimizer_step"] = "iteration"
+    rollout: bool = False
+    rollout_after: int = 0
+
+    def decay(self, steps: int) -> float:
+        """d after `steps` optimizer steps."""
+        return 0.0 if steps < self.flat else min((steps - self.flat) * self.rate, self.cap)
+
+
+@dataclass(frozen=True)
 class UnitContext:
     """What ``units`` may use besides the rollout.
 
@@ -117,6 +148,9 @@ class UnitContext:
         iteration: the current iteration (0-based).
         generators: one seeded CPU generator per tree of this rank, from (train.seed, iteration,
             the tree's index in the iteration): a tree's units are the same on whichever rank.
+        scored: (N_T,) bool, the leaves whose every reward was scored, or None when all were. A
+            leaf that was not got its tree's mean score (advantage about 0); the engine already
+            trains none of the edges only it has, and an objective on the leaves leaves it out.
 
     ``grpo plan`` counts units on a rollout of the plan's structure whose states and leaves have no
     elements (shape (N, 0)): ``units`` must not depend on their values to say how many there are.
@@ -124,17 +158,24 @@ class UnitContext:
 
     iteration: int
     generators: Sequence[torch.Generator]
+    scored: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class LossContext:
     """What ``loss`` runs on: the policy being trained, the sampler, this rank's rollout and the
-    conditioning of its prompts (one row per tree)."""
+    conditioning of its prompts (one row per tree).
+
+    ``lagged()`` is a context in which the policy predicts with the objective's lagged copy of the
+    weights (``Objective.lag``; the trained weights when it keeps none). It swaps the weights in
+    place: enter it, under ``torch.no_grad()``, before any forward with gradients in the same loss.
+    """
 
     policy: Policy
     sampler: Sampler
     rollout: Rollout
     cond: Conditioning
+    lagged: Callable[[], AbstractContextManager[None]] = nullcontext
 
 
 @runtime_checkable
@@ -148,6 +189,8 @@ class Objective(Protocol):
         metrics: the statistics it logs, by name.
         needs_reference: optional (default False): the policy keeps a frozen copy of its base
             weights (``Policy.reference()``), for a KL term.
+        lag: optional (default None): a lagged copy of the trained weights to keep (``Lag``), read
+            in the loss through ``LossContext.lagged``.
 
     ``check_plan`` is optional too (default: accepts every tree).
     """
@@ -156,6 +199,7 @@ class Objective(Protocol):
     keep: Keep
     metrics: Mapping[str, Metric]
     needs_reference: bool
+    lag: Lag | None
 
     def units(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: UnitContext) -> Units:
         """This rank's training units of an iteration. `edges` are the trained edges the pruners chose

@@ -42,6 +42,7 @@ class CostReport:
             "stochastic_edges_per_tree": p.stochastic_edges,
             "trained_edges_per_tree": self.trained_edges,
             "rollout_forwards_per_leaf": p.rollout_forwards / p.leaves,
+            "chain_forwards_per_tree": p.leaves * p.steps,  # the same leaves as chains that share nothing
             "trained_edges_per_leaf": self.trained_edges / p.leaves,
             "unit": self.unit,
             "units_per_tree": self.units_per_tree,

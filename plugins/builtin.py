@@ -91,8 +91,10 @@ def grpo_register_pruner(registry) -> None:
 @hookimpl
 def grpo_register_objective(registry) -> None:
     from .objectives.clipped_ratio import ClippedRatio
+    from .objectives.forward import DiffusionNFT
 
     registry.add("clipped-ratio", ClippedRatio)
+    registry.add("diffusionnft", DiffusionNFT)
 
 
 @hookimpl
@@ -108,6 +110,7 @@ def grpo_register_backend(registry) -> None:
 def grpo_register_strategy(registry) -> None:
     from .branchgrpo.strategy import BRANCHGRPO, BRANCHGRPO_MIX
     from .dancegrpo.strategy import DANCEGRPO
+    from .diffusionnft.strategy import DIFFUSIONNFT
     from .flowgrpo.strategy import FLOWGRPO, FLOWGRPO_FAST
     from .mixgrpo.strategy import MIXGRPO, MIXGRPO_FLASH
 
@@ -118,6 +121,7 @@ def grpo_register_strategy(registry) -> None:
     registry.add("mixgrpo-flash", MIXGRPO_FLASH)
     registry.add("branchgrpo", BRANCHGRPO)
     registry.add("branchgrpo-mix", BRANCHGRPO_MIX)
+    registry.add("diffusionnft", DIFFUSIONNFT)
 
 
 @hookimpl

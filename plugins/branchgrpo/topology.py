@@ -29,7 +29,9 @@ class Branching:
 
     A split draws the children ``x = μ + λ·τ·ε`` with the split noise scale λ. With an SDE window
     (BranchGRPO-Mix) only split steps and the steps inside the window are stochastic; the others
-    are deterministic ODE steps that are never trained. The window can slide: every
+    are deterministic ODE steps that are never trained. With ``ode_between_splits`` and no window,
+    only the split steps are stochastic: the tree of an objective on the leaves, whose leaves differ
+    by their split noise alone. The window can slide: every
     `window_slide_every` iterations it moves `window_stride` steps later (MixGRPO's progressive
     window), stopping at the last step.
     """
@@ -49,6 +51,8 @@ class Branching:
             "Mix-Flash: the ODE steps after the last stochastic step become flash_solver steps on a grid "
             "of ⌊(T − last)·ratio⌋ points (0 = off)")] = 0.0,
         flash_solver: Annotated[str, Doc("the registered solver of the compressed tail")] = "dpm-solver++",
+        ode_between_splits: Annotated[bool, Doc(
+            "every step that is not a split (nor in the SDE window) is deterministic, also with window_size 0")] = False,
     ) -> None:
         self.split_points = list(split_points)
         self.num_splits = num_splits
@@ -57,6 +61,7 @@ class Branching:
         self.window_size, self.window_start = window_size, window_start
         self.window_slide_every, self.window_stride = window_slide_every, window_stride
         self.flash_ratio, self.flash_solver = flash_ratio, flash_solver
+        self.ode_between_splits = ode_between_splits
 
     def splits(self, steps: int) -> list[int]:
         points = even_split_points(steps, self.num_splits) if self.num_splits else self.split_points
@@ -74,9 +79,10 @@ class Branching:
         return list(points)
 
     def window(self, steps: int, iteration: int) -> range:
-        """The SDE window's steps at `iteration` (all steps when there is no window)."""
+        """The SDE window's steps at `iteration` (all steps when there is no window, none with
+        ``ode_between_splits``)."""
         if self.window_size == 0:
-            return range(steps)
+            return range(0) if self.ode_between_splits else range(steps)
         moves = iteration // self.window_slide_every if self.window_slide_every else 0
         start = min(self.window_start + moves * self.window_stride, max(steps - self.window_size, 0))
         return range(start, min(start + self.window_size, steps))

@@ -26,6 +26,8 @@ METRICS = {
     "clip_fraction": Metric("clipped"),
     "approx_kl": Metric("approx_kl"),
     "kl": Metric("kl"),
+    "masked_fraction": Metric("masked"),
+    "kl_new_old": Metric("kl_new_old"),
 }
 
 
@@ -58,6 +60,23 @@ def edge_losses(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: t
     if kl is not None:
         loss_e = loss_e + kl_beta * torch.where(finite, kl, torch.zeros_like(kl))
     return torch.where(finite, loss_e, torch.zeros_like(loss_e)), ratio, finite
+
+
+def dppo_losses(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, divergence: torch.Tensor,
+                threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flow-DPPO's trust region (Tencent-Hunyuan/UniRL, ``unirl/algorithms/flowdppo.py``): per edge the
+    unclipped ``−A·r``, dropped where the step's mean has moved too far from the sampling policy's
+    (`divergence` D ≥ `threshold`) *and* the ratio moves the way the advantage pushes it (r > 1 with
+    A > 0, or r < 1 with A < 0). Returns the losses (E,), the ratios, which edges are finite and
+    which were dropped; the finite masking is the clipped loss's."""
+    delta = log_prob - old_log_prob
+    finite = torch.isfinite(delta) & (delta.abs() <= MAX_LOG_RATIO) & torch.isfinite(advantage) & torch.isfinite(divergence)
+    ratio = torch.exp(torch.where(finite, delta, torch.zeros_like(delta)))
+    adv = torch.where(finite, advantage, torch.zeros_like(advantage))
+    far = divergence.detach() >= threshold
+    dropped = far & (((ratio.detach() > 1.0) & (adv > 0)) | ((ratio.detach() < 1.0) & (adv < 0)))
+    loss_e = torch.where(finite & ~dropped, -adv * ratio, torch.zeros_like(ratio))
+    return loss_e, ratio, finite, dropped
 
 
 def reference_kl(policy: Policy, sampler: Sampler, mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor,
@@ -104,7 +123,10 @@ class ClippedRatio:
 
     ``kl_form = "flow-grpo"`` takes that KL in Flow-GRPO's form (the Gaussian one × the step size
     Δ). ``grpo_guard`` is GRPO-Guard: the re-centred log-ratio ``s·(log r + ‖Δμ‖²/2s²)`` and each
-    step's loss divided by its Δσ (pair it with a clip range near 1e-6, as released). It trains on
+    step's loss divided by its Δσ (pair it with a clip range near 1e-6, as released).
+    ``trust_region = "dppo"`` replaces the clip with Flow-DPPO's mask: the unclipped −A·r, left out
+    on the edges whose step mean has moved from the sampling policy's by D = mean((μ − μ_old)²)/(2τ²)
+    ≥ ``dppo_threshold`` while r moves the way A pushes it (``update/masked_fraction``). It trains on
     per-step densities, so it needs a stochastic sampler.
     """
 
@@ -124,10 +146,22 @@ class ClippedRatio:
         split_logprob: Annotated[Literal["nominal", "scaled"], Doc(
             "a split edge's density with the step's τ (the released BranchGRPO) or with λ·τ, the density its "
             "children were drawn from")] = "nominal",
+        trust_region: Annotated[Literal["clip", "dppo"], Doc(
+            "clip: the clipped ratio; dppo: Flow-DPPO's, the unclipped −A·r of every edge except those whose step "
+            "mean moved by D ≥ dppo_threshold from the sampling policy's while r moves the advantage's way")] = "clip",
+        dppo_threshold: Annotated[float, Range(gt=0), Doc(
+            "Flow-DPPO's threshold on D = mean((μ − μ_old)²)/(2τ²) per edge (released: 1e-5)")] = 1e-5,
+        dppo_scaled: Annotated[bool, Doc(
+            "D divided by 2τ² as released (add_kl_coefficient); false: the plain mean squared distance")] = True,
     ) -> None:
         self.clip_range, self.kl_beta, self.kl_form = clip_range, kl_beta, kl_form
         self.grpo_guard, self.split_logprob = grpo_guard, split_logprob
-        self.keep = Keep(log_prob=True, means=grpo_guard, states=True, split_logprob=split_logprob)
+        self.trust_region, self.dppo_threshold, self.dppo_scaled = trust_region, dppo_threshold, dppo_scaled
+        if grpo_guard and trust_region == "dppo":
+            raise UserError("GRPO-Guard re-centres the clipped ratio, which Flow-DPPO's trust region replaces",
+                            where="trust_region", hint="choose one: grpo_guard = false or trust_region = \"clip\"")
+        self.keep = Keep(log_prob=True, means=grpo_guard or trust_region == "dppo", states=True,
+                         split_logprob=split_logprob)
 
     @property
     def needs_reference(self) -> bool:
@@ -140,6 +174,13 @@ class ClippedRatio:
 
     def units(self, rollout: Rollout, advantages: Advantages, edges: EdgeSet, ctx: UnitContext) -> EdgeUnits:
         return EdgeUnits.gather(rollout, advantages, edges)
+
+    def divergence(self, rollout: Rollout, units: EdgeUnits, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """(E,) Flow-DPPO's D: the mean over the latent's elements of (μ − μ_old)², over 2τ² (as released,
+        per element rather than per noise tile), μ_old the rollout's stored mean."""
+        old = torch.stack([rollout.means[k][c] for k, c in zip(units.step.tolist(), units.child.tolist(), strict=True)])
+        d = ((mean - old.to(mean.device)) ** 2).flatten(1).mean(dim=1)
+        return d / (2.0 * std**2) if self.dppo_scaled else d
 
     def loss(self, units: EdgeUnits, ctx: LossContext) -> UnitLoss:
         policy, sampler, rollout = ctx.policy, ctx.sampler, ctx.rollout
@@ -156,10 +197,19 @@ class ClippedRatio:
             weight = 1.0 / step_sizes(rollout, units).to(t.log_prob.device)
         dev = t.log_prob.device
         old = units.old_log_prob.to(dev)
-        loss_e, ratio, finite = edge_losses(t.log_prob, old, units.advantage.to(dev), kl, self.clip_range,
-                                            self.kl_beta, log_ratio=log_ratio, weight=weight)
-        values = {"ratio": ratio, "clipped": ((ratio.detach() - 1.0).abs() > self.clip_range).double(),
-                  "approx_kl": 0.5 * (t.log_prob.detach() - old) ** 2}
+        values = {}
+        if self.trust_region == "dppo":
+            divergence = self.divergence(rollout, units, t.mean.detach(), t.std.detach())
+            loss_e, ratio, finite, dropped = dppo_losses(t.log_prob, old, units.advantage.to(dev), divergence,
+                                                         self.dppo_threshold)
+            if kl is not None:
+                loss_e = loss_e + self.kl_beta * torch.where(finite, kl, torch.zeros_like(kl))
+            values.update(masked=dropped.double(), kl_new_old=divergence)
+        else:
+            loss_e, ratio, finite = edge_losses(t.log_prob, old, units.advantage.to(dev), kl, self.clip_range,
+                                                self.kl_beta, log_ratio=log_ratio, weight=weight)
+        values.update(ratio=ratio, clipped=((ratio.detach() - 1.0).abs() > self.clip_range).double(),
+                      approx_kl=0.5 * (t.log_prob.detach() - old) ** 2)
         if kl is not None:
             values["kl"] = kl
         return UnitLoss(loss_e, finite, values)

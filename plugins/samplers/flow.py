@@ -138,7 +138,9 @@ class CPS(_GridSampler):
 
 
 class ODE(EulerODE):
-    """Deterministic Euler steps: x + Δ·v. No step has a log-probability; use it for evaluation."""
+    """Every step deterministic, taken by the strategy's solver (``[strategy.solver]``, Euler by default):
+    no step has a log-probability, so only an objective that reads none trains on its rollouts
+    (DiffusionNFT's), and a tree that splits is refused (its children would be identical)."""
 
     def __init__(self, *, steps: Steps = 16, shift: Shift = 1.0) -> None:
         super().__init__(steps, shift)

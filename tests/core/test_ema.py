@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from grpo.cli.main import app
-from grpo.core.ema import NoAverage, WeightAverage, read, weight_average
+from grpo.core.ema import NoCopy, WeightAverage, lagged_weights, read, weight_average
 from grpo.core.errors import UserError
+from grpo.core.objective import Lag
 from grpo.core.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,28 @@ def test_zero3_partitioned_weights_are_refused():
     module.w = partitioned
     with pytest.raises(UserError, match="ZeRO-3"):
         weight_average(module, [partitioned], 0.9, 1)
-    assert isinstance(weight_average(module, [partitioned], 0.0, 1), NoAverage)
+    assert isinstance(weight_average(module, [partitioned], 0.0, 1), NoCopy)
+    with pytest.raises(UserError, match="ZeRO-3"):  # an objective's lagged copy, likewise
+        lagged_weights(module, [partitioned], Lag(0.001, 0.5))
+    assert isinstance(lagged_weights(module, [partitioned], None), NoCopy)
+
+
+def test_the_warmup_is_the_released_ema_over_100_steps():
+    """The EMA of DiffusionNFT's release (flow_grpo/ema.py ``EMAModuleWrapper``, decay 0.9, interval 1,
+    stepped with the optimizer step count after its increment), written out again: at step s,
+    ``ema += (1 − min((1 + s)/(10 + s), 0.9))·(θ − ema)``."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.zeros(4))
+    ema = WeightAverage([p], ["w"], decay=0.9, every=1, warmup=True)
+    released = p.detach().clone()
+    for step in range(1, 101):
+        with torch.no_grad():
+            p.add_(torch.randn(4, generator=g))
+        ema.after_step()
+        one_minus_decay = 1 - min((1 + step) / (10 + step), 0.9)
+        released.add_(one_minus_decay * (p.detach() - released))
+        torch.testing.assert_close(ema.shadow[0], released, rtol=1e-6, atol=1e-6)
+    assert ema.current_decay() == 0.9  # reached at s = 80
 
 
 def args(model_dir, iterations, ema=True):

@@ -2,8 +2,10 @@
 everything but the algorithm, so that `grpo compare` of any subset of them compares algorithms only.
 
 What may differ: the ``[strategy]`` table (every part it runs, the objective's clip range and KL term
-among them) and the SDE's own noise options of the sampler (its ``use``, ``eta``, ``noise_level``,
-``first_step``: each method's exploration). A recipe that trains adapters (``model.lora_rank``) may
+among them), how the objective's units are grouped into optimizer steps (``train.accumulation_unit``),
+and the SDE's own noise options of the sampler (its ``use``, ``eta``, ``noise_level``, ``first_step``,
+and any option only one of the two samplers has, such as the ``noise_block`` a deterministic sampler
+lacks: each method's exploration). A recipe that trains adapters (``model.lora_rank``) may
 also set its own adapter size and learning rate. Everything else (model, steps, shift, ``noise_block``, rewards,
 prompts, evaluation set and schedule, iterations, batch, optimizer) is the family's.
 """
@@ -19,7 +21,7 @@ from grpo.cli.common import load_recipe
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 FAMILY = sorted(p for p in RECIPES.glob("shapes_*.toml") if p.stem != "shapes_dance")
 ALGORITHM = ("strategy", "parts", "provenance", "sampler.use", "sampler.eta", "sampler.noise_level",
-             "sampler.first_step")
+             "sampler.first_step", "train.accumulation_unit")
 ADAPTERS = ("model.lora_rank", "model.lora_alpha", "train.lr")
 
 
@@ -35,7 +37,8 @@ def family_differences(a: dict, b: dict) -> list[str]:
     """Dotted keys in which two resolved recipes differ beyond what the family lets differ."""
     fa, fb = _flat(a), _flat(b)
     allowed = ALGORITHM + (ADAPTERS if fa.get("model.lora_rank") != fb.get("model.lora_rank") else ())
-    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and not k.startswith(allowed))
+    own = {k for k in set(fa) ^ set(fb) if k.startswith("sampler.")}  # an option of one sampler only
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and not k.startswith(allowed) and k not in own)
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,6 @@ def test_the_family_check_catches_a_difference(reference):
     assert family_differences(reference, lr) == ["train.lr"]  # only an adapter recipe sets its own rate
     lora = load_recipe(RECIPES / "shapes_dance_lora.toml", ["train.prompts_per_iteration=4"], env=False)[0].to_dict()
     assert family_differences(reference, lora) == ["train.prompts_per_iteration"]
+    # a deterministic sampler lacks the SDE's noise tiles; the steps they share are the family's
+    nft = load_recipe(RECIPES / "shapes_nft.toml", ["sampler.steps=10"], env=False)[0].to_dict()
+    assert family_differences(reference, nft) == ["sampler.steps"]

@@ -1,0 +1,1 @@
+"""DiffusionNFT as a preset of parts."""
