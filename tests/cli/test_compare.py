@@ -256,7 +256,11 @@ def test_the_shipped_shapes_family_compares_as_is(tmp_path):
     assert {k for r, k in said if r == "shapes_dance_lora"} == {"model.lora_rank", "train.lr"}
     assert {k for r, k in said if r in ("shapes_mixgrpo", "shapes_mixgrpo_flash")} == sde
     assert {k for r, k in said if r == "shapes_flowgrpo"} == sde
-    assert {r for r, _ in said} == {"shapes_dance_lora", "shapes_flowgrpo", "shapes_mixgrpo", "shapes_mixgrpo_flash"}
+    # the forward-process recipes train whole chains per micro-batch, as their release does
+    assert {k for r, k in said if r == "shapes_nft"} == sde | {"train.accumulation_unit"}
+    assert {k for r, k in said if r == "shapes_nft_tree"} == {"train.accumulation_unit"}
+    assert {r for r, _ in said} == {"shapes_dance_lora", "shapes_flowgrpo", "shapes_mixgrpo", "shapes_mixgrpo_flash",
+                                    "shapes_nft", "shapes_nft_tree"}
     _, notes = plan_jobs([recipes / "shapes_dance.toml", recipes / "shapes_branch.toml"], [0],
                          ["eval.every_minutes=5"], tmp_path)
     assert notes == []
