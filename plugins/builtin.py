@@ -90,11 +90,13 @@ def grpo_register_pruner(registry) -> None:
 
 @hookimpl
 def grpo_register_objective(registry) -> None:
+    from .objectives.awm import AWM
     from .objectives.clipped_ratio import ClippedRatio
     from .objectives.forward import DiffusionNFT
 
     registry.add("clipped-ratio", ClippedRatio)
     registry.add("diffusionnft", DiffusionNFT)
+    registry.add("awm", AWM)
 
 
 @hookimpl
@@ -108,6 +110,7 @@ def grpo_register_backend(registry) -> None:
 
 @hookimpl
 def grpo_register_strategy(registry) -> None:
+    from .awm.strategy import AWM
     from .branchgrpo.strategy import BRANCHGRPO, BRANCHGRPO_MIX
     from .dancegrpo.strategy import DANCEGRPO
     from .diffusionnft.strategy import DIFFUSIONNFT
@@ -122,6 +125,7 @@ def grpo_register_strategy(registry) -> None:
     registry.add("branchgrpo", BRANCHGRPO)
     registry.add("branchgrpo-mix", BRANCHGRPO_MIX)
     registry.add("diffusionnft", DIFFUSIONNFT)
+    registry.add("awm", AWM)
 
 
 @hookimpl

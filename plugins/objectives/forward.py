@@ -11,6 +11,7 @@ computed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -21,6 +22,8 @@ from grpo.core.schema import Doc, Range
 from grpo.core.tree import Advantages, EdgeSet, Rollout
 
 SEED_RANGE = 2**62
+
+LevelDraw = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 Fraction = Annotated[float, Range(gt=0, le=1), Doc(
     "share of the rollout's T noise levels each leaf is trained at: ⌊T·fraction⌋ of them (at least one), "
@@ -47,27 +50,34 @@ class NoisedLeaves(Units):
         return torch.isfinite(self.advantage)
 
 
-def noised_leaves(rollout: Rollout, advantages: Advantages, ctx: UnitContext, fraction: float) -> NoisedLeaves:
-    """Each leaf at ⌊T·fraction⌋ of the rollout's noise levels (a random order per leaf), with a noise
-    seed per unit: unit j of a leaf has ``major`` j, ``minor`` the leaf's index within its tree, and
-    its leaf's chain."""
+def noised_leaves(rollout: Rollout, advantages: Advantages, ctx: UnitContext, fraction: float,
+                  draw: LevelDraw | None = None) -> NoisedLeaves:
+    """Each leaf at k noise levels with a noise seed per unit: unit j of a leaf has ``major`` j,
+    ``minor`` the leaf's index within its tree, and its leaf's chain. The levels are ⌊T·fraction⌋ of
+    the rollout's T, a random order per leaf (DiffusionNFT's draw), or what `draw` returns: the (k,)
+    levels of one leaf from the rollout's levels and the tree's generator (the same k for every leaf).
+    A tree's draws take its generator leaf by leaf, then its seeds."""
     levels = rollout.sigmas[:-1].float()
     T, per_tree = int(levels.shape[0]), rollout.plan.leaves
-    k = max(1, int(T * fraction))
+    if draw is None:
+        k = max(1, int(T * fraction))
+
+        def draw(grid: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            return grid[torch.randperm(T, generator=g)[:k]]
     picks, seeds = [], []
     for g in ctx.generators:  # one tree after another, from the tree's own generator
-        picks.append(torch.stack([torch.randperm(T, generator=g)[:k] for _ in range(per_tree)]))
-        seeds.append(torch.randint(SEED_RANGE, (per_tree, k), generator=g))
+        picks.append(torch.stack([draw(levels, g).float() for _ in range(per_tree)]))
+        seeds.append(torch.randint(SEED_RANGE, (per_tree, int(picks[-1].shape[1])), generator=g))
     n = per_tree * len(ctx.generators)
-    pick = torch.cat(picks) if picks else torch.zeros(0, k, dtype=torch.long)
+    k = int(picks[0].shape[1]) if picks else int(draw(levels, torch.Generator()).shape[0])
     leaf = torch.arange(n).repeat_interleave(k)
     adv = advantages.values[-1].float().clone()
     if ctx.scored is not None:
         adv[~ctx.scored] = float("nan")
     return NoisedLeaves(
         tree=rollout.tree[-1][leaf].long(), major=torch.arange(k).repeat(n), minor=leaf % per_tree, chain=leaf,
-        leaf=leaf, sigma=levels[pick.reshape(-1)], advantage=adv[leaf],
-        seed=torch.cat(seeds).reshape(-1) if seeds else torch.zeros(0, dtype=torch.long))
+        leaf=leaf, sigma=torch.cat(picks).reshape(-1) if picks else torch.zeros(0),
+        advantage=adv[leaf], seed=torch.cat(seeds).reshape(-1) if seeds else torch.zeros(0, dtype=torch.long))
 
 
 def unit_noise(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

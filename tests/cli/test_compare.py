@@ -248,7 +248,7 @@ def test_the_shipped_shapes_family_compares_as_is(tmp_path):
     from grpo.cli.compare import plan_jobs
 
     recipes = Path(__file__).resolve().parents[2] / "recipes"
-    family = sorted(recipes.glob("shapes_*.toml"))
+    family = sorted(recipes.glob("shapes_*.toml"), key=lambda p: (p.stem != "shapes_branch", p.stem))  # against it
     jobs, notes = plan_jobs(family, [0, 1], [], tmp_path)
     assert len(jobs) == 2 * len(family)
     said = {(n.split(" differs ")[0], n.split(" in ")[1].split(":")[0]) for n in notes}
@@ -257,10 +257,10 @@ def test_the_shipped_shapes_family_compares_as_is(tmp_path):
     assert {k for r, k in said if r in ("shapes_mixgrpo", "shapes_mixgrpo_flash")} == sde
     assert {k for r, k in said if r == "shapes_flowgrpo"} == sde
     # the forward-process recipes train whole chains per micro-batch, as their release does
-    assert {k for r, k in said if r == "shapes_nft"} == sde | {"train.accumulation_unit"}
+    assert {k for r, k in said if r in ("shapes_nft", "shapes_awm")} == sde | {"train.accumulation_unit"}
     assert {k for r, k in said if r == "shapes_nft_tree"} == {"train.accumulation_unit"}
     assert {r for r, _ in said} == {"shapes_dance_lora", "shapes_flowgrpo", "shapes_mixgrpo", "shapes_mixgrpo_flash",
-                                    "shapes_nft", "shapes_nft_tree"}
+                                    "shapes_nft", "shapes_nft_tree", "shapes_awm"}
     _, notes = plan_jobs([recipes / "shapes_dance.toml", recipes / "shapes_branch.toml"], [0],
                          ["eval.every_minutes=5"], tmp_path)
     assert notes == []

@@ -286,7 +286,7 @@ def test_bf16_rollout_and_update_stay_on_policy(name, folders):
 
 
 PEER_RECIPES = {"sd35_flowgrpo.toml": "sd3", "flux_mixgrpo.toml": "flux", "wanx_flowgrpo.toml": "wan-t2v",
-                "sd35_nft.toml": "sd3"}
+                "sd35_nft.toml": "sd3", "sd35_awm.toml": "sd3"}
 
 
 @pytest.mark.parametrize("recipe,name", list(PEER_RECIPES.items()))
@@ -328,8 +328,11 @@ def test_peer_recipes_run_an_iteration_on_their_tiny_model(recipe, name, folders
     assert len(train) == 1 and train[0]["cost/leaves"] == group and train[0]["update/grad_norm"] > 0
     if "update/ratio_mean" in train[0]:  # the policy-gradient family: on policy at the first step
         assert abs(train[0]["update/ratio_mean"] - 1) < 1e-2
-    else:  # DiffusionNFT: one optimizer step, before which the old policy is the weights themselves
+    elif "update/old_deviation" in train[0]:  # DiffusionNFT: one step, before which the old policy is θ itself
         assert train[0]["update/trained_noised_leaves"] == group * 9 and train[0]["update/old_deviation"] == 0.0
+    else:  # AWM: on policy, and at the first step its EMA is the base policy
+        assert train[0]["update/trained_noised_leaves"] == group * 6 and train[0]["update/ratio_max"] == 1.0
+        assert train[0]["update/ema_kl"] == train[0]["update/kl"]
 
 
 def test_a_model_loads_by_hub_id_from_the_cache_offline(folders, tmp_path, monkeypatch):

@@ -1,0 +1,1 @@
+"""Advantage Weighted Matching as a preset of parts."""
