@@ -92,11 +92,13 @@ def grpo_register_pruner(registry) -> None:
 def grpo_register_objective(registry) -> None:
     from .objectives.awm import AWM
     from .objectives.clipped_ratio import ClippedRatio
+    from .objectives.dgpo import DGPO
     from .objectives.forward import DiffusionNFT
 
     registry.add("clipped-ratio", ClippedRatio)
     registry.add("diffusionnft", DiffusionNFT)
     registry.add("awm", AWM)
+    registry.add("dgpo", DGPO)
 
 
 @hookimpl
@@ -113,6 +115,7 @@ def grpo_register_strategy(registry) -> None:
     from .awm.strategy import AWM
     from .branchgrpo.strategy import BRANCHGRPO, BRANCHGRPO_MIX
     from .dancegrpo.strategy import DANCEGRPO
+    from .dgpo.strategy import DGPO
     from .diffusionnft.strategy import DIFFUSIONNFT
     from .flowgrpo.strategy import FLOWGRPO, FLOWGRPO_FAST
     from .mixgrpo.strategy import MIXGRPO, MIXGRPO_FLASH
@@ -126,6 +129,7 @@ def grpo_register_strategy(registry) -> None:
     registry.add("branchgrpo-mix", BRANCHGRPO_MIX)
     registry.add("diffusionnft", DIFFUSIONNFT)
     registry.add("awm", AWM)
+    registry.add("dgpo", DGPO)
 
 
 @hookimpl

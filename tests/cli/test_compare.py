@@ -259,8 +259,10 @@ def test_the_shipped_shapes_family_compares_as_is(tmp_path):
     # the forward-process recipes train whole chains per micro-batch, as their release does
     assert {k for r, k in said if r in ("shapes_nft", "shapes_awm")} == sde | {"train.accumulation_unit"}
     assert {k for r, k in said if r == "shapes_nft_tree"} == {"train.accumulation_unit"}
+    # DGPO's units are whole groups of 8: 4 of them make the family's 32 leaves per forward
+    assert {k for r, k in said if r == "shapes_dgpo"} == sde | {"train.accumulation_unit", "train.micro_batch"}
     assert {r for r, _ in said} == {"shapes_dance_lora", "shapes_flowgrpo", "shapes_mixgrpo", "shapes_mixgrpo_flash",
-                                    "shapes_nft", "shapes_nft_tree", "shapes_awm"}
+                                    "shapes_nft", "shapes_nft_tree", "shapes_awm", "shapes_dgpo"}
     _, notes = plan_jobs([recipes / "shapes_dance.toml", recipes / "shapes_branch.toml"], [0],
                          ["eval.every_minutes=5"], tmp_path)
     assert notes == []

@@ -5,7 +5,8 @@ What may differ: the ``[strategy]`` table (every part it runs, the objective's c
 among them), how the objective's units are grouped into optimizer steps (``train.accumulation_unit``),
 and the SDE's own noise options of the sampler (its ``use``, ``eta``, ``noise_level``, ``first_step``,
 and any option only one of the two samplers has, such as the ``noise_block`` a deterministic sampler
-lacks: each method's exploration). A recipe that trains adapters (``model.lora_rank``) may
+lacks: each method's exploration). ``train.micro_batch`` counts the objective's units, so what must agree
+is the leaves per forward: a unit of a whole group (DGPO's) holds ``group_size`` of them. A recipe that trains adapters (``model.lora_rank``) may
 also set its own adapter size and learning rate. Everything else (model, steps, shift, ``noise_block``, rewards,
 prompts, evaluation set and schedule, iterations, batch, optimizer) is the family's.
 """
@@ -41,14 +42,25 @@ def family_differences(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and not k.startswith(allowed) and k not in own)
 
 
+def resolved(path: Path) -> dict:
+    """The resolved recipe, its micro-batch in leaves per forward."""
+    from grpo.core.components import build_parts
+
+    recipe = load_recipe(path, env=False)[0]
+    data = recipe.to_dict()
+    if build_parts(recipe).objective.unit == "noised_groups":
+        data["train"]["micro_batch"] *= recipe.strategy.topology.options["group_size"]
+    return data
+
+
 @pytest.fixture(scope="module")
 def reference():
-    return load_recipe(RECIPES / "shapes_dance.toml", env=False)[0].to_dict()
+    return resolved(RECIPES / "shapes_dance.toml")
 
 
 @pytest.mark.parametrize("path", FAMILY, ids=lambda p: p.stem)
 def test_shapes_recipes_differ_only_in_the_algorithm(path, reference):
-    assert family_differences(reference, load_recipe(path, env=False)[0].to_dict()) == []
+    assert family_differences(reference, resolved(path)) == []
 
 
 def test_the_family_check_catches_a_difference(reference):

@@ -286,7 +286,7 @@ def test_bf16_rollout_and_update_stay_on_policy(name, folders):
 
 
 PEER_RECIPES = {"sd35_flowgrpo.toml": "sd3", "flux_mixgrpo.toml": "flux", "wanx_flowgrpo.toml": "wan-t2v",
-                "sd35_nft.toml": "sd3", "sd35_awm.toml": "sd3"}
+                "sd35_nft.toml": "sd3", "sd35_awm.toml": "sd3", "sd35_dgpo.toml": "sd3"}
 
 
 @pytest.mark.parametrize("recipe,name", list(PEER_RECIPES.items()))
@@ -330,9 +330,11 @@ def test_peer_recipes_run_an_iteration_on_their_tiny_model(recipe, name, folders
         assert abs(train[0]["update/ratio_mean"] - 1) < 1e-2
     elif "update/old_deviation" in train[0]:  # DiffusionNFT: one step, before which the old policy is θ itself
         assert train[0]["update/trained_noised_leaves"] == group * 9 and train[0]["update/old_deviation"] == 0.0
-    else:  # AWM: on policy, and at the first step its EMA is the base policy
+    elif "update/ema_kl" in train[0]:  # AWM: on policy, and at the first step its EMA is the base policy
         assert train[0]["update/trained_noised_leaves"] == group * 6 and train[0]["update/ratio_max"] == 1.0
         assert train[0]["update/ema_kl"] == train[0]["update/kl"]
+    else:  # DGPO: four levels of the one group; before the first step the EMA reference is the weights
+        assert train[0]["update/trained_noised_groups"] == 4 and train[0]["update/reference_gap"] == 0.0
 
 
 def test_a_model_loads_by_hub_id_from_the_cache_offline(folders, tmp_path, monkeypatch):

@@ -1,0 +1,1 @@
+"""Direct Group Preference Optimization as a preset of parts."""
