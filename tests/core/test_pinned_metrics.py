@@ -146,3 +146,17 @@ def mismatches(records: list[dict], expected: list[dict]) -> list[str]:
             elif not (got[key] == value or (value != value and got[key] != got[key])):
                 out.append(f"{at}: {key} {got[key]!r}, pinned {value!r}")
     return out
+
+
+def test_only_a_differing_reward_score_counts_as_a_flipped_judgement():
+    pinned = [{"kind": "train", "iteration": 0, "cost/leaves": 16.0, "reward/shapes-faithfulness/shape/mean": 0.734,
+               "update/loss": 0.5}]
+    flipped = [dict(pinned[0], **{"reward/shapes-faithfulness/shape/mean": 0.719, "update/loss": 0.6})]
+    assert flipped_judgement(mismatches(flipped, pinned)[0])
+    counted = [dict(pinned[0], **{"cost/leaves": 15.0, "reward/shapes-faithfulness/shape/mean": 0.719})]
+    assert not flipped_judgement(mismatches(counted, pinned)[0])  # a count differs first: a real change
+    updated = [dict(pinned[0], **{"update/loss": 0.6})]
+    assert not flipped_judgement(mismatches(updated, pinned)[0])
+    renamed = [{k.replace("shape/", "form/"): v for k, v in pinned[0].items()}]
+    assert not flipped_judgement(mismatches(renamed, pinned)[0])
+    assert not flipped_judgement(mismatches(pinned + pinned, pinned)[0])
