@@ -10,29 +10,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import TwoCopies, gradient_gap, leaves_only_rollout, shapes_iteration_overrides, tree_generators
 
-from grpo.core.ema import LaggedWeights
 from grpo.core.objective import Keep, LossContext, UnitContext
 from grpo.core.tree import Advantages, EdgeSet
 from grpo.plugins.objectives.awm import AWM, awm_levels
 from grpo.plugins.objectives.forward import unit_noise
-from grpo.plugins.trees.topologies import Chains
-from grpo.testing import tiny_policy, tiny_rollout
+from grpo.testing import tiny_policy
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-def generators(n: int, base: int = 3) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(base + t) for t in range(n)]
+def generators(n: int) -> list[torch.Generator]:
+    return tree_generators(n, 3)
 
 
 @pytest.fixture(scope="module")
 def leaves_rollout():
     """Two prompts of three independent chains over 6 deterministic steps, keeping only the leaves."""
-    from grpo.plugins.samplers.flow import ODE
-
-    ro, cond, _ = tiny_rollout(Chains(group_size=3).plan(6).deterministic(), sampler=ODE(steps=6), keep=Keep())
-    return ro, cond
+    return leaves_only_rollout(3, 6)
 
 
 def released_log_prob(model, x0, noise, t, cond, weighting, ghuber_power):
@@ -78,11 +74,6 @@ def released_loss(theta, ema, ref, x0, noise, t, cond, advantages, o):
     return loss, torch.mean((torch.abs(ratio - 1.0) > o["clip_range"]).float())
 
 
-def perturbed(policy, scale: float, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {n: (p.detach() + scale * torch.randn(p.shape, generator=g)) for n, p in policy.denoiser.named_parameters()}
-
-
 CASES = {
     "released": dict(weighting="ghuber", p=0.25, off_policy=False, clip_range=1.0, elbo=False),
     "off-policy-clipped": dict(weighting="ghuber", p=0.5, off_policy=True, clip_range=2e-4, elbo=True),
@@ -110,37 +101,21 @@ def test_the_loss_and_its_gradient_are_the_released_formula(leaves_rollout, case
     units = objective.units(ro, Advantages([torch.zeros(0)] * 5 + [advantage]), EdgeSet([]), UnitContext(0, generators(2)))
     assert len(units) == 6 * 3
 
-    policy = tiny_policy()
-    policy.snapshot_reference()
-    theta, ema = perturbed(policy, 0.02, 1), perturbed(policy, 0.02, 2)
-    policy.denoiser.load_state_dict(theta, strict=False)
-    params = policy.trainable_parameters()
-    names = {id(p): n for n, p in policy.denoiser.named_parameters()}
-    lagged = LaggedWeights(params, [names[id(p)] for p in params], objective.lag)
-    lagged.shadow = [ema[names[id(p)]].float().clone() for p in params]
-    out = objective.loss(units, LossContext(policy, None, ro, cond, lagged.applied))
+    copies = TwoCopies(objective.lag)
+    out = objective.loss(units, LossContext(copies.policy, None, ro, cond, copies.lagged.applied))
     assert out.finite.all() and out.loss.dtype == torch.float32
     out.loss.mean().backward()
-    ours = {names[id(p)]: p.grad.clone() for p in params}
 
-    models = {}
-    for key, state in (("theta", theta), ("ema", ema), ("ref", None)):
-        models[key] = tiny_policy()
-        if state is not None:
-            models[key].denoiser.load_state_dict(state, strict=False)
+    theta, ema, base = copies.separate()
     x0 = ro.final[units.leaf]
     noise = unit_noise(units.seed, tuple(x0.shape[1:]))
-    loss, clipfrac = released_loss(models["theta"], models["ema"], models["ref"], x0, noise, units.sigma,
-                                   cond.select(units.tree), units.advantage, o)
+    loss, clipfrac = released_loss(theta, ema, base, x0, noise, units.sigma, cond.select(units.tree), units.advantage, o)
     loss.backward()
     assert out.loss.mean().item() == pytest.approx(loss.item(), rel=1e-6, abs=1e-9)
     assert out.values["clipped"].mean().item() == pytest.approx(clipfrac.item())
     if c["clip_range"] < 1e-3:
         assert 0 < clipfrac < 1  # the clip is exercised
-    theirs = {n: p.grad for n, p in models["theta"].denoiser.named_parameters() if p.grad is not None}
-    flat = lambda d: torch.cat([d[k].flatten() for k in sorted(d)])  # noqa: E731
-    assert ours.keys() == theirs.keys()
-    assert (flat(ours) - flat(theirs)).norm() < 1e-5 * flat(theirs).norm()
+    assert gradient_gap(copies.gradient(), theta) < 1e-5
 
 
 def test_a_leaf_without_a_score_costs_its_units_only(leaves_rollout):
@@ -219,10 +194,7 @@ def test_a_shapes_awm_iteration_keeps_the_leaves_only_and_trains(tiny_model_dir,
     from grpo.core.components import build_parts
     from grpo.core.engine import Trainer
 
-    sets = [f"model.path='{tiny_model_dir}'", "train.iterations=1", "train.prompts_per_iteration=2",
-            "strategy.group_size=3", "sampler.steps=8", "train.micro_batch=8", "train.checkpoint_every=1",
-            "eval.every=0", "eval.every_minutes=0", "logging.tensorboard=false", "logging.progress=false"]
-    recipe, _ = load_recipe(RECIPES / "shapes_awm.toml", sets, env=False)
+    recipe, _ = load_recipe(RECIPES / "shapes_awm.toml", shapes_iteration_overrides(tiny_model_dir), env=False)
     assert build_parts(recipe).keep == Keep()
     Trainer(recipe, tmp_path).run()
     row = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in x][0]

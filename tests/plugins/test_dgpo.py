@@ -10,29 +10,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import TwoCopies, gradient_gap, leaves_only_rollout, shapes_iteration_overrides, tree_generators
 
 from grpo.core.ema import LaggedWeights
 from grpo.core.objective import Keep, LossContext, UnitContext
 from grpo.core.tree import Advantages, EdgeSet
 from grpo.plugins.objectives.dgpo import DGPO, NoisedGroups, noised_groups
 from grpo.plugins.objectives.forward import unit_noise
-from grpo.plugins.trees.topologies import Chains
-from grpo.testing import tiny_policy, tiny_rollout
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-def generators(n: int, base: int = 11) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(base + t) for t in range(n)]
+def generators(n: int) -> list[torch.Generator]:
+    return tree_generators(n, 11)
 
 
 @pytest.fixture(scope="module")
 def leaves_rollout():
     """Two prompts of four independent chains over 6 deterministic steps, keeping only the leaves."""
-    from grpo.plugins.samplers.flow import ODE
-
-    ro, cond, _ = tiny_rollout(Chains(group_size=4).plan(6).deterministic(), sampler=ODE(steps=6), keep=Keep())
-    return ro, cond
+    return leaves_only_rollout(4, 6)
 
 
 def released_group_loss(model_v, ref_old_v, target_v, advantages, local_group_indices, num_groups, beta_dpo,
@@ -77,11 +73,6 @@ def released_loss(theta, ema, base, x0, noise, t, cond, advantages, groups, o):
     return dgpo_loss + o["beta"] * torch.mean(kl_loss), should_clip.float().mean() if use_old else torch.tensor(0.0)
 
 
-def perturbed(policy, scale: float, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {n: (p.detach() + scale * torch.randn(p.shape, generator=g)) for n, p in policy.denoiser.named_parameters()}
-
-
 CASES = {
     "released": dict(use_ema_ref=True, clip_dsm=True, clip_kl=False, clip_range=1e-5, shared_noise=True),
     "clipped-kl": dict(use_ema_ref=True, clip_dsm=True, clip_kl=True, clip_range=2e-3, shared_noise=True),
@@ -104,42 +95,25 @@ def test_the_loss_and_its_gradient_are_the_released_formula(leaves_rollout, case
     units = objective.units(ro, Advantages([torch.zeros(0)] * 5 + [advantage]), EdgeSet([]), UnitContext(0, generators(2)))
     assert len(units) == 2 * 3 and units.leaves.shape == (6, 4)
 
-    policy = tiny_policy()
-    policy.snapshot_reference()
-    theta, ema = perturbed(policy, 0.02, 1), perturbed(policy, 0.02, 2)
-    policy.denoiser.load_state_dict(theta, strict=False)
-    params = policy.trainable_parameters()
-    names = {id(p): n for n, p in policy.denoiser.named_parameters()}
-    lagged = LaggedWeights(params, [names[id(p)] for p in params], objective.lag)
-    lagged.shadow = [ema[names[id(p)]].float().clone() for p in params]
-    out = objective.loss(units, LossContext(policy, None, ro, cond, lagged.applied))
+    copies = TwoCopies(objective.lag)
+    out = objective.loss(units, LossContext(copies.policy, None, ro, cond, copies.lagged.applied))
     assert out.finite.all() and out.loss.dtype == torch.float32
     weight = out.values["weight"]
     assert (weight - 0.5).abs().max() > 0.2 and ((weight > 0.05) & (weight < 0.95)).all()  # exercised, not saturated
     out.loss.mean().backward()
-    ours = {names[id(p)]: p.grad.clone() for p in params}
 
-    models = {}
-    for key, state in (("theta", theta), ("ema", ema), ("base", None)):
-        models[key] = tiny_policy()
-        if state is not None:
-            models[key].denoiser.load_state_dict(state, strict=False)
-    leaf = units.leaves.reshape(-1)
-    x0 = ro.final[leaf]
+    theta, ema, base = copies.separate()
+    x0 = ro.final[units.leaves.reshape(-1)]
     noise = unit_noise(units.seed.reshape(-1), tuple(x0.shape[1:]))
     groups = torch.arange(len(units)).repeat_interleave(4)  # one released group per unit
-    loss, clipfrac = released_loss(models["theta"], models["ema"], models["base"], x0, noise,
-                                   units.sigma.repeat_interleave(4), cond.select(units.tree.repeat_interleave(4)),
-                                   units.advantage.reshape(-1), groups, o)
+    loss, clipfrac = released_loss(theta, ema, base, x0, noise, units.sigma.repeat_interleave(4),
+                                   cond.select(units.tree.repeat_interleave(4)), units.advantage.reshape(-1), groups, o)
     loss.backward()
     assert out.loss.mean().item() == pytest.approx(loss.item(), rel=1e-5, abs=1e-9)
     assert out.values["clipped"].mean().item() == pytest.approx(clipfrac.item())
     if c["clip_range"] == 2e-3:
         assert 0 < clipfrac < 1  # the clip is exercised
-    theirs = {n: p.grad for n, p in models["theta"].denoiser.named_parameters() if p.grad is not None}
-    flat = lambda d: torch.cat([d[k].flatten() for k in sorted(d)])  # noqa: E731
-    assert ours.keys() == theirs.keys()
-    assert (flat(ours) - flat(theirs)).norm() < 1e-5 * flat(theirs).norm()
+    assert gradient_gap(copies.gradient(), theta) < 1e-5
 
 
 def test_each_group_is_trained_at_distinct_levels_with_its_noise_shared(leaves_rollout):
@@ -193,10 +167,8 @@ def test_a_shapes_dgpo_iteration_keeps_the_leaves_only_and_trains(tiny_model_dir
     from grpo.core.components import build_parts
     from grpo.core.engine import Trainer
 
-    sets = [f"model.path='{tiny_model_dir}'", "train.iterations=1", "train.prompts_per_iteration=2",
-            "strategy.group_size=3", "sampler.steps=8", "train.micro_batch=2", "train.checkpoint_every=1",
-            "eval.every=0", "eval.every_minutes=0", "logging.tensorboard=false", "logging.progress=false"]
-    recipe, _ = load_recipe(RECIPES / "shapes_dgpo.toml", sets, env=False)
+    recipe, _ = load_recipe(RECIPES / "shapes_dgpo.toml", shapes_iteration_overrides(tiny_model_dir, micro_batch=2),
+                            env=False)
     assert build_parts(recipe).keep == Keep()
     Trainer(recipe, tmp_path).run()
     row = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in x][0]

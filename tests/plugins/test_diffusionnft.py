@@ -10,28 +10,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import TwoCopies, gradient_gap, leaves_only_rollout, shapes_iteration_overrides, tree_generators
 
 from grpo.core.ema import LaggedWeights
 from grpo.core.objective import Keep, Lag, LossContext, UnitContext
 from grpo.core.tree import Advantages, EdgeSet
 from grpo.plugins.objectives.forward import DiffusionNFT, NoisedLeaves, noised_leaves, unit_noise
-from grpo.plugins.trees.topologies import Chains
-from grpo.testing import tiny_policy, tiny_rollout
+from grpo.testing import tiny_rollout
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-def generators(n: int, base: int = 7) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(base + t) for t in range(n)]
+def generators(n: int) -> list[torch.Generator]:
+    return tree_generators(n, 7)
 
 
 @pytest.fixture(scope="module")
 def leaves_rollout():
     """Two prompts of three independent chains over 4 deterministic steps, keeping only the leaves."""
-    from grpo.plugins.samplers.flow import ODE
-
-    ro, cond, _ = tiny_rollout(Chains(group_size=3).plan(4).deterministic(), sampler=ODE(steps=4), keep=Keep())
-    return ro, cond
+    return leaves_only_rollout(3, 4)
 
 
 def released_loss(theta, old, ref, x0, noise, t, cond, advantage, *, beta, adv_clip, kl_beta):
@@ -63,11 +60,6 @@ def released_loss(theta, old, ref, x0, noise, t, cond, advantage, *, beta, adv_c
     return policy_loss + kl_beta * torch.mean(kl_div_loss), ori_policy_loss * adv_clip
 
 
-def perturbed(policy, scale: float, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {n: (p.detach() + scale * torch.randn(p.shape, generator=g)) for n, p in policy.denoiser.named_parameters()}
-
-
 def test_the_loss_and_its_gradient_are_the_released_formula(leaves_rollout):
     """β = 0.7 (so the old prediction enters both velocities), KL 0.1, advantages beyond the clip: the
     mean of the units' losses and its gradient equal the released loss on separate θ, old and base
@@ -79,36 +71,22 @@ def test_the_loss_and_its_gradient_are_the_released_formula(leaves_rollout):
     units = objective.units(ro, Advantages([torch.zeros(0)] * 3 + [advantage]), EdgeSet([]), UnitContext(0, generators(2)))
     assert len(units) == 6 * 2  # ⌊4 · 0.5⌋ noise levels per leaf
 
-    policy = tiny_policy()
-    policy.snapshot_reference()  # the base weights
-    theta, old = perturbed(policy, 0.02, 1), perturbed(policy, 0.02, 2)
-    policy.denoiser.load_state_dict(theta, strict=False)
-    params = policy.trainable_parameters()
-    names = {id(p): n for n, p in policy.denoiser.named_parameters()}
-    lagged = LaggedWeights(params, [names[id(p)] for p in params], Lag(0.001, 0.5))
-    lagged.shadow = [old[names[id(p)]].float().clone() for p in params]
-    out = objective.loss(units, LossContext(policy, None, ro, cond, lagged.applied))
+    copies = TwoCopies(Lag(0.001, 0.5))
+    out = objective.loss(units, LossContext(copies.policy, None, ro, cond, copies.lagged.applied))
     assert out.finite.all() and out.loss.dtype == torch.float32
     out.loss.mean().backward()
-    ours = {names[id(p)]: p.grad.clone() for p in params}
-    assert all(torch.equal(p.detach(), theta[names[id(p)]]) for p in params)  # the old weights were swapped back
+    params = copies.policy.trainable_parameters()
+    assert all(torch.equal(p.detach(), copies.theta[copies.names[id(p)]]) for p in params)  # the old weights were swapped back
 
-    models = {}
-    for key, state in (("theta", theta), ("old", old), ("ref", None)):
-        models[key] = tiny_policy()
-        if state is not None:
-            models[key].denoiser.load_state_dict(state, strict=False)
+    theta, old, ref = copies.separate()
     x0 = ro.final[units.leaf]
     noise = unit_noise(units.seed, tuple(x0.shape[1:]))
-    loss, per_unit = released_loss(models["theta"], models["old"], models["ref"], x0, noise, units.sigma,
-                                   cond.select(units.tree), units.advantage, beta=0.7, adv_clip=2.0, kl_beta=0.1)
+    loss, per_unit = released_loss(theta, old, ref, x0, noise, units.sigma, cond.select(units.tree), units.advantage,
+                                   beta=0.7, adv_clip=2.0, kl_beta=0.1)
     loss.backward()
     assert out.loss.mean().item() == pytest.approx(loss.item(), rel=1e-6)
     assert torch.allclose(out.values["policy_loss"], per_unit.float(), rtol=1e-5)
-    theirs = {n: p.grad for n, p in models["theta"].denoiser.named_parameters() if p.grad is not None}
-    assert ours.keys() == theirs.keys()
-    flat = lambda d: torch.cat([d[k].flatten() for k in sorted(d)])  # noqa: E731
-    assert (flat(ours) - flat(theirs)).norm() < 2e-6 * flat(theirs).norm()
+    assert gradient_gap(copies.gradient(), theta) < 2e-6
 
 
 def test_the_optimality_weight_of_each_advantage_mode():
@@ -201,10 +179,8 @@ def run_nft(tiny_model_dir, out, iterations, extra=(), resume=False):
     from grpo.cli.common import load_recipe
     from grpo.core.engine import Trainer
 
-    sets = [f"model.path='{tiny_model_dir}'", f"train.iterations={iterations}", "train.prompts_per_iteration=2",
-            "strategy.group_size=3", "sampler.steps=4", "train.micro_batch=8", "train.checkpoint_every=1",
-            "train.optimizer_steps=2", "eval.every=0", "eval.every_minutes=0", "logging.tensorboard=false",
-            "logging.progress=false", "train.lr=1e-3", *extra]
+    sets = [*shapes_iteration_overrides(tiny_model_dir, steps=4, iterations=iterations), "train.optimizer_steps=2",
+            "train.lr=1e-3", *extra]
     recipe, _ = load_recipe(RECIPES / "shapes_nft.toml", sets, env=False)
     trainer = Trainer(recipe, out)
     return trainer, trainer.run(resume=resume)
