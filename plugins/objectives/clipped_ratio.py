@@ -26,6 +26,8 @@ METRICS = {
     "clip_fraction": Metric("clipped"),
     "approx_kl": Metric("approx_kl"),
     "kl": Metric("kl"),
+}
+DPPO_METRICS = {  # logged only where they are computed: with Flow-DPPO's trust region
     "masked_fraction": Metric("masked"),
     "kl_new_old": Metric("kl_new_old"),
 }
@@ -162,6 +164,7 @@ class ClippedRatio:
                             where="trust_region", hint="choose one: grpo_guard = false or trust_region = \"clip\"")
         self.keep = Keep(log_prob=True, means=grpo_guard or trust_region == "dppo", states=True,
                          split_logprob=split_logprob)
+        self.metrics = {**METRICS, **DPPO_METRICS} if trust_region == "dppo" else METRICS
 
     @property
     def needs_reference(self) -> bool:

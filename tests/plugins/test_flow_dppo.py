@@ -74,3 +74,10 @@ def test_the_objective_is_the_released_function_on_a_rollout(tmp_path):
 def test_grpo_guard_and_dppo_are_refused_together():
     with pytest.raises(UserError, match="GRPO-Guard"):
         ClippedRatio(grpo_guard=True, trust_region="dppo")
+
+
+def test_the_trust_regions_statistics_are_logged_only_where_computed():
+    from grpo.plugins.objectives.clipped_ratio import ClippedRatio
+
+    assert {"masked_fraction", "kl_new_old"} <= ClippedRatio(trust_region="dppo").metrics.keys()
+    assert not {"masked_fraction", "kl_new_old"} & ClippedRatio().metrics.keys()
