@@ -18,7 +18,9 @@ LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 def sigma_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
     """(steps + 1,) fp64→fp32 noise levels: ``u_k = 1 − k/T``, ``σ_k = s·u_k / (1 + (s − 1)·u_k)``.
 
-    Equals the sigmas of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=s)`` with a final 0.
+    This is not the grid of diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps(T)``, which spaces
+    its T levels from 1 to 1/1000 before the shift (SD3.5 at shift 3, T = 10: 1.0, 0.9601, …, 0.278, then
+    0); ``docs/fidelity.md`` says where that matters.
     """
     return shifted_sigmas((1.0 - torch.arange(steps + 1, dtype=torch.float64) / steps).tolist(), shift)
 

@@ -15,7 +15,8 @@ DGPO = Preset(
                 "advantages clipped to ±5, the PPO-style clip 1e-5 on the denoising error, KL 1e-3 to the base "
                 "policy, an EMA reference with decay min(0.001·s, 0.3) after every optimizer step that makes the "
                 "rollouts after 200 steps); one optimizer step per iteration over whole groups; an EMA of the "
-                "weights with decay min((1 + s)/(10 + s), 0.9) every 8 optimizer steps.",
+                "weights with decay min((1 + s)/(10 + s), 0.9) after every 8th optimizer step (released: after steps 7, 15, … "
+                "and once per micro-batch of that epoch).",
     topology=Part("chains", group_size=16, same_latent=False),
     advantage=Part("group", std="global", std_ddof=0, std_eps=1e-4),
     objective=Part("dgpo", beta_dpo=2000.0, train_timesteps=4, trunc_steps=6, shared_noise=True, adv_clip=5.0,
