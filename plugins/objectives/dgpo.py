@@ -13,7 +13,7 @@ from grpo.core.objective import Keep, Lag, LossContext, Metric, UnitContext, Uni
 from grpo.core.schema import Doc, Range
 from grpo.core.tree import Advantages, EdgeSet, Rollout
 
-from .forward import SEED_RANGE, per_sample_mean, unit_noise
+from .forward import SEED_RANGE, noised, per_sample_mean
 
 
 @dataclass(kw_only=True)
@@ -142,12 +142,9 @@ class DGPO:
 
     def loss(self, units: NoisedGroups, ctx: LossContext) -> UnitLoss:
         n, size = units.leaves.shape
-        final = ctx.rollout.final
-        x0 = final[units.leaves.reshape(-1).to(final.device)].float()
-        noise = unit_noise(units.seed.reshape(-1), tuple(x0.shape[1:])).to(x0.device)
-        sigma = units.sigma.to(x0.device).repeat_interleave(size)
-        t = sigma.view(-1, *([1] * (x0.dim() - 1)))
-        xt, target = (1.0 - t) * x0 + t * noise, noise - x0
+        x0, noise, xt, _ = noised(ctx.rollout.final, units.leaves.reshape(-1), units.seed.reshape(-1),
+                                  units.sigma.repeat_interleave(size))
+        sigma, target = units.sigma.to(x0.device).repeat_interleave(size), noise - x0
         cond = ctx.cond.select(units.tree.repeat_interleave(size))
         with torch.no_grad():
             v_ema = v_base = None

@@ -89,13 +89,19 @@ def unit_noise(seeds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return out
 
 
+def noised(final: torch.Tensor, leaf: torch.Tensor, seed: torch.Tensor,
+           sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows `leaf` of the clean leaves `final` (x0), their noise ε from `seed`, the noised
+    x_t = (1 − t)·x0 + t·ε and t = `sigma` broadcast over the latent (all (N,) inputs)."""
+    x0 = final[leaf.to(final.device)].float()
+    noise = unit_noise(seed, tuple(x0.shape[1:])).to(x0.device)
+    t = sigma.to(x0.device).view(-1, *([1] * (x0.dim() - 1)))
+    return x0, noise, (1.0 - t) * x0 + t * noise, t
+
+
 def renoise(units: NoisedLeaves, ctx: LossContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The units' clean leaves x0, their noise ε, the noised x_t and t broadcast over the latent."""
-    final = ctx.rollout.final
-    x0 = final[units.leaf.to(final.device)].float()
-    noise = unit_noise(units.seed, tuple(x0.shape[1:])).to(x0.device)
-    t = units.sigma.to(x0.device).view(-1, *([1] * (x0.dim() - 1)))
-    return x0, noise, (1.0 - t) * x0 + t * noise, t
+    return noised(ctx.rollout.final, units.leaf, units.seed, units.sigma)
 
 
 def per_sample_mean(x: torch.Tensor) -> torch.Tensor:
