@@ -51,34 +51,45 @@ def edge_losses(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: t
     loss 0 with no gradient: its inputs are replaced *before* ``exp`` and the products, so that the
     backward pass never meets 0·inf, and one bad edge cannot turn the step's shared gradient into NaN."""
     delta = log_prob - old_log_prob if log_ratio is None else log_ratio
-    finite = torch.isfinite(delta) & (delta.abs() <= MAX_LOG_RATIO) & torch.isfinite(advantage)
-    if kl is not None:
-        finite &= torch.isfinite(kl)
-    ratio = torch.exp(torch.where(finite, delta, torch.zeros_like(delta)))
-    adv = torch.where(finite, advantage, torch.zeros_like(advantage))
+    ratio, adv, finite = _finite_inputs(delta, advantage, kl)
     loss_e = clipped_loss(ratio, adv, clip_range)
     if weight is not None:
         loss_e = loss_e * weight
+    return _with_kl(loss_e, kl, kl_beta, finite), ratio, finite
+
+
+def _finite_inputs(delta: torch.Tensor, advantage: torch.Tensor, *more: torch.Tensor | None):
+    """Which edges have a finite log-ratio `delta` within ±``MAX_LOG_RATIO``, a finite advantage and
+    finite `more` (None skipped); the ratio and the advantage with the others' inputs replaced by 0
+    *before* ``exp`` and the products."""
+    finite = torch.isfinite(delta) & (delta.abs() <= MAX_LOG_RATIO) & torch.isfinite(advantage)
+    for x in more:
+        if x is not None:
+            finite &= torch.isfinite(x)
+    ratio = torch.exp(torch.where(finite, delta, torch.zeros_like(delta)))
+    return ratio, torch.where(finite, advantage, torch.zeros_like(advantage)), finite
+
+
+def _with_kl(loss_e: torch.Tensor, kl: torch.Tensor | None, kl_beta: float, finite: torch.Tensor) -> torch.Tensor:
+    """The edges' losses plus the KL term, 0 (without gradient) where an input was not finite."""
     if kl is not None:
         loss_e = loss_e + kl_beta * torch.where(finite, kl, torch.zeros_like(kl))
-    return torch.where(finite, loss_e, torch.zeros_like(loss_e)), ratio, finite
+    return torch.where(finite, loss_e, torch.zeros_like(loss_e))
 
 
 def dppo_losses(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantage: torch.Tensor, divergence: torch.Tensor,
-                threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                threshold: float, kl: torch.Tensor | None = None,
+                kl_beta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flow-DPPO's trust region (Tencent-Hunyuan/UniRL, ``unirl/algorithms/flowdppo.py``): per edge the
     unclipped ``−A·r``, dropped where the step's mean has moved too far from the sampling policy's
     (`divergence` D ≥ `threshold`) *and* the ratio moves the way the advantage pushes it (r > 1 with
     A > 0, or r < 1 with A < 0). Returns the losses (E,), the ratios, which edges are finite and
-    which were dropped; the finite masking is the clipped loss's."""
-    delta = log_prob - old_log_prob
-    finite = torch.isfinite(delta) & (delta.abs() <= MAX_LOG_RATIO) & torch.isfinite(advantage) & torch.isfinite(divergence)
-    ratio = torch.exp(torch.where(finite, delta, torch.zeros_like(delta)))
-    adv = torch.where(finite, advantage, torch.zeros_like(advantage))
+    which were dropped; the finite masking and the KL term are the clipped loss's."""
+    ratio, adv, finite = _finite_inputs(log_prob - old_log_prob, advantage, divergence, kl)
     far = divergence.detach() >= threshold
     dropped = far & (((ratio.detach() > 1.0) & (adv > 0)) | ((ratio.detach() < 1.0) & (adv < 0)))
-    loss_e = torch.where(finite & ~dropped, -adv * ratio, torch.zeros_like(ratio))
-    return loss_e, ratio, finite, dropped
+    loss_e = torch.where(dropped, torch.zeros_like(ratio), -adv * ratio)
+    return _with_kl(loss_e, kl, kl_beta, finite), ratio, finite, dropped
 
 
 def reference_kl(policy: Policy, sampler: Sampler, mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor,
@@ -204,9 +215,7 @@ class ClippedRatio:
         if self.trust_region == "dppo":
             divergence = self.divergence(rollout, units, t.mean.detach(), t.std.detach())
             loss_e, ratio, finite, dropped = dppo_losses(t.log_prob, old, units.advantage.to(dev), divergence,
-                                                         self.dppo_threshold)
-            if kl is not None:
-                loss_e = loss_e + self.kl_beta * torch.where(finite, kl, torch.zeros_like(kl))
+                                                         self.dppo_threshold, kl, self.kl_beta)
             values.update(masked=dropped.double(), kl_new_old=divergence)
         else:
             loss_e, ratio, finite = edge_losses(t.log_prob, old, units.advantage.to(dev), kl, self.clip_range,

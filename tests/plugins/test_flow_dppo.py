@@ -81,3 +81,14 @@ def test_the_trust_regions_statistics_are_logged_only_where_computed():
 
     assert {"masked_fraction", "kl_new_old"} <= ClippedRatio(trust_region="dppo").metrics.keys()
     assert not {"masked_fraction", "kl_new_old"} & ClippedRatio().metrics.keys()
+
+
+def test_an_edge_whose_kl_is_not_finite_costs_that_edge_as_under_the_clip():
+    log_prob = torch.tensor([0.1, -0.2, 0.05], requires_grad=True)
+    kl = torch.tensor([0.01, float("nan"), 0.02])
+    adv = torch.tensor([1.0, -1.0, 0.5])
+    loss, _, finite, _ = dppo_losses(log_prob, torch.zeros(3), adv, torch.zeros(3), 1.0, kl, 0.5)
+    assert finite.tolist() == [True, False, True] and loss[1] == 0.0
+    assert torch.allclose(loss[[0, 2]], -adv[[0, 2]] * torch.exp(log_prob[[0, 2]]) + 0.5 * kl[[0, 2]])
+    loss.sum().backward()
+    assert torch.isfinite(log_prob.grad).all() and log_prob.grad[1] == 0.0
