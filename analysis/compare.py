@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from PIL import Image, ImageDraw, ImageFont
 
 from grpo.core.errors import UserError
@@ -35,6 +34,7 @@ from grpo.core.rundir import (
     describe_machine,
 )
 from grpo.core.runlog import read_metrics
+from grpo.core.tomlfile import tomllib
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,

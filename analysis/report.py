@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from grpo.core.errors import UserError
+from grpo.core.integrity import DamagedFile, load_data
 from grpo.core.rundir import RunDir
 from grpo.core.runlog import read_metrics
 
@@ -38,7 +39,11 @@ def eval_iterations(run_dir: Path) -> list[int]:
 
 
 def load_eval(run_dir: Path, iteration: int) -> dict[str, dict[str, list[float]]]:
-    return torch.load(RunDir(run_dir).eval_scores(iteration), weights_only=False)
+    """Per-image scores of one evaluation, read as data only (a file holding anything else is refused)."""
+    scores = load_data(RunDir(run_dir).eval_scores(iteration))
+    if not isinstance(scores, dict) or not all(isinstance(v, dict) for v in scores.values()):
+        raise DamagedFile(RunDir(run_dir).eval_scores(iteration), "is not a table of per-image scores by set and measure")
+    return scores
 
 
 def paired_differences(run_dir: Path, base: int | None = None, final: int | None = None) -> list[PairedDifference]:

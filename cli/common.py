@@ -40,13 +40,17 @@ def load_recipe(path: str | Path, sets: list[str] | None = None, *, env: bool,
     """Read, override, (optionally) expand ``${VAR}``, and validate a recipe; a run directory's
     `resolved` recipe written by an earlier version is read in this version's layout first."""
     data = load_toml(path)
-    if resolved:
-        data = upgrade_resolved(data)
-    data = apply_overrides(data, sets or [])
-    if env:
-        data = expand_env(data)
-    registry = load_registry(plugin_modules(data))
-    return parse(data, registry, source=Path(path)), registry
+    try:
+        if resolved:
+            data = upgrade_resolved(data)
+        data = apply_overrides(data, sets or [])
+        if env:
+            data = expand_env(data)
+        registry = load_registry(plugin_modules(data))
+        return parse(data, registry, source=Path(path)), registry
+    except RecursionError:
+        raise UserError(f"{path}: its tables or arrays are nested too deeply to read",
+                        hint="a recipe nests a few levels: [strategy.objective], lists of numbers") from None
 
 
 def guard(fn):

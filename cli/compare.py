@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import tomllib
 import typer
 from rich.live import Live
 from rich.table import Table
@@ -31,6 +31,7 @@ from grpo.core.errors import UserError
 from grpo.core.recipe import INFORMATIONAL
 from grpo.core.rundir import FINISHED, RESOLVED, RunDir
 from grpo.core.runlog import read_metrics
+from grpo.core.tomlfile import tomllib
 
 from .common import console, err_console, guard, load_recipe
 
@@ -162,10 +163,7 @@ def _check_same_settings(run_dir: Path, new: dict[str, Any]) -> None:
 def _row(job: Job) -> list[str]:
     it, score, per_it, minutes = "–", "–", "–", "–"
     if RunDir(job.run_dir).metrics.is_file():
-        try:
-            records = read_metrics(job.run_dir)
-        except ValueError:  # a line being written
-            records = []
+        records = read_metrics(job.run_dir, quiet=True)  # a line being written is skipped
         train = [r for r in records if r["kind"] == "train"]
         evals = [r for r in records if r["kind"] == "eval"]
         total = tomllib.loads((job.run_dir / RESOLVED).read_text())["train"]["iterations"]
@@ -222,6 +220,10 @@ def run_jobs(jobs: list[Job], parallel: int, quiet: bool) -> list[Job]:
             job.status, job.started = "running", time.time()
             running.append(job)
 
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)  # `kill` stops the runs too, not only this process
     try:
         if quiet:
             while pending or running:
@@ -237,10 +239,29 @@ def run_jobs(jobs: list[Job], parallel: int, quiet: bool) -> list[Job]:
             if not console.is_terminal:
                 console.print()  # the table's last render ends without a newline when written to a file
     except KeyboardInterrupt:
-        for job in running:
-            job.proc.terminate()
+        _stop_runs(running)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return failed
+
+
+def _stop_runs(running: list[Job], grace: float = 60.0) -> None:
+    """Forward the stop to every running `grpo run` and wait for each to end (killed after `grace`
+    seconds), so that no run outlives the comparison and a rerun never meets a second writer."""
+    for job in running:
+        if job.proc is not None and job.proc.poll() is None:
+            job.proc.terminate()
+    deadline = time.monotonic() + grace
+    for job in running:
+        if job.proc is None:
+            continue
+        try:
+            job.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            job.proc.kill()
+            job.proc.wait()
+        job.status = "stopped"
 
 
 @guard
@@ -292,7 +313,12 @@ def compare(
     jobs, notes = plan_jobs(recipes, _parse_seeds(seeds), sets, out, time_budget)
     for line in notes:
         console.print(f"[cyan]note[/]: {line}", markup=True, highlight=False)
-    failed = run_jobs(jobs, parallel, quiet)
+    try:
+        failed = run_jobs(jobs, parallel, quiet)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]stopped[/]: every run was stopped at its last checkpoint; the same command "
+                          "continues the comparison (finished runs are kept)")
+        raise typer.Exit(130) from None
     finished = [report.RunSummary.load(j.run_dir, j.label) for j in jobs if (j.run_dir / FINISHED).is_file()]
     if finished:
         _finish(finished, out, target)

@@ -11,6 +11,7 @@ import typer
 from grpo.core import checkpoint
 from grpo.core.ema import read as read_average
 from grpo.core.errors import UserError
+from grpo.core.integrity import DamagedFile, damage
 from grpo.core.rundir import RESOLVED
 
 from .common import console, guard, load_recipe
@@ -44,12 +45,21 @@ def export(
         if folder not in done:
             have = ", ".join(str(int(p.name[len(checkpoint.PREFIX):])) for p in done)
             raise UserError(f"no checkpoint after iteration {iteration}", where="--iteration", hint=f"available: {have}")
+    if problems := damage(folder):
+        raise DamagedFile(problems[0][0], problems[0][1],
+                          hint="export an older checkpoint with --iteration" + (
+                              f" (available: {', '.join(str(int(p.name[len(checkpoint.PREFIX):])) for p in done if p != folder)})"
+                              if len(done) > 1 else ""))
     recipe, _ = load_recipe(run / RESOLVED, env=True, resolved=True)
     backend = recipe.backend.build()  # a backend or model that cannot export says so (grpo.core.abilities)
     policy = recipe.model.build()
     state = backend.read_trained(folder)
     averaged = read_average(folder) if ema else {}
     state.update(averaged)
+    bad = next((name for name, value in state.items() if not bool(torch.isfinite(value).all())), None)
+    if bad is not None:
+        raise UserError(f"{folder.name} holds weights that are inf or nan (e.g. {bad!r}); nothing was exported",
+                        where="RUN", hint="export an earlier checkpoint with --iteration N")
     params = dict(policy.denoiser.named_parameters())
     unknown = sorted(set(state) - set(params))
     if unknown:

@@ -25,6 +25,8 @@ path or a Hugging Face Hub id: `owner/name`, `owner/name:file/in/repo`, `owner/n
 resolved through the Hub cache (see `grpo doctor`). Every run writes `recipe.resolved.toml` with all defaults
 filled in: `[strategy]` with every part that ran and every option of each, `[parts]` with the
 distribution that provided each part and the table that chose it, and `[provenance]`.
+Numbers must be finite: `inf` and `nan` are refused (exit 2, naming the key) unless an option says
+that it takes them.
 
 A strategy is a preset of parts. Each option belongs to one part and is set in that part's table
 (`[strategy.topology] split_points = [0, 4, 8]`), or with the short key in `[strategy]`
@@ -87,6 +89,22 @@ def _moved() -> list[str]:
     return rows
 
 
+NOTES = {
+    TrainConfig: "A resumed run (`grpo run --resume DIR`) may change only how long it runs and how often it "
+                 "checkpoints, evaluates and logs: `train.iterations`, `train.time_budget`, `train.checkpoint_every`, "
+                 "`train.keep_checkpoints`, `train.threads`, `eval.every`, `eval.every_minutes` and `[logging]`. Any "
+                 "other change, by `--set` or by editing `recipe.resolved.toml`, is refused (exit 2, naming the "
+                 "keys), because the iterations already trained used the old value. The changes it makes are written "
+                 "into `recipe.resolved.toml` and recorded in `metrics.jsonl` (a `resume` record with the iteration "
+                 "it continued from).",
+    PluginsConfig: "**`modules` runs code.** Every module listed is imported whenever the recipe is read: by "
+                   "`grpo run`, `grpo validate`, `grpo plan`, `grpo doctor` and by `grpo run --resume` or `grpo export` "
+                   "of a run directory whose recipe lists it. A recipe (or a run directory) from someone else that "
+                   "lists modules is code from someone else: read those modules before you use it. Nothing else in a "
+                   "run directory runs: `grpo report` and `grpo compare` read its files as data only.",
+}
+
+
 def render() -> str:
     registry = load_registry(autoload=False)
     out = [INTRO]
@@ -107,6 +125,8 @@ def render() -> str:
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         out.append(f"### {doc}\n")
         out.extend(_rows(cls))
+        if cls in NOTES:
+            out.append(f"\n{NOTES[cls]}")
         out.append("")
     out.append("## Keys that moved\n")
     out.append("A recipe that sets one of these is told where it went.\n")

@@ -70,6 +70,14 @@ def _backend_place_frozen(self: Any, module: torch.nn.Module) -> torch.nn.Module
     return module
 
 
+def _reward_check_prompts(self: Any, prompts: list[str], where: str) -> None:
+    return None
+
+
+def _backend_weights_finite(self: Any, parameters: list[torch.nn.Parameter]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in parameters)
+
+
 def _backend_runtime(self: Any) -> dict[str, str]:
     return {"device": str(self.device)}
 
@@ -95,10 +103,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "memory": _backend_memory,  # nothing reported
         "place_frozen": _backend_place_frozen,  # a frozen module stays as the policy made it
         "runtime": _backend_runtime,  # the device only
+        "weights_finite": _backend_weights_finite,  # every trained parameter checked where it lives
         "read_trained": _backend_read_trained,  # grpo export refuses the backend
     },
     "reward": {
         "fps": None,  # a reward that does not look at frame rates
+        "check_prompts": _reward_check_prompts,  # scores any prompt
     },
     "advantage": {
         "uses_all_ranks": False,  # called as estimator(rollout, rewards), on this rank's trees alone

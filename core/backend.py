@@ -29,8 +29,9 @@ class Backend(Protocol):
         rank, world_size: this process's place in the process group.
         device: where the trained module lives.
 
-    ``memory``, ``place_frozen`` and ``runtime`` are optional; their defaults
-    (``grpo.core.abilities``) report nothing, leave a frozen module as it is, and name the device.
+    ``memory``, ``place_frozen``, ``weights_finite`` and ``runtime`` are optional; their defaults
+    (``grpo.core.abilities``) report nothing, leave a frozen module as it is, check the parameters as
+    the model holds them, and name the device.
     """
 
     rank: int
@@ -71,6 +72,11 @@ class Backend(Protocol):
 
     def place_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
         """A frozen module (the KL reference) placed beside the trained one (ZeRO-3: partitioned)."""
+        ...
+
+    def weights_finite(self, parameters: list[torch.nn.Parameter]) -> bool:
+        """Whether every trained weight is finite, the same answer on every rank (checked after each
+        iteration's update: a run whose weights turn inf or nan stops before it checkpoints them)."""
         ...
 
     def runtime(self) -> dict[str, str]:

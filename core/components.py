@@ -241,6 +241,10 @@ def build(recipe: Recipe) -> Components:
     eval_sets = source.eval_sets()
     plan = parts.plan(parts.sampler.steps)
     rewards = Rewards(recipe.rewards, [r.build() for r in recipe.rewards], recipe.train.reward_aggregation)
+    for model in rewards.models:
+        model.check_prompts(train_prompts, "prompts")
+        for name, prompts in eval_sets.items():
+            model.check_prompts(prompts, f"prompts (evaluation set {name!r})")
     policy = recipe.model.build()
     check_noise_block(policy.noise_grid(), parts.sampler.noise_block)
     for spec, model in zip(recipe.rewards, rewards.models, strict=True):

@@ -24,7 +24,7 @@ class TrainConfig:
 
     iterations: Annotated[int, Range(ge=1), Doc("training iterations")] = 100
     prompts_per_iteration: Annotated[int, Range(ge=1), Doc("prompts (trees) per iteration")] = 8
-    seed: Annotated[int, Range(ge=0), Doc("seed of prompts, noise and pruning")] = 0
+    seed: Annotated[int, Range(ge=0, le=2**63 - 1), Doc("seed of prompts, noise and pruning")] = 0
     lr: Annotated[float, Range(gt=0), Doc("AdamW learning rate (constant)")] = 1e-5
     weight_decay: Annotated[float, Range(ge=0), Doc("AdamW weight decay")] = 1e-4
     betas: Annotated[list[float], Range(ge=0, lt=1), Doc("AdamW betas")] = field(default_factory=lambda: [0.9, 0.999])
@@ -69,7 +69,7 @@ class EvalConfig:
         "evaluations excluded), after the iteration that reaches it; 0 = count iterations (every)")] = 0.0
     steps: Annotated[int, Range(ge=0), Doc("deterministic steps (0 = the sampler's steps)")] = 0
     solver: Annotated[str, Doc("the registered solver of every step (grpo plugins list: solver)")] = "euler"
-    seed: Annotated[int, Range(ge=0), Doc("seed of the evaluation noise (never used in training)")] = 1_000_003
+    seed: Annotated[int, Range(ge=0, le=2**63 - 1), Doc("seed of the evaluation noise (never used in training)")] = 1_000_003
     grid_images: Annotated[int, Range(ge=0), Doc("images in the saved sample grid")] = 32
     batch: Annotated[int, Range(ge=1), Doc("images per forward")] = 64
 

@@ -35,6 +35,7 @@ from .evaluation import Evaluator, Schedule
 from .objective import LossContext, UnitContext
 from .progress import NoLog, Silent, timed, update_progress
 from .pruner import PruneContext
+from .recipe import check_resume_changes
 from .rollout import rollout
 from .rundir import RunDir, write_runtime
 from .runlog import RunLog, truncate_jsonl
@@ -103,32 +104,62 @@ class Trainer:
             c.policy.place_reference(c.backend.place_frozen)
 
     def _open_run_dir(self, resume: bool) -> tuple[int, float]:
-        """A new run writes its resolved recipe and runtime; a resumed one loads its last checkpoint."""
+        """A new run writes its resolved recipe and runtime; a resumed one loads its newest complete
+        checkpoint (damaged newer ones are set aside) and refuses settings the trained iterations did
+        not use."""
         start, elapsed = 0, 0.0
+        self.resumed: dict[str, Any] | None = None
         if resume:
-            found = checkpoint.latest(self.run_dir)
+            found, damaged = checkpoint.usable(self.run_dir)
+            changes: dict[str, list] = {}
             if found is not None:
                 state = checkpoint.engine_state(found[0])
                 if int(state.get("world_size", 1)) != self.group.size:
                     raise UserError(f"the checkpoint was written by {state.get('world_size', 1)} rank(s); this run "
                                     f"has {self.group.size}", where="--resume",
                                     hint=f"resume with --nproc {state.get('world_size', 1)}")
+                changes = self._check_recorded_recipe(found[0], found[1])
                 self.c.backend.load(found[0])
                 self.copies.load(found[0])
                 start, elapsed = found[1], float(state.get("elapsed", 0.0))
                 log.info("resuming at iteration %d from %s", start, found[0])
+            elif self.group.main:
+                log.warning("%s has no checkpoint yet: the run starts again from iteration 0", self.run_dir)
             self.group.barrier()  # every rank has read the checkpoint before rank 0 may replace it
             if self.group.main:
+                checkpoint.set_aside(damaged)
                 self.dirs.finished.unlink(missing_ok=True)
+                self._write_resolved()  # the settings from here on (only those a resumed run may change differ)
+            self.resumed = {"from_iteration": start, "changed": changes,
+                            "damaged_checkpoints": [p.name for p in damaged]}
         elif self.group.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            resolved = {**self.recipe.to_dict(), "parts": self.recipe.strategy.records(),
-                        "provenance": self.recipe.provenance()}
-            self.dirs.resolved.write_text(tomli_w.dumps(resolved))
+            self._write_resolved()
         self.group.barrier()
         if self.group.main:
             write_runtime(self.dirs.runtime, self.group.size, self.c.backend.runtime())
         return start, elapsed
+
+    def _write_resolved(self) -> None:
+        resolved = {**self.recipe.to_dict(), "parts": self.recipe.strategy.records(),
+                    "provenance": self.recipe.provenance()}
+        self.dirs.resolved.write_text(tomli_w.dumps(resolved))
+
+    def _check_recorded_recipe(self, folder: Path, iteration: int) -> dict[str, list]:
+        """The settings that differ from those the checkpoint was trained with ({key: [old, new]});
+        a UserError for any that a resumed run may not change (an edited ``recipe.resolved.toml``)."""
+        recorded = folder / checkpoint.RECIPE
+        if not recorded.is_file():  # written by an earlier version
+            return {}
+        now = json.loads(json.dumps(self.recipe.to_dict()))
+        return check_resume_changes(json.loads(recorded.read_text()), now, where=str(self.dirs.resolved),
+                                    what=f"the recipe differs from the one the checkpoint after iteration {iteration} "
+                                         "was trained with: it")
+
+    def _save_extra(self, directory: Path) -> None:
+        """Written into each checkpoint beside the backend's files: the weight copies and the recipe."""
+        self.copies.save(directory)
+        (directory / checkpoint.RECIPE).write_text(json.dumps(self.recipe.to_dict()) + "\n")
 
     # -- one iteration: the pipeline ---------------------------------------------------------------
     def iteration(self, it: int) -> dict[str, float]:
@@ -158,8 +189,22 @@ class Trainer:
                            group=self.group, on_micro_batch=update_progress(self.reporter, len(units) * t.epochs),
                            on_optimizer_step=self.copies.after_step)
             self.copies.lagged.after_iteration()
+        self._check_finite_weights(it)
         return iteration_metrics(ro, report, failed, stats, times, group=self.group, lr=t.lr,
                                  unit=parts.objective.unit, memory=c.backend.memory(), zero_std_ratio=flat)
+
+    def _check_finite_weights(self, it: int) -> None:
+        """Stop, before anything is logged or checkpointed, when an update made a trained weight inf or
+        nan: the checkpoints already written hold finite weights."""
+        if self.c.backend.weights_finite(self.c.policy.trainable_parameters()):
+            return
+        found = checkpoint.latest(self.run_dir)
+        kept = (f"the checkpoint after iteration {found[1]} holds the last finite weights" if found
+                else "no checkpoint was written yet")
+        raise UserError(f"the trained weights became inf or nan in the update of iteration {it}; the run stopped",
+                        where=str(self.run_dir),
+                        hint=f"{kept}; the learning rate is the usual cause: start a new run with a smaller "
+                             "train.lr (metrics.jsonl shows how the loss and gradient norm grew)")
 
     def _prompts(self, it: int, gen: torch.Generator) -> tuple[list[str], range]:
         """The iteration's prompts (logged by rank 0) and this rank's share of them: whole trees, so
@@ -218,6 +263,8 @@ class Trainer:
         t, plan = self.recipe.train, self.c.plan
         self.log.write(start, "plan", {"leaves_per_tree": plan.leaves, "rollout_forwards_per_tree": plan.rollout_forwards,
                                         "edges_per_tree": plan.edges})
+        if getattr(self, "resumed", None) is not None:  # when and from where the run was resumed, and what it changed
+            self.log.write(start, "resume", self.resumed)
         budget, last, done, reason = t.time_budget * 60.0, {}, start, "iterations"
         self.reporter.start(t.iterations, start, budget, elapsed)
         self.schedule = Schedule(self.recipe.eval, t.iterations, elapsed)
@@ -236,7 +283,7 @@ class Trainer:
             if done % t.checkpoint_every == 0 or done == t.iterations or over:
                 self.reporter.stage("checkpoint")
                 checkpoint.save(self.run_dir, self.c.backend, done, t.keep_checkpoints, {"elapsed": elapsed},
-                                group=self.group, also=self.copies.save)
+                                group=self.group, also=self._save_extra)
             self._maybe_evaluate(done, elapsed, force=over)
             if over:
                 reason = "time_budget"

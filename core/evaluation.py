@@ -102,7 +102,9 @@ class Evaluator:
             self._save_grid(iteration, torch.cat(grid_images), grid_captions)
         if self.group.main:
             self.run_dir.eval_scores(iteration).parent.mkdir(exist_ok=True)
-            torch.save(per_image, self.run_dir.eval_scores(iteration))
+            path = self.run_dir.eval_scores(iteration)
+            torch.save(per_image, path.with_name(path.name + ".tmp"))  # renamed whole: never a partial file
+            path.with_name(path.name + ".tmp").replace(path)
         return metrics
 
     def _evaluate_set(self, name: str, prompts: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]:

@@ -12,7 +12,6 @@ import copy
 import difflib
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,7 @@ from .registry import Registry
 from .schema import options_of, validate
 from .strategy import Part, Preset
 from .tomlfile import load_toml as load_toml  # the recipe file reader, re-exported
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .tomlfile import tomllib
 
 # ${VAR} or ${VAR:-default}: the variable's value, else the default (a Hub id in the real recipes).
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -47,6 +42,9 @@ def _parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text  # a bare word is a string
+    except RecursionError:
+        raise UserError(f"--set value {text[:40]!r}… is nested too deeply to read",
+                        hint="a value nests a few levels at most") from None
 
 
 def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
@@ -346,3 +344,48 @@ def plugin_modules(data: dict[str, Any]) -> list[str]:
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise UserError(f"expected a list of module names, got {modules!r}", where="plugins.modules")
     return modules
+
+
+# settings a resumed run may change: they decide how long it runs, how often it checkpoints, evaluates
+# and logs, never what the iterations already trained would have been
+RESUMABLE = ("train.iterations", "train.time_budget", "train.checkpoint_every", "train.keep_checkpoints",
+             "train.threads", "eval.every", "eval.every_minutes", "logging.")
+
+
+def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two recipe tables (lists of tables by index)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in sorted(set(before) | set(after), key=str):
+            if key in INFORMATIONAL and not prefix:
+                continue
+            out += changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")
+        return out
+    if (isinstance(before, list) and isinstance(after, list) and len(before) == len(after)
+            and all(isinstance(x, dict) for x in before + after)):
+        return [k for i, (x, y) in enumerate(zip(before, after, strict=True)) for k in changed_keys(x, y, f"{prefix}{i}.")]
+    return [] if before == after else [prefix.rstrip(".")]
+
+
+def resumable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
+
+
+def check_resume_changes(before: dict[str, Any], after: dict[str, Any], *, where: str, what: str) -> dict[str, list]:
+    """The settings a resumed run changes, as {key: [old, new]}; a UserError naming every key that may
+    not change once iterations were trained with the old value."""
+    changed = changed_keys(before, after)
+    refused = [k for k in changed if not resumable(k)]
+    if refused:
+        allowed = ", ".join(k + ("*" if k.endswith(".") else "") for k in RESUMABLE)
+        raise UserError(f"{what} changes {', '.join(refused)}, which the iterations already trained used",
+                        where=where, hint=f"a resumed run may change only {allowed}; for other settings start a new "
+                                          "run with `grpo run RECIPE --out NEW_DIR`")
+
+    def value(table: dict[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            table = table.get(part) if isinstance(table, dict) else (
+                table[int(part)] if isinstance(table, list) and part.isdigit() and int(part) < len(table) else None)
+        return table
+
+    return {k: [value(before, k), value(after, k)] for k in changed}

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 RESOLVED = "recipe.resolved.toml"
@@ -123,3 +125,43 @@ def describe_machine(info: dict) -> str | None:
     threads = f"{info.get('threads', '?')} thread{'' if info.get('threads') == 1 else 's'} per rank"
     where = f"{info['gpu']}, {cpu}" if info.get("gpu", "none") != "none" else cpu
     return f"{where}, {ranks} rank{'' if ranks == 1 else 's'}, {threads}"
+
+
+LOCK = ".lock"  # held (flock) by the one process writing the run directory; holds its PID
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the life of the process that writes it, so that a second
+    `grpo run` (a `--resume` of the same directory, or a rerun of a comparison whose first run still
+    goes on) cannot interleave its records with the first's. The lock is the kernel's (``flock``): it
+    ends with the process, however the process ends."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self._fh = Path(root), None
+
+    def acquire(self, where: str) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not a POSIX system: no lock
+            return self
+        fh = (self.root / LOCK).open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise UserError(f"run directory {str(self.root)!r} is being written by another grpo run (PID {holder})",
+                            where=where, hint=f"one run directory takes one writer: wait until PID {holder} ends, "
+                                              f"or stop it (`kill {holder}`) and then resume") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file releases the lock
+            self._fh = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 import string
@@ -15,16 +16,40 @@ from .errors import UserError
 from .rundir import METRICS, RESOLVED, TENSORBOARD, WANDB_ID
 from .tomlfile import load_toml
 
+log = logging.getLogger(__name__)
+
+
+def read_jsonl(path: Path, *, quiet: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file of a run. A line that is not a whole record (what a full disk or
+    a power cut leaves at the end) is skipped, with a warning unless `quiet`."""
+    return [record for _, record in _lines(path, quiet=quiet)]
+
+
+def _lines(path: Path, *, quiet: bool) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("iteration"), int):
+            out.append((line, record))
+        elif not quiet:
+            log.warning("%s: line %d is not a complete record (a write cut short?); skipped", path, number)
+    return out
+
 
 def truncate_jsonl(path: Path, start_iteration: int) -> None:
-    """Drop the records of iterations >= `start_iteration` from a JSON-lines file (all of them for 0)."""
+    """Drop the records of iterations >= `start_iteration` from a JSON-lines file (all of them for 0), and
+    any line that is not a whole record."""
     if not path.exists():
         return
     if start_iteration == 0:
         path.unlink()
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("iteration", 0) < start_iteration]
+    kept = [line for line, r in _lines(path, quiet=False) if r["iteration"] < start_iteration]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
@@ -143,6 +168,6 @@ class RunLog:
             self.wandb.close()
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_metrics(run_dir: Path, *, quiet: bool = False) -> list[dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (each with ``iteration`` and ``kind``); see `read_jsonl`."""
+    return [r for r in read_jsonl(Path(run_dir) / METRICS, quiet=quiet) if isinstance(r.get("kind"), str)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -49,6 +50,11 @@ class Range:
 
 
 @dataclass(frozen=True)
+class NonFinite:
+    """Marks a float option that takes ``inf`` or ``nan`` (every other number must be finite)."""
+
+
+@dataclass(frozen=True)
 class Doc:
     """A one-line description of an option, shown by ``grpo plugins show``."""
 
@@ -65,6 +71,7 @@ class Option:
     default: Any
     range: Range | None
     doc: str
+    nonfinite: bool = False  # takes inf / nan (a NonFinite marker)
 
     @property
     def required(self) -> bool:
@@ -75,8 +82,8 @@ class Option:
         return type_name(self.annotation)
 
 
-def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str]:
-    rng, doc = None, ""
+def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str, bool]:
+    rng, doc, nonfinite = None, "", False
     if get_origin(tp) is typing.Annotated:
         base, *extras = get_args(tp)
         for extra in extras:
@@ -84,8 +91,10 @@ def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str]:
                 rng = extra
             elif isinstance(extra, Doc):
                 doc = extra.text
-        return base, rng, doc
-    return tp, rng, doc
+            elif isinstance(extra, NonFinite):
+                nonfinite = True
+        return base, rng, doc, nonfinite
+    return tp, rng, doc, nonfinite
 
 
 def type_name(tp: Any) -> str:
@@ -120,8 +129,8 @@ def options_of(factory: Any) -> list[Option]:
                 default = f.default_factory()
             if default is dataclasses.MISSING:
                 default = _MISSING
-            base, rng, doc = _strip_annotated(hints[f.name])
-            options.append(Option(f.name, base, default, rng, doc))
+            base, rng, doc, nonfinite = _strip_annotated(hints[f.name])
+            options.append(Option(f.name, base, default, rng, doc, nonfinite))
         return options
     if inspect.isclass(factory) and factory.__init__ is object.__init__:
         return []  # a class without a constructor has no options
@@ -140,8 +149,8 @@ def options_of(factory: Any) -> list[Option]:
             raise TypeError(f"{who}: option {p.name!r} has no type annotation")
         if p.kind is not p.KEYWORD_ONLY:
             raise TypeError(f"{who}: option {p.name!r} must be keyword-only (after *)")
-        base, rng, doc = _strip_annotated(hints[p.name])
-        options.append(Option(p.name, base, p.default, rng, doc))
+        base, rng, doc, nonfinite = _strip_annotated(hints[p.name])
+        options.append(Option(p.name, base, p.default, rng, doc, nonfinite))
     return options
 
 
@@ -218,6 +227,17 @@ def unknown_key(key: str, accepted: list[str], path: str) -> UserError:
     return UserError(f"unknown key {key!r}", where=path, hint=hint)
 
 
+def _non_finite(value: Any) -> float | None:
+    """The first inf or nan in a value (in lists and tables too), else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for item in items:
+        if (bad := _non_finite(item)) is not None:
+            return bad
+    return None
+
+
 def validate(factory: Any, table: dict[str, Any], where: str, *, ignore: tuple[str, ...] = (),
              paths: dict[str, str] | None = None) -> dict[str, Any]:
     """Validate a recipe table against a factory's options; returns the complete keyword arguments.
@@ -238,6 +258,8 @@ def validate(factory: Any, table: dict[str, Any], where: str, *, ignore: tuple[s
         opt = options[key]
         try:
             coerced = _coerce(value, opt.annotation, path)
+            if not opt.nonfinite and (bad := _non_finite(coerced)) is not None:
+                raise UserError(f"{bad!r} is not a finite number", where=path, hint="give a finite value")
             if opt.range is not None:
                 values = coerced if isinstance(coerced, (list, tuple)) else [coerced]
                 for v in values:

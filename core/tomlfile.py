@@ -29,3 +29,6 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}", hint="fix the syntax at the line and column given") from None
+    except RecursionError:
+        raise UserError(f"{path}: its tables or arrays are nested too deeply to read",
+                        hint="a recipe nests a few levels: [strategy.objective], lists of numbers") from None

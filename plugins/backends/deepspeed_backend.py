@@ -276,6 +276,19 @@ class DeepSpeedBackend:
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
+    def weights_finite(self, parameters: list[torch.nn.Parameter]) -> bool:
+        """At stage 3 the module holds empty placeholders: each rank checks its fp32 partition, and the
+        ranks agree on the answer (one all-reduce); below it every rank holds whole weights."""
+        if self.zero_stage != 3:
+            return all(bool(torch.isfinite(p).all()) for p in parameters)
+        held = list(getattr(self.engine.optimizer, "fp32_partitioned_groups_flat", []))
+        ok = all(bool(torch.isfinite(t).all()) for t in held)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+            ok = bool(flag.item() > 0)
+        return ok
+
     def _finite_stage3(self) -> bool:
         """Whether every rank's gradient partition is finite (one all-reduce)."""
         opt = self.engine.optimizer

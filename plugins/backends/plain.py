@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from grpo.core.backend import OptimizerConfig
 from grpo.core.dist import free_port
+from grpo.core.integrity import load_data
 from grpo.core.schema import Doc, Range
 
 
@@ -136,7 +137,7 @@ class TorchBackend:
         with torch.no_grad():
             for name, value in state.items():
                 by_name[name].copy_(value)
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=self.device))
+        self.optimizer.load_state_dict(load_data(directory / "optimizer.pt", map_location=self.device))
 
     def close(self) -> None:
         if self._owns_group and dist.is_initialized():

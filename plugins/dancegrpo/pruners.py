@@ -55,6 +55,10 @@ class TimestepFraction:
         return min(math.ceil(self.timestep_fraction * span), n)
 
     def check_plan(self, plan: TreePlan) -> None:
+        if self.step_window and self.step_window[1] > plan.steps:
+            raise UserError(f"step_window {self.step_window} reaches beyond the sampler's {plan.steps} steps",
+                            where="step_window", hint=f"a window within [0, {plan.steps}), e.g. "
+                                                      f"[0, {min(self.step_window[1], plan.steps)}], or [] for every step")
         if self.trained_per_chain(plan.steps) == 0:
             raise UserError(f"timestep_fraction {self.timestep_fraction} of {self.candidates(plan.steps).numel()} "
                             "candidate steps trains no step", where="timestep_fraction",

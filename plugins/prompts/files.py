@@ -13,29 +13,36 @@ from grpo.core.schema import Doc, Range
 def read_prompts(path: str, where: str) -> list[str]:
     """Read prompts from a .txt (one per line, blank lines skipped) or .jsonl file."""
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise UserError(f"prompt file {path!r} does not exist", where=where, hint="give the path of a .txt or .jsonl file")
+    if not file.is_file():
+        kind = "a folder" if file.is_dir() else "not a regular file (a pipe or a device)"
+        raise UserError(f"prompt file {path!r} is {kind}", where=where, hint="give the path of a .txt or .jsonl file")
     prompts: list[str] = []
-    with file.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            if file.suffix == ".jsonl":
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise UserError(
-                        f"{path}:{lineno}: not valid JSON ({e.msg})", where=where,
-                        hint='each line must be an object like {"prompt": "a cat"}',
-                    ) from None
-                if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                    raise UserError(
-                        f"{path}:{lineno}: no string field 'prompt'", where=where,
-                        hint='each line must be an object like {"prompt": "a cat"}',
-                    )
-                text = record["prompt"]
-            prompts.append(text)
+    try:
+        lines = file.read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})", where=where,
+                        hint="save the prompt file as UTF-8") from None
+    for lineno, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        if file.suffix == ".jsonl":
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg})", where=where,
+                    hint='each line must be an object like {"prompt": "a cat"}',
+                ) from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise UserError(
+                    f"{path}:{lineno}: no string field 'prompt'", where=where,
+                    hint='each line must be an object like {"prompt": "a cat"}',
+                )
+            text = record["prompt"]
+        prompts.append(text)
     if not prompts:
         raise UserError(f"prompt file {path!r} holds no prompts", where=where)
     return prompts
@@ -44,6 +51,7 @@ def read_prompts(path: str, where: str) -> list[str]:
 class FilePrompts:
     """Training prompts from a file; optional evaluation prompts from another."""
 
+    file_options = ("path", "eval_path")  # each names a file, never a folder (grpo doctor checks)
     sources = {"path": "HPDv2 training prompts: the prompt column of the ymhao/HPDv2 dataset on the Hugging Face "
                        "hub, one per line (DanceGRPO ships them as assets/prompts.txt); video prompts: "
                        "VidProM or your own, one per line",

@@ -4,19 +4,25 @@ model such as UnifiedReward, asked to rate each image against its prompt.
 Requests go out concurrently, each with a timeout and retries. A request that still fails, or an
 answer the parser cannot read, is not scored: its score is NaN and its ``failed`` component is 1,
 and the engine leaves that sample out of the update (and counts it) instead of inventing a number.
+
+The timeout is a deadline for the whole request (connecting, sending, and the whole answer), not for
+each read, so a server that answers a byte at a time cannot hold a request longer. Answers are read
+up to a size limit. Redirects are not followed: the API key goes to the configured server only.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import math
 import os
 import re
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Literal
 
@@ -70,11 +76,13 @@ class HttpReward:
         concurrency: Annotated[int, Range(ge=1), Doc("requests in flight at once")] = 16,
         max_tokens: Annotated[int, Range(ge=1), Doc("answer length limit")] = 1024,
         scale: Annotated[float, Range(gt=0), Doc("score = rating / scale")] = 5.0,
+        max_answer_bytes: Annotated[int, Range(ge=1024), Doc("a longer answer fails the request")] = 4 * 2**20,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise UserError(f"expected an http(s) URL, got {url!r}", where="reward.url",
                             hint="the base URL of an OpenAI-compatible server, e.g. http://localhost:17140")
         self.endpoint = url.rstrip("/") + "/v1/chat/completions"
+        self.max_answer_bytes = max_answer_bytes
         self.model, self.template, self.image_format, self.image_size = model, template, image_format, image_size
         self.timeout, self.timeout_step, self.retries, self.concurrency = timeout, timeout_step, retries, concurrency
         self.max_tokens, self.scale = max_tokens, scale
@@ -114,10 +122,9 @@ class HttpReward:
         why = ""
         for attempt in range(self.retries + 1):
             try:
-                request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout + self.timeout_step * attempt) as response:
-                    answer = json.loads(response.read())["choices"][0]["message"]["content"]
-            except (urllib.error.URLError, TimeoutError, OSError, KeyError, IndexError, ValueError) as e:
+                answer = json.loads(self._post(body, headers, self.timeout + self.timeout_step * attempt))
+                answer = answer["choices"][0]["message"]["content"]
+            except (OSError, http.client.HTTPException, KeyError, IndexError, TypeError, ValueError) as e:
                 why = f"{type(e).__name__}: {e}"
                 time.sleep(min(0.5 * (attempt + 1), 2.0))
                 continue
@@ -126,6 +133,49 @@ class HttpReward:
                 return math.nan, f"no rating in the answer: {answer[:80]!r}"
             return float(found.group(1)) / self.scale, ""
         return math.nan, why
+
+    def _post(self, body: bytes, headers: dict[str, str], seconds: float) -> bytes:
+        """POST `body` to the endpoint; the answer's body. Fails (OSError) past `seconds` in all, on a
+        redirect, an HTTP error status or an answer over ``max_answer_bytes``."""
+        url = urllib.parse.urlsplit(self.endpoint)
+        kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        conn = kind(url.hostname, url.port, timeout=seconds)
+        late, held = threading.Event(), []
+
+        def cut() -> None:  # the deadline: whatever the request is waiting for ends now
+            late.set()
+            for sock in held:  # the response may hold the socket after the connection let it go
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(seconds, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.connect()
+            held.append(conn.sock)
+            conn.request("POST", url.path + (f"?{url.query}" if url.query else ""), body=body, headers=headers)
+            response = conn.getresponse()
+            if 300 <= response.status < 400:
+                raise ConnectionError(f"the server redirected ({response.status}) to {response.getheader('Location')!r}, "
+                                      "which is not followed: requests (and the API key) go to reward.url only")
+            if response.status >= 400:
+                raise ConnectionError(f"HTTP {response.status} {response.reason}")
+            data = response.read(self.max_answer_bytes + 1)
+            if len(data) > self.max_answer_bytes:
+                raise ConnectionError(f"the answer is longer than max_answer_bytes = {self.max_answer_bytes}")
+            if late.is_set():
+                raise TimeoutError
+            return data
+        except (OSError, http.client.HTTPException) as e:
+            if late.is_set():
+                raise TimeoutError(f"timed out: no whole answer within {seconds:g} s") from None
+            raise e
+        finally:
+            timer.cancel()
+            conn.close()
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:

@@ -37,7 +37,7 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 def export(state_path: Path, out: Path) -> None:
     """Write the EMA weights of a training state as an fp16 model folder."""
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
     tokenizer, text_encoder, unet = build_fresh()
     text_encoder.load_state_dict(state["ema_text_encoder"])
     unet.load_state_dict(state["ema_unet"])
@@ -61,7 +61,7 @@ def train(work: Path, minutes: float, batch_size: int, lr: float, seed: int, sav
     ema_unet, ema_te = copy.deepcopy(unet), copy.deepcopy(text_encoder)
     step, rng = 0, np.random.default_rng(seed)
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
         ema_unet.load_state_dict(state["ema_unet"])

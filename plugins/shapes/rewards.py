@@ -42,6 +42,15 @@ class ShapesFaithfulness:
     ) -> None:
         self.target = target
 
+    def check_prompts(self, prompts: list[str], where: str) -> None:
+        """Every prompt must be a caption of the shapes grammar: checked before the model is built."""
+        for i, prompt in enumerate(prompts):
+            try:
+                parse_caption(prompt)
+            except ValueError as e:
+                raise UserError(f"prompt {i + 1} of {len(prompts)}: {e}", where=where,
+                                hint="shapes-faithfulness scores shapes captions only") from None
+
     def score(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"shapes-faithfulness expects (N, 3, H, W) images, got {tuple(images.shape)}")

@@ -58,24 +58,29 @@ def vocabulary() -> list[str]:
     return words + ["on", "a"] + list(BACKGROUNDS) + ["background"]
 
 
+def _quoted(text: str, limit: int = 80) -> str:
+    """A caption as a message quotes it: whole when short, else its start and its length."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def parse_caption(caption: str) -> Scene:
     """Parse a caption of the shapes grammar; raises ValueError naming what is wrong."""
     words = caption.strip().lower().split()
     if len(words) != 7 or words[3:5] != ["on", "a"] or words[6] != "background":
         raise ValueError(
-            f"{caption!r} is not a shapes caption; expected e.g. 'two red circles on a blue background'"
+            f"{_quoted(caption)} is not a shapes caption; expected e.g. 'two red circles on a blue background'"
         )
     count_w, colour, noun, _, _, bg, _ = words
     if count_w not in COUNT_WORDS:
-        raise ValueError(f"{caption!r}: count must be one of {', '.join(COUNT_WORDS)}")
+        raise ValueError(f"{_quoted(caption)}: count must be one of {', '.join(COUNT_WORDS)}")
     count = COUNT_WORDS.index(count_w) + 1
     shape = noun[:-1] if noun.endswith("s") else noun
     if shape not in SHAPES or (noun.endswith("s") != (count > 1)):
-        raise ValueError(f"{caption!r}: shape word {noun!r} does not fit count {count_w!r}")
+        raise ValueError(f"{_quoted(caption)}: shape word {noun!r} does not fit count {count_w!r}")
     if colour not in COLOURS:
-        raise ValueError(f"{caption!r}: colour must be one of {', '.join(COLOURS)}")
+        raise ValueError(f"{_quoted(caption)}: colour must be one of {', '.join(COLOURS)}")
     if bg not in BACKGROUNDS:
-        raise ValueError(f"{caption!r}: background must be one of {', '.join(BACKGROUNDS)}")
+        raise ValueError(f"{_quoted(caption)}: background must be one of {', '.join(BACKGROUNDS)}")
     return Scene(count, colour, shape, bg)
 
 

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-import tomllib
 from typer.testing import CliRunner
 
 from grpo.cli.main import app
 from grpo.core.runlog import read_metrics
+from grpo.core.tomlfile import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 DANCE = str(ROOT / "recipes" / "shapes_dance.toml")

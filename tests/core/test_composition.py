@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-import tomllib
 from typer.testing import CliRunner
 
 from grpo.cli.main import app
@@ -18,6 +17,7 @@ from grpo.core.errors import PluginError, UserErrors
 from grpo.core.recipe import load_toml, parse
 from grpo.core.registry import load_registry
 from grpo.core.strategy import Part, Preset
+from grpo.core.tomlfile import tomllib
 
 # the objective is the one `grpo plugins new objective` writes: reward-weighted flow matching on re-noised leaves
 PARTS = COMPONENTS["objective"].format(cls="WeightedLeaves") + '''

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
 from typer.testing import CliRunner
 
 from grpo.cli.main import app
 from grpo.core.rundir import WANDB_ID
+from grpo.core.tomlfile import tomllib
 from grpo.testing import run_tiny_recipe
 from grpo.testing.wandb_offline import read_offline_runs
 

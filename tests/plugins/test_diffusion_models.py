@@ -295,12 +295,11 @@ def test_peer_recipes_run_an_iteration_on_their_tiny_model(recipe, name, folders
     Hub id with no variable set, from a Hub cache holding the tiny model under that id (offline);
     what a tiny CPU model needs changes (32² images, 5 frames, fp32, the torch backend, a reward
     that costs nothing, one prompt)."""
-    import tomllib
-
     from grpo.core.engine import Trainer
     from grpo.core.recipe import ENV_PATTERN, expand_env, parse
     from grpo.core.registry import load_registry
     from grpo.core.runlog import read_metrics
+    from grpo.core.tomlfile import tomllib
     from grpo.testing.hub_cache import add_to_hub_cache
 
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")

@@ -75,3 +75,35 @@ def test_failed_samples_are_left_out_of_training(server, tmp_path):
     assert train["reward/failed"] == 3  # the three chains of 'a bad square'
     assert train["cost/trained_edges"] == 3 * 4  # only the scored tree's three chains, 4 steps each
     assert train["reward/http/mean"] == pytest.approx(0.8)
+
+
+def test_a_redirect_to_another_host_is_not_followed_and_the_key_stays_home(server, monkeypatch):
+    """The judge answers 302 to a second server (another origin), which must never see the request."""
+    from tiny_rewards import Judge
+
+    monkeypatch.setenv("JUDGE_KEY", "sekret")
+    with serve() as other:
+        monkeypatch.setattr(Judge, "elsewhere", other)
+        reward = HttpReward(url=server, api_key_env="JUDGE_KEY", retries=0, image_size=16)
+        out = reward.score(torch.zeros(1, 3, 8, 8), ["a moved cat"])
+        assert math.isnan(out.scores[0]) and out.components["failed"].tolist() == [1.0]
+        assert "redirected (302)" in reward.errors[0] and "not followed" in reward.errors[0]
+        assert [s["path"] for s in Judge.seen] == ["/v1/chat/completions"]  # the first request only, no second
+
+
+def test_the_timeout_is_a_deadline_for_the_whole_request(server):
+    """An answer of about 60 bytes at one byte per 50 ms takes 3 s; every read returns within the
+    timeout, so only a deadline on the whole request ends it at 0.5 s."""
+    import time
+
+    reward = HttpReward(url=server, timeout=0.5, timeout_step=0.0, retries=0, image_size=16)
+    start = time.monotonic()
+    out = reward.score(torch.zeros(1, 3, 8, 8), ["a trickle of words"])
+    assert time.monotonic() - start < 1.5
+    assert math.isnan(out.scores[0]) and "timed out" in reward.errors[0] and "0.5 s" in reward.errors[0]
+
+
+def test_the_answer_size_is_bounded(server):
+    reward = HttpReward(url=server, retries=0, image_size=16, max_answer_bytes=2**16)
+    out = reward.score(torch.zeros(1, 3, 8, 8), ["a flood of words"])
+    assert math.isnan(out.scores[0]) and "longer than max_answer_bytes = 65536" in reward.errors[0]

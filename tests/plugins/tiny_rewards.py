@@ -209,10 +209,12 @@ def make_hpsv3(root: Path, **kw):
 # -- the http reward: a stub OpenAI-compatible judge on loopback -------------------------------------
 class Judge(BaseHTTPRequestHandler):
     """Answers by the caption: 'good' → 4, 'bad' → no rating, 'slow' → too late, 'flaky' → a 500
-    first, then 3; anything else → a rating from the image's mean red (1 + 4·red)."""
+    first, then 3; 'moved' → a 302 to `elsewhere`; 'trickle' → a valid answer a byte every 50 ms;
+    'flood' → a valid answer padded to 8 MiB; anything else → a rating from the image's mean red (1 + 4·red)."""
 
     calls: dict[str, int] = {}
     seen: list[dict] = []
+    elsewhere = ""  # where 'moved' sends the client
 
     def log_message(self, *args):
         pass
@@ -226,6 +228,28 @@ class Judge(BaseHTTPRequestHandler):
         Judge.calls[caption] = Judge.calls.get(caption, 0) + 1
         if "slow" in caption:
             time.sleep(1.5)
+        if "moved" in caption:
+            self.send_response(302)
+            self.send_header("Location", Judge.elsewhere + "/v1/chat/completions")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if "trickle" in caption or "flood" in caption:
+            data = json.dumps({"choices": [{"message": {"content": "Final Score: 4"}}]}).encode()
+            if "flood" in caption:
+                data += b" " * (8 * 2**20)  # still a valid answer, if read whole
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(0, len(data), 1 if "trickle" in caption else 2**16):
+                    self.wfile.write(data[i: i + (1 if "trickle" in caption else 2**16)])
+                    self.wfile.flush()
+                    if "trickle" in caption:
+                        time.sleep(0.05)
+            except OSError:  # the client gave up
+                pass
+            return
         if "flaky" in caption and Judge.calls[caption] == 1:
             self.send_response(500)
             self.end_headers()
