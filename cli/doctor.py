@@ -109,11 +109,6 @@ def _bundled(folder: Path, place: str) -> Check:
                  f"at {folder}")
 
 
-def file_options(entry: Entry | None) -> tuple[str, ...]:
-    """The options of a component that must name a regular file (its ``file_options``)."""
-    return tuple(getattr(entry.factory, "file_options", ())) if entry is not None else ()
-
-
 def _path_checks(table: dict[str, Any], where: str, kind: str, entry: Entry | None) -> list[Check]:
     out = []
     sources = entry.sources if entry is not None else {}
@@ -133,7 +128,7 @@ def _path_checks(table: dict[str, Any], where: str, kind: str, entry: Entry | No
         else:
             found = _local_check(Path(os.path.expanduser(value)), place, key, kind, sources.get(key))
             path = Path(os.path.expanduser(value))
-            if found.ok and key in file_options(entry) and not path.is_file():
+            if found.ok and entry is not None and key in entry.file_options and not path.is_file():
                 found = Check(str(path), place, False, "a folder, not a file" if path.is_dir()
                               else "not a regular file (a pipe or a device)")
             out.append(found)

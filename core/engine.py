@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 import torch
 
-from . import checkpoint, streams
+from . import checkpoint, runrecord, streams
 from .backend import OptimizerConfig
 from .components import PromptCache, build, check_world
 from .config import Recipe
@@ -35,10 +34,10 @@ from .evaluation import Evaluator, Schedule
 from .objective import LossContext, UnitContext
 from .progress import NoLog, Silent, timed, update_progress
 from .pruner import PruneContext
-from .recipe import check_resume_changes
 from .rollout import rollout
 from .rundir import RunDir, write_runtime
 from .runlog import RunLog, truncate_jsonl
+from .runrecord import Resumed
 from .scoring import impute_failed, iteration_metrics, zero_std_ratio
 from .tree import EdgeSet
 from .update import UpdateConfig, update
@@ -52,6 +51,7 @@ class Trainer:
     recipe: Recipe
     run_dir: Path
     reporter: Any = field(default_factory=Silent)
+    resumed: Resumed | None = None
 
     # -- setup: every component built and checked once ------------------------------------------
     def setup(self, *, resume: bool = False) -> tuple[int, float]:
@@ -104,62 +104,26 @@ class Trainer:
             c.policy.place_reference(c.backend.place_frozen)
 
     def _open_run_dir(self, resume: bool) -> tuple[int, float]:
-        """A new run writes its resolved recipe and runtime; a resumed one loads its newest complete
-        checkpoint (damaged newer ones are set aside) and refuses settings the trained iterations did
-        not use."""
-        start, elapsed = 0, 0.0
-        self.resumed: dict[str, Any] | None = None
+        """A new run writes its resolved recipe; a resumed one loads its newest complete checkpoint."""
+        self.resumed = None
         if resume:
-            found, damaged = checkpoint.usable(self.run_dir)
-            changes: dict[str, list] = {}
-            if found is not None:
-                state = checkpoint.engine_state(found[0])
-                if int(state.get("world_size", 1)) != self.group.size:
-                    raise UserError(f"the checkpoint was written by {state.get('world_size', 1)} rank(s); this run "
-                                    f"has {self.group.size}", where="--resume",
-                                    hint=f"resume with --nproc {state.get('world_size', 1)}")
-                changes = self._check_recorded_recipe(found[0], found[1])
-                self.c.backend.load(found[0])
-                self.copies.load(found[0])
-                start, elapsed = found[1], float(state.get("elapsed", 0.0))
-                log.info("resuming at iteration %d from %s", start, found[0])
-            elif self.group.main:
-                log.warning("%s has no checkpoint yet: the run starts again from iteration 0", self.run_dir)
-            self.group.barrier()  # every rank has read the checkpoint before rank 0 may replace it
-            if self.group.main:
-                checkpoint.set_aside(damaged)
-                self.dirs.finished.unlink(missing_ok=True)
-                self._write_resolved()  # the settings from here on (only those a resumed run may change differ)
-            self.resumed = {"from_iteration": start, "changed": changes,
-                            "damaged_checkpoints": [p.name for p in damaged]}
+            self.resumed = runrecord.resume(self.dirs, self.recipe, self.group, self._load)
         elif self.group.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._write_resolved()
+            runrecord.write_resolved(self.dirs, self.recipe)
         self.group.barrier()
         if self.group.main:
             write_runtime(self.dirs.runtime, self.group.size, self.c.backend.runtime())
-        return start, elapsed
+        return (self.resumed.start, self.resumed.elapsed) if self.resumed else (0, 0.0)
 
-    def _write_resolved(self) -> None:
-        resolved = {**self.recipe.to_dict(), "parts": self.recipe.strategy.records(),
-                    "provenance": self.recipe.provenance()}
-        self.dirs.resolved.write_text(tomli_w.dumps(resolved))
-
-    def _check_recorded_recipe(self, folder: Path, iteration: int) -> dict[str, list]:
-        """The settings that differ from those the checkpoint was trained with ({key: [old, new]});
-        a UserError for any that a resumed run may not change (an edited ``recipe.resolved.toml``)."""
-        recorded = folder / checkpoint.RECIPE
-        if not recorded.is_file():  # written by an earlier version
-            return {}
-        now = json.loads(json.dumps(self.recipe.to_dict()))
-        return check_resume_changes(json.loads(recorded.read_text()), now, where=str(self.dirs.resolved),
-                                    what=f"the recipe differs from the one the checkpoint after iteration {iteration} "
-                                         "was trained with: it")
+    def _load(self, folder: Path) -> None:
+        self.c.backend.load(folder)
+        self.copies.load(folder)
 
     def _save_extra(self, directory: Path) -> None:
         """Written into each checkpoint beside the backend's files: the weight copies and the recipe."""
         self.copies.save(directory)
-        (directory / checkpoint.RECIPE).write_text(json.dumps(self.recipe.to_dict()) + "\n")
+        runrecord.save_recipe(directory, self.recipe)
 
     # -- one iteration: the pipeline ---------------------------------------------------------------
     def iteration(self, it: int) -> dict[str, float]:
@@ -189,22 +153,9 @@ class Trainer:
                            group=self.group, on_micro_batch=update_progress(self.reporter, len(units) * t.epochs),
                            on_optimizer_step=self.copies.after_step)
             self.copies.lagged.after_iteration()
-        self._check_finite_weights(it)
+        runrecord.check_finite_weights(c.backend.weights_finite(c.policy.trainable_parameters()), self.run_dir, it)
         return iteration_metrics(ro, report, failed, stats, times, group=self.group, lr=t.lr,
                                  unit=parts.objective.unit, memory=c.backend.memory(), zero_std_ratio=flat)
-
-    def _check_finite_weights(self, it: int) -> None:
-        """Stop, before anything is logged or checkpointed, when an update made a trained weight inf or
-        nan: the checkpoints already written hold finite weights."""
-        if self.c.backend.weights_finite(self.c.policy.trainable_parameters()):
-            return
-        found = checkpoint.latest(self.run_dir)
-        kept = (f"the checkpoint after iteration {found[1]} holds the last finite weights" if found
-                else "no checkpoint was written yet")
-        raise UserError(f"the trained weights became inf or nan in the update of iteration {it}; the run stopped",
-                        where=str(self.run_dir),
-                        hint=f"{kept}; the learning rate is the usual cause: start a new run with a smaller "
-                             "train.lr (metrics.jsonl shows how the loss and gradient norm grew)")
 
     def _prompts(self, it: int, gen: torch.Generator) -> tuple[list[str], range]:
         """The iteration's prompts (logged by rank 0) and this rank's share of them: whole trees, so
@@ -263,8 +214,8 @@ class Trainer:
         t, plan = self.recipe.train, self.c.plan
         self.log.write(start, "plan", {"leaves_per_tree": plan.leaves, "rollout_forwards_per_tree": plan.rollout_forwards,
                                         "edges_per_tree": plan.edges})
-        if getattr(self, "resumed", None) is not None:  # when and from where the run was resumed, and what it changed
-            self.log.write(start, "resume", self.resumed)
+        if self.resumed is not None:  # when and from where the run was resumed, and what it changed
+            self.log.write(start, "resume", self.resumed.record())
         budget, last, done, reason = t.time_budget * 60.0, {}, start, "iterations"
         self.reporter.start(t.iterations, start, budget, elapsed)
         self.schedule = Schedule(self.recipe.eval, t.iterations, elapsed)

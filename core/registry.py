@@ -33,7 +33,7 @@ KIND_NOUNS = {"model": "a model", "sampler": "a sampler", "solver": "a solver", 
               "objective": "an objective", "backend": "a backend", "strategy": "a strategy",
               "prompts": "a prompt source"}
 # what a factory may declare about itself (as class attributes, or given to ``registry.add``)
-METADATA = ("requires", "sources", "bundled", "hub_patterns", "hub_companions", "noise_grid_for")
+METADATA = ("requires", "sources", "bundled", "hub_patterns", "hub_companions", "noise_grid_for", "file_options")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Entry:
         hub_companions: option → files read beside the single Hub file it names.
         noise_grid_for: a model's ``noise_grid_for(options)``: the latent grid its exploration noise
             tiles, known from its options without weights (None when it cannot say).
+        file_options: the options that must name a regular file, never a folder (``grpo doctor``).
     """
 
     kind: str
@@ -63,6 +64,7 @@ class Entry:
     hub_patterns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     hub_companions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     noise_grid_for: Callable[[dict[str, Any]], Any] | None = None
+    file_options: tuple[str, ...] = ()
 
     @property
     def options(self) -> list[Option]:
@@ -145,7 +147,8 @@ class KindRegistrar:
                                 bundled=dict(declared["bundled"] or {}),
                                 hub_patterns={k: tuple(v) for k, v in (declared["hub_patterns"] or {}).items()},
                                 hub_companions={k: tuple(v) for k, v in (declared["hub_companions"] or {}).items()},
-                                noise_grid_for=declared["noise_grid_for"])
+                                noise_grid_for=declared["noise_grid_for"],
+                                file_options=tuple(declared["file_options"] or ()))
         except (TypeError, ValueError) as e:
             raise PluginError(f"{self.kind} {name!r} from plugin {self._plugin!r} ({self._dist}) declares malformed "
                               f"metadata: {e}") from None

@@ -84,6 +84,10 @@ class Option:
 
 def _strip_annotated(tp: Any) -> tuple[Any, Range | None, str, bool]:
     rng, doc, nonfinite = None, "", False
+    if get_origin(tp) in (Union, types.UnionType):  # Python 3.10 wraps an option defaulting to None in Optional
+        inner = [a for a in get_args(tp) if get_origin(a) is typing.Annotated]
+        if len(inner) == 1 and all(a is inner[0] or a is type(None) for a in get_args(tp)):
+            tp = inner[0]
     if get_origin(tp) is typing.Annotated:
         base, *extras = get_args(tp)
         for extra in extras:

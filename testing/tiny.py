@@ -133,7 +133,8 @@ def run_tiny_recipe(recipe: str | Path | dict[str, Any], out: str | Path, sets: 
     `sets` are extra ``KEY=VALUE`` overrides (TOML values), applied last. The recipe's own
     ``[plugins] modules`` are loaded, installed plugins are discovered as in ``grpo run``, and
     `plugins` (modules, objects or single ``@hookimpl`` functions) are registered as well.
-    Returns the records of ``metrics.jsonl``.
+    A ``strategy.step_window`` that reaches beyond `steps` is cut to them. Returns the records of
+    ``metrics.jsonl``.
     """
     from grpo.core.engine import Trainer
     from grpo.core.recipe import apply_overrides, load_toml, parse, plugin_modules
@@ -145,6 +146,9 @@ def run_tiny_recipe(recipe: str | Path | dict[str, Any], out: str | Path, sets: 
     prompts = data.get("prompts", {})
     if prompts.get("use") == "shapes":
         overrides += ["prompts.eval_train_samples=0", "prompts.eval_held_out_samples=1"]
+    window = (data.get("strategy") or {}).get("step_window")
+    if isinstance(window, list) and len(window) == 2 and window[1] > steps:  # the recipe's window, cut to the steps
+        overrides.append(f"strategy.step_window=[{min(window[0], steps - 1)}, {steps}]")
     data = apply_overrides(data, [*overrides, *sets])
     registry = load_registry(plugin_modules(data), plugins=plugins)
     source = None if isinstance(recipe, dict) else Path(recipe)

@@ -297,16 +297,18 @@ def test_a_full_disk_while_checkpointing_is_one_message_and_keeps_the_previous_c
 
 # -- 9. interrupts say how to go on -------------------------------------------------------------------
 
-def test_sigterm_during_a_run_says_where_it_can_continue(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                           (signal.SIGINT, 130, "interrupted")])
+def test_an_interrupted_run_says_where_it_can_continue(tiny_model_dir, tmp_path, sig, code, word):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "grpo.cli.main", "run", DANCE, *small(tiny_model_dir, 50),
                              "--out", str(out), "--quiet"], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     _wait_for(out / "checkpoints" / "iter_000001", proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     text, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "Traceback" not in text, text
-    lines = [line for line in text.splitlines() if "terminated" in line]
+    assert proc.returncode == code and "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if word in line]
     assert len(lines) == 1 and "the last checkpoint is after iteration" in lines[0]
     assert f"grpo run --resume {out}" in lines[0]
 
