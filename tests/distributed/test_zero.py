@@ -119,8 +119,8 @@ def test_two_ranks_train_like_one(tiny_model_dir, tmp_path, stage, extra):
     assert float(apart.norm()) < 0.01 * float(moved.norm())
     assert float(apart.abs().max()) < 0.1 * float(moved.abs().max())
     # the evaluation is sharded over the ranks and gathered: same images, same scores
-    e1 = torch.load(runs[1] / "eval" / "iter_000002.pt", weights_only=False)
-    e2 = torch.load(runs[2] / "eval" / "iter_000002.pt", weights_only=False)
+    e1 = torch.load(runs[1] / "eval" / "iter_000002.pt", weights_only=True)
+    e2 = torch.load(runs[2] / "eval" / "iter_000002.pt", weights_only=True)
     assert e1 == e2
 
 
@@ -204,8 +204,8 @@ def test_export_of_a_zero3_run_loads_in_diffusers_and_samples_the_same(tiny_mode
     ours = torch.from_numpy(np.array(Image.open(check / "samples" / "eval_000002.png"))).float()
     theirs = torch.from_numpy(np.array(Image.open(run / "samples" / "eval_000002.png"))).float()
     assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) <= 1.0
-    assert torch.load(check / "eval" / "iter_000002.pt", weights_only=False) == torch.load(
-        run / "eval" / "iter_000002.pt", weights_only=False)
+    assert torch.load(check / "eval" / "iter_000002.pt", weights_only=True) == torch.load(
+        run / "eval" / "iter_000002.pt", weights_only=True)
 
 
 def test_torchrun_starts_the_same_run(tiny_model_dir, tmp_path):
