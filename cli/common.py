@@ -13,6 +13,7 @@ from grpo.core.config import Recipe
 from grpo.core.errors import PluginError, UserError
 from grpo.core.recipe import apply_overrides, expand_env, load_toml, parse, plugin_modules, upgrade_resolved
 from grpo.core.registry import Registry, load_registry
+from grpo.core.tomlfile import nested_too_deeply
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 console = Console(highlight=False, soft_wrap=True)
@@ -49,8 +50,7 @@ def load_recipe(path: str | Path, sets: list[str] | None = None, *, env: bool,
         registry = load_registry(plugin_modules(data))
         return parse(data, registry, source=Path(path)), registry
     except RecursionError:
-        raise UserError(f"{path}: its tables or arrays are nested too deeply to read",
-                        hint="a recipe nests a few levels: [strategy.objective], lists of numbers") from None
+        raise nested_too_deeply(path) from None
 
 
 def guard(fn):

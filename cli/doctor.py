@@ -126,8 +126,8 @@ def _path_checks(table: dict[str, Any], where: str, kind: str, entry: Entry | No
         if ref is not None:
             out.append(_hub_check(ref, tuple(declared[key]), place, key, kind, entry.hub_companions.get(key, ())))
         else:
-            found = _local_check(Path(os.path.expanduser(value)), place, key, kind, sources.get(key))
             path = Path(os.path.expanduser(value))
+            found = _local_check(path, place, key, kind, sources.get(key))
             if found.ok and entry is not None and key in entry.file_options and not path.is_file():
                 found = Check(str(path), place, False, "a folder, not a file" if path.is_dir()
                               else "not a regular file (a pipe or a device)")

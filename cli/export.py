@@ -17,6 +17,11 @@ from grpo.core.rundir import RESOLVED
 from .common import console, guard, load_recipe
 
 
+def _iterations(folders: list[Path]) -> str:
+    """The iterations of checkpoint folders, as a list to choose from."""
+    return ", ".join(str(int(p.name[len(checkpoint.PREFIX):])) for p in folders)
+
+
 @guard
 def export(
     run: Annotated[Path, typer.Argument(help="a run directory")],
@@ -43,13 +48,12 @@ def export(
     else:
         folder = checkpoint.checkpoint_dir(run, iteration)
         if folder not in done:
-            have = ", ".join(str(int(p.name[len(checkpoint.PREFIX):])) for p in done)
-            raise UserError(f"no checkpoint after iteration {iteration}", where="--iteration", hint=f"available: {have}")
+            raise UserError(f"no checkpoint after iteration {iteration}", where="--iteration",
+                            hint=f"available: {_iterations(done)}")
     if problems := damage(folder):
-        raise DamagedFile(problems[0][0], problems[0][1],
-                          hint="export an older checkpoint with --iteration" + (
-                              f" (available: {', '.join(str(int(p.name[len(checkpoint.PREFIX):])) for p in done if p != folder)})"
-                              if len(done) > 1 else ""))
+        others = [p for p in done if p != folder]
+        raise DamagedFile(problems[0][0], problems[0][1], hint="export an older checkpoint with --iteration"
+                          + (f" (available: {_iterations(others)})" if others else ""))
     recipe, _ = load_recipe(run / RESOLVED, env=True, resolved=True)
     backend = recipe.backend.build()  # a backend or model that cannot export says so (grpo.core.abilities)
     policy = recipe.model.build()

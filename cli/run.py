@@ -111,10 +111,7 @@ def run(
         if lock is not None and created:
             _remove_if_untouched(run_dir)
         if lock is not None and isinstance(e, (OSError, RuntimeError)) and no_space(e, run_dir):
-            found = checkpoint.latest(run_dir)
-            kept = f"the checkpoint after iteration {found[1]} is intact" if found else "no checkpoint was written yet"
-            raise UserError("no space left on device while writing the run", where=str(run_dir),
-                            hint=f"{kept}; free some space, then continue with `grpo run --resume {run_dir}`") from None
+            raise checkpoint.out_of_space(run_dir, "the run") from None
         raise
     finally:
         if lock is not None:

@@ -63,11 +63,7 @@ def save(run_dir: Path, backend: Backend, iteration: int, keep: int, extra: dict
         shutil.rmtree(tmp, ignore_errors=True)
         if not full:
             raise
-        before = latest(run_dir)
-        kept = f"the checkpoint after iteration {before[1]} is intact" if before else "no earlier checkpoint exists"
-        raise UserError(f"no space left on device while writing the checkpoint after iteration {iteration}",
-                        where=str(run_dir),
-                        hint=f"{kept}; free some space, then continue with `grpo run --resume {run_dir}`") from None
+        raise out_of_space(run_dir, f"the checkpoint after iteration {iteration}") from None
     if group.main:
         if final.exists():
             shutil.rmtree(final)
@@ -76,6 +72,15 @@ def save(run_dir: Path, backend: Backend, iteration: int, keep: int, extra: dict
             shutil.rmtree(old, ignore_errors=True)
     group.barrier()
     return final
+
+
+def out_of_space(run_dir: Path, what: str) -> UserError:
+    """The error of a write into `run_dir` that failed for lack of space: what was being written, the
+    checkpoint that is still intact, and how to go on."""
+    before = latest(run_dir)
+    kept = f"the checkpoint after iteration {before[1]} is intact" if before else "no checkpoint was written yet"
+    return UserError(f"no space left on device while writing {what}", where=str(run_dir),
+                     hint=f"{kept}; free some space, then continue with `grpo run --resume {run_dir}`")
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

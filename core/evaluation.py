@@ -103,8 +103,9 @@ class Evaluator:
         if self.group.main:
             self.run_dir.eval_scores(iteration).parent.mkdir(exist_ok=True)
             path = self.run_dir.eval_scores(iteration)
-            torch.save(per_image, path.with_name(path.name + ".tmp"))  # renamed whole: never a partial file
-            path.with_name(path.name + ".tmp").replace(path)
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(per_image, tmp)
+            tmp.replace(path)  # renamed whole: never a partial file
         return metrics
 
     def _evaluate_set(self, name: str, prompts: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]:

@@ -352,19 +352,22 @@ RESUMABLE = ("train.iterations", "train.time_budget", "train.checkpoint_every", 
              "train.threads", "eval.every", "eval.every_minutes", "logging.")
 
 
-def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two recipe tables (lists of tables by index)."""
+def changed_keys(before: Any, after: Any, prefix: str = "") -> dict[str, list]:
+    """The dotted keys whose values differ between two recipe tables (lists of tables by index), each
+    with its [old, new] values."""
     if isinstance(before, dict) and isinstance(after, dict):
-        out = []
+        out: dict[str, list] = {}
         for key in sorted(set(before) | set(after), key=str):
-            if key in INFORMATIONAL and not prefix:
-                continue
-            out += changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")
+            if key not in INFORMATIONAL or prefix:
+                out.update(changed_keys(before.get(key), after.get(key), f"{prefix}{key}."))
         return out
     if (isinstance(before, list) and isinstance(after, list) and len(before) == len(after)
             and all(isinstance(x, dict) for x in before + after)):
-        return [k for i, (x, y) in enumerate(zip(before, after, strict=True)) for k in changed_keys(x, y, f"{prefix}{i}.")]
-    return [] if before == after else [prefix.rstrip(".")]
+        out = {}
+        for i, (x, y) in enumerate(zip(before, after, strict=True)):
+            out.update(changed_keys(x, y, f"{prefix}{i}."))
+        return out
+    return {} if before == after else {prefix.rstrip("."): [before, after]}
 
 
 def resumable(key: str) -> bool:
@@ -381,11 +384,4 @@ def check_resume_changes(before: dict[str, Any], after: dict[str, Any], *, where
         raise UserError(f"{what} changes {', '.join(refused)}, which the iterations already trained used",
                         where=where, hint=f"a resumed run may change only {allowed}; for other settings start a new "
                                           "run with `grpo run RECIPE --out NEW_DIR`")
-
-    def value(table: dict[str, Any], key: str) -> Any:
-        for part in key.split("."):
-            table = table.get(part) if isinstance(table, dict) else (
-                table[int(part)] if isinstance(table, list) and part.isdigit() and int(part) < len(table) else None)
-        return table
-
-    return {k: [value(before, k), value(after, k)] for k in changed}
+    return changed

@@ -282,7 +282,10 @@ class DeepSpeedBackend:
         if self.zero_stage != 3:
             return all(bool(torch.isfinite(p).all()) for p in parameters)
         held = list(getattr(self.engine.optimizer, "fp32_partitioned_groups_flat", []))
-        ok = all(bool(torch.isfinite(t).all()) for t in held)
+        return self._all_ranks(all(bool(torch.isfinite(t).all()) for t in held))
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """Whether `ok` holds on every rank (one all-reduce when there are several)."""
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
@@ -294,12 +297,7 @@ class DeepSpeedBackend:
         opt = self.engine.optimizer
         held = [getattr(opt, "grad_partitions_flat_buffer", None)]
         held += [p.grad for p in getattr(opt, "fp32_partitioned_groups_flat", []) if p.grad is not None]
-        ok = all(bool(torch.isfinite(t).all()) for t in held if t is not None)
-        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-            ok = bool(flag.item() > 0)
-        return ok
+        return self._all_ranks(all(bool(torch.isfinite(t).all()) for t in held if t is not None))
 
     def save(self, directory: Path) -> None:
         """Every rank writes its shard into `directory` (ZeRO's layout, tag ``backend``)."""

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from grpo.core.errors import UserError
 from grpo.core.schema import Doc, Range
+from grpo.core.tomlfile import read_utf8
 
 
 def read_prompts(path: str, where: str) -> list[str]:
@@ -19,11 +20,7 @@ def read_prompts(path: str, where: str) -> list[str]:
         kind = "a folder" if file.is_dir() else "not a regular file (a pipe or a device)"
         raise UserError(f"prompt file {path!r} is {kind}", where=where, hint="give the path of a .txt or .jsonl file")
     prompts: list[str] = []
-    try:
-        lines = file.read_bytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})", where=where,
-                        hint="save the prompt file as UTF-8") from None
+    lines = read_utf8(file, where=where, hint="save the prompt file as UTF-8").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     for lineno, line in enumerate(lines, start=1):
         text = line.strip()
         if not text:
