@@ -297,13 +297,20 @@ def test_a_full_disk_while_checkpointing_is_one_message_and_keeps_the_previous_c
 
 # -- 9. interrupts say how to go on -------------------------------------------------------------------
 
+def _sigint_by_default():
+    """A child of a shell's background job starts with SIGINT ignored, and Python then never turns it into
+    KeyboardInterrupt: the run under test gets SIGINT as a terminal's Ctrl-C would deliver it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
                                            (signal.SIGINT, 130, "interrupted")])
 def test_an_interrupted_run_says_where_it_can_continue(tiny_model_dir, tmp_path, sig, code, word):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "grpo.cli.main", "run", DANCE, *small(tiny_model_dir, 50),
                              "--out", str(out), "--quiet"], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_sigint_by_default)
     _wait_for(out / "checkpoints" / "iter_000001", proc)
     proc.send_signal(sig)
     text, _ = proc.communicate(timeout=120)
