@@ -256,9 +256,10 @@ class {cls}:
         noise: Annotated[float, Range(gt=0), Doc("noise scale")] = 0.3,
     ) -> None:
         self.steps, self.shift, self.noise = steps, shift, noise
+        self.times = None  # the unshifted times of the grid; a model's pipeline grid replaces them
 
     def sigmas(self) -> torch.Tensor:
-        return sigma_grid(self.steps, self.shift)
+        return sigma_grid(self.steps, self.shift, self.times)
 
     def step(self, x, v, sigma, sigma_next):
         mean = euler_step(x, v, sigma, sigma_next)

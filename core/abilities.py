@@ -78,6 +78,10 @@ def _backend_weights_finite(self: Any, parameters: list[torch.nn.Parameter]) -> 
     return all(bool(torch.isfinite(p).all()) for p in parameters)
 
 
+def _policy_sigma_schedule(self: Any) -> None:
+    return None
+
+
 def _backend_runtime(self: Any) -> dict[str, str]:
     return {"device": str(self.device)}
 
@@ -86,7 +90,9 @@ def _backend_runtime(self: Any) -> dict[str, str]:
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sampler": {
         "shift": 1.0,  # the σ grid's timestep shift (evaluation's ODE uses the same grid)
+        "times": None,  # the grid's unshifted times 1 − k/T, until the model's pipeline grid replaces them
         "noise_block": 1,  # exploration noise per element
+        "noise_scales_with_step": True,  # τ = g·√Δ (Flow-GRPO's KL form divides by g², the Gaussian KL × Δ)
         "draw_noise": _sampler_draw_noise,  # standard normal noise, one draw per noise_block² tile
         "log_prob": _sampler_log_prob,  # Gaussian density of the tile means of x − mean
     },
@@ -98,6 +104,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "to_noise_grid": _identity,  # ... so latents need no conversion to that grid
         "from_noise_grid": _identity,
         "export": _policy_export,  # grpo export refuses the model
+        "sigma_schedule": _policy_sigma_schedule,  # samples on the sampler's own σ grid
     },
     "backend": {
         "memory": _backend_memory,  # nothing reported

@@ -23,7 +23,7 @@ from .policy import Conditioning, Policy
 from .preflight import check_paths
 from .pruner import PruneContext, Pruner
 from .registry import Entry, attributed, instantiate
-from .sampler import Sampler, check_noise_block
+from .sampler import Sampler, check_noise_block, follow_model_grid
 from .scoring import Rewards
 from .solver import Solver
 from .topology import TreeTopology
@@ -180,7 +180,18 @@ def _check_parts(recipe: Recipe, parts: Parts) -> list[UserError]:
             check_noise_block(grid, sampler.noise_block)
         except UserError as e:
             errors.append(e)
-    return errors
+    return errors + _model_grid(recipe, sampler)
+
+
+def _model_grid(recipe: Recipe, sampler: Sampler) -> list[UserError]:
+    """The model's σ grid on the sampler, where its options and configs tell it before weights load
+    (``sigma_schedule_for``); the loaded model's is put on again in ``build``."""
+    planned = recipe.model.entry.sigma_schedule_for
+    try:
+        follow_model_grid(sampler, planned(recipe.model.options) if planned else None, recipe.sampler.entry.name)
+    except UserError as e:
+        return [e]
+    return []
 
 
 def _deterministic_sampler(recipe: Recipe, parts: Parts) -> list[UserError]:
@@ -247,6 +258,7 @@ def build(recipe: Recipe) -> Components:
             model.check_prompts(prompts, f"prompts (evaluation set {name!r})")
     policy = recipe.model.build()
     check_noise_block(policy.noise_grid(), parts.sampler.noise_block)
+    follow_model_grid(parts.sampler, policy.sigma_schedule(), recipe.sampler.entry.name)
     for spec, model in zip(recipe.rewards, rewards.models, strict=True):
         if model.fps == 0 and policy.fps:
             model.fps = policy.fps  # a video reward sees frames at the model's real fps

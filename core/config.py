@@ -37,6 +37,11 @@ class TrainConfig:
         Doc("split optimizer steps by unit, or keep each chain's units (a leaf's edges) together"),
     ] = "edges"
     micro_batch: Annotated[int, Range(ge=1), Doc("units (edges) per forward/backward in the update")] = 16
+    micro_batch_order: Annotated[Literal["chain", "step"], Doc(
+        "how an optimizer step's units fill its micro-batches: chain (with accumulation_unit = \"chains\", each "
+        "chain's units in turn) or step (every unit of the first step, then of the second, …: a micro-batch holds one "
+        "step of several chains, as in the released Flow-GRPO trainers, which GRPO-Guard's shared mean-shift term "
+        "reads)")] = "chain"
     rollout_batch: Annotated[int, Range(ge=1), Doc("nodes per forward in the rollout")] = 64
     ema_decay: Annotated[float, Range(ge=0, lt=1), Doc(
         "EMA of the trained weights, used by evaluation and export (0 = off; Flow-GRPO: 0.9)")] = 0.0
@@ -44,6 +49,13 @@ class TrainConfig:
     ema_warmup: Annotated[bool, Doc(
         "EMA decay min((1 + s)/(10 + s), ema_decay) at optimizer step s (the released EMA of DiffusionNFT and "
         "Flow-GRPO); false: ema_decay from the first update")] = False
+    ema_schedule: Annotated[Literal["plain", "flow-grpo"], Doc(
+        "plain: one blend after optimizer steps ema_every, 2·ema_every, …; flow-grpo: the released Flow-GRPO "
+        "loop's, ema_repeats blends with the same weights after steps ema_every − 1, 2·ema_every − 1, … "
+        "(one at the step, the rest before the next optimizer step)")] = "plain"
+    ema_repeats: Annotated[int, Range(ge=1), Doc(
+        "blends per due step with ema_schedule = \"flow-grpo\": the released script steps its EMA once per "
+        "sample batch, so its gradient accumulation (2 in the 32-GPU SD3.5 configs, 4 in GRPO-Guard's)")] = 1
     init_same_noise: Annotated[bool, Doc("one initial noise shared by all prompts of an iteration")] = True
     reward_aggregation: Annotated[
         Literal["sum", "advantage"], Doc("weight rewards before advantages ('sum') or advantages per reward")

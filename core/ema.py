@@ -7,6 +7,11 @@ Both are fp32 shadows of the trained parameters, moved towards the weights as
 
 - The EMA: every `every` optimizer steps, with d = `decay`, or with the warm-up
   d = min((1 + s)/(10 + s), decay) at optimizer step s (DiffusionNFT's and Flow-GRPO's released EMA).
+  Schedule ``plain`` blends once after steps `every`, 2·`every`, …; schedule ``flow-grpo`` is the
+  released Flow-GRPO loop's, which steps its EMA once per sample batch of an accumulated optimizer
+  step with the count s of steps taken so far and blends where s + 1 is a multiple of `every`: after
+  steps `every` − 1, 2·`every` − 1, …, `repeats` times with the same weights (its gradient
+  accumulation), once at the step and `repeats` − 1 times before the next optimizer step.
 - The lagged copy: after every iteration (or every optimizer step), with d from its ``Lag`` schedule
   at the optimizer steps taken so far. The rollout samples from it when the lag says so.
 
@@ -23,11 +28,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import UserError
 from .objective import Lag
 
 FILE = "ema.safetensors"
 LAGGED_FILE = "lagged.safetensors"
 STEPS = "__optimizer_steps__"
+PENDING = "__pending_blends__"
 
 
 class ShadowWeights:
@@ -61,9 +68,14 @@ class ShadowWeights:
                 for k, p in zip(kept, self.parameters, strict=True):
                     p.copy_(k)
 
+    def counters(self) -> dict[str, int]:
+        """The counts saved beside the weights (restored by `load`)."""
+        return {STEPS: self.steps}
+
     def save(self, directory: Path) -> None:
         state = {n: s.cpu().contiguous() for n, s in zip(self.names, self.shadow, strict=True)}
-        save_file({**state, STEPS: torch.tensor([self.steps])}, str(directory / self.file))
+        counts = {k: torch.tensor([v]) for k, v in self.counters().items()}
+        save_file({**state, **counts}, str(directory / self.file))
 
     def load(self, directory: Path) -> None:
         """Restore what `save` wrote; a checkpoint written without this copy starts it from the weights."""
@@ -73,26 +85,54 @@ class ShadowWeights:
         with torch.no_grad():
             for n, s in zip(self.names, self.shadow, strict=True):
                 s.copy_(state[n])
-        self.steps = int(load_file(str(directory / self.file))[STEPS])
+        saved = load_file(str(directory / self.file))
+        self.steps = int(saved[STEPS])
+        self.restore_counters(saved)
+
+    def restore_counters(self, saved: dict[str, torch.Tensor]) -> None:
+        return None
+
+    def before_step(self) -> None:
+        return None
 
 
 class WeightAverage(ShadowWeights):
-    """The EMA: every `every` optimizer steps, blended with `decay` (or its warm-up)."""
+    """The EMA: every `every` optimizer steps, blended with `decay` (or its warm-up) on `schedule`."""
 
     def __init__(self, parameters: list[torch.nn.Parameter], names: list[str], decay: float, every: int,
-                 warmup: bool = False) -> None:
+                 warmup: bool = False, schedule: str = "plain", repeats: int = 1) -> None:
         super().__init__(parameters, names)
         self.decay, self.every, self.warmup = decay, every, warmup
+        self.schedule, self.repeats = schedule, repeats
+        self.pending = 0  # blends owed to the current weights before the next optimizer step
 
     def current_decay(self) -> float:
         """The decay of the blend after optimizer step `steps` (1-based)."""
         return min((1 + self.steps) / (10 + self.steps), self.decay) if self.warmup else self.decay
 
+    def due(self) -> bool:
+        """Whether the step just counted blends: s a multiple of `every` (plain) or s + 1 (flow-grpo)."""
+        return (self.steps + (self.schedule == "flow-grpo")) % self.every == 0
+
     def after_step(self) -> None:
-        """Count an optimizer step; every `every` steps, move the average towards the weights."""
+        """Count an optimizer step; when it is due, move the average towards the weights."""
         self.steps += 1
-        if self.steps % self.every == 0:
+        if self.due():
             self.blend(self.current_decay())
+            self.pending = self.repeats - 1
+
+    def before_step(self) -> None:
+        """The blends the released loop makes during the next step's accumulation, with the weights
+        still those of the last step."""
+        for _ in range(self.pending):
+            self.blend(self.current_decay())
+        self.pending = 0
+
+    def counters(self) -> dict[str, int]:
+        return {STEPS: self.steps, PENDING: self.pending}
+
+    def restore_counters(self, saved: dict[str, torch.Tensor]) -> None:
+        self.pending = int(saved[PENDING]) if PENDING in saved else 0
 
 
 class LaggedWeights(ShadowWeights):
@@ -124,6 +164,9 @@ class LaggedWeights(ShadowWeights):
 class NoCopy:
     """What the engine holds for a copy the run does not keep: nothing moved, swapped or saved."""
 
+    def before_step(self) -> None:
+        return None
+
     def after_step(self) -> None:
         return None
 
@@ -148,13 +191,11 @@ def read(directory: Path, file: str = FILE) -> dict[str, torch.Tensor]:
     when it has none)."""
     if not (directory / file).is_file():
         return {}
-    return {k: v for k, v in load_file(str(directory / file)).items() if k != STEPS}
+    return {k: v for k, v in load_file(str(directory / file)).items() if k not in (STEPS, PENDING)}
 
 
 def _whole(parameters: list[torch.nn.Parameter], where: str) -> None:
     if any(p.numel() == 0 for p in parameters):
-        from .errors import UserError
-
         raise UserError("the backend partitions the trained weights over the ranks (ZeRO-3), so no rank holds "
                         "them whole to keep a copy of", where=where,
                         hint="use ZeRO stage 0-2 (backend.zero_stage or a zero2 preset)")
@@ -166,13 +207,18 @@ def _names(module: torch.nn.Module, parameters: list[torch.nn.Parameter]) -> lis
 
 
 def weight_average(module: torch.nn.Module, parameters: list[torch.nn.Parameter], decay: float,
-                   every: int, warmup: bool = False) -> WeightAverage | NoCopy:
+                   every: int, warmup: bool = False, schedule: str = "plain",
+                   repeats: int = 1) -> WeightAverage | NoCopy:
     """The run's average of `parameters` of `module` (NoCopy for decay 0). UserError when the
-    backend partitions the weights (ZeRO-3), whose ranks then hold no whole parameter to average."""
+    backend partitions the weights (ZeRO-3), whose ranks then hold no whole parameter to average,
+    or for repeated blends on the plain schedule."""
     if not decay:
         return NoCopy()
+    if repeats > 1 and schedule != "flow-grpo":
+        raise UserError("repeated EMA blends are the released Flow-GRPO loop's", where="train.ema_repeats",
+                        hint="set train.ema_schedule = \"flow-grpo\" or train.ema_repeats = 1")
     _whole(parameters, "train.ema_decay")
-    return WeightAverage(parameters, _names(module, parameters), decay, every, warmup)
+    return WeightAverage(parameters, _names(module, parameters), decay, every, warmup, schedule, repeats)
 
 
 def lagged_weights(module: torch.nn.Module, parameters: list[torch.nn.Parameter],
@@ -190,6 +236,9 @@ class WeightCopies:
 
     ema: WeightAverage | NoCopy
     lagged: LaggedWeights | NoCopy
+
+    def before_step(self) -> None:
+        self.ema.before_step()
 
     def after_step(self) -> None:
         self.ema.after_step()

@@ -72,9 +72,8 @@ class Trainer:
         wandb = dict(project=lg.project, entity=lg.entity, name=lg.name, mode=lg.mode) if lg.wandb else None
         self.log = RunLog(self.run_dir, tensorboard=lg.tensorboard, start_iteration=start,
                           wandb=wandb) if self.group.main else NoLog()
-        sampler = self.c.sampler
         self.evaluator = Evaluator(self.recipe.eval, self.c.eval_sets, tuple(self.c.policy.latent_shape),
-                                   policy=self.c.policy, steps=sampler.steps, shift=sampler.shift,
+                                   policy=self.c.policy, sampler=self.c.sampler,
                                    solver=self.c.eval_solver, rewards=self.c.rewards, encode=self.prompts.encode,
                                    group=self.group, run_dir=self.dirs, log=self.log)
         if self.group.main:
@@ -86,7 +85,7 @@ class Trainer:
         """The update's schedule, the objective's reference policy, the backend and the process group."""
         t, c = self.recipe.train, self.c
         self.update_cfg = UpdateConfig(optimizer_steps=t.optimizer_steps, epochs=t.epochs, micro_batch=t.micro_batch,
-                                       accumulation_unit=t.accumulation_unit)
+                                       accumulation_unit=t.accumulation_unit, micro_batch_order=t.micro_batch_order)
         params = c.policy.trainable_parameters()
         if not params:
             raise UserError("the model has no trainable parameters", where="model",
@@ -98,7 +97,8 @@ class Trainer:
         c.backend.setup(c.policy.denoiser, params, OptimizerConfig(
             lr=t.lr, weight_decay=t.weight_decay, betas=(t.betas[0], t.betas[1]), eps=t.eps, grad_clip=t.grad_clip))
         self.group = Group(c.backend.rank, c.backend.world_size)
-        self.copies = WeightCopies(weight_average(c.policy.denoiser, params, t.ema_decay, t.ema_every, t.ema_warmup),
+        self.copies = WeightCopies(weight_average(c.policy.denoiser, params, t.ema_decay, t.ema_every, t.ema_warmup,
+                                                  t.ema_schedule, t.ema_repeats),
                                    lagged_weights(c.policy.denoiser, params, c.parts.objective.lag))
         if c.parts.objective.needs_reference:
             c.policy.place_reference(c.backend.place_frozen)
@@ -151,7 +151,7 @@ class Trainer:
             stats = update(parts.learning_rule, LossContext(c.policy, c.sampler, ro, cond, self.copies.lagged.applied),
                            c.backend, units, self.update_cfg, gen, placeholder=parts.placeholder(ro, unit_ctx),
                            group=self.group, on_micro_batch=update_progress(self.reporter, len(units) * t.epochs),
-                           on_optimizer_step=self.copies.after_step)
+                           on_optimizer_step=self.copies.after_step, before_optimizer_step=self.copies.before_step)
             self.copies.lagged.after_iteration()
         runrecord.check_finite_weights(c.backend.weights_finite(c.policy.trainable_parameters()), self.run_dir, it)
         return iteration_metrics(ro, report, failed, stats, times, group=self.group, lr=t.lr,

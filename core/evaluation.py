@@ -23,7 +23,7 @@ from .objective import Keep
 from .policy import Conditioning, Policy
 from .rollout import chunked, rollout
 from .rundir import RunDir
-from .sampler import EulerODE
+from .sampler import EulerODE, Sampler
 from .scoring import Rewards
 from .solver import Solver
 from .stats import mean_ci
@@ -63,12 +63,13 @@ class Evaluator:
     """Evaluates the policy on the recipe's evaluation sets (``[eval]``)."""
 
     def __init__(self, cfg: EvalConfig, sets: dict[str, list[str]], latent_shape: tuple[int, ...], *,
-                 policy: Policy, steps: int, shift: float, solver: Solver, rewards: Rewards,
+                 policy: Policy, sampler: Sampler, solver: Solver, rewards: Rewards,
                  encode: Callable[[list[str]], Conditioning], group: Group, run_dir: RunDir, log: Any) -> None:
         self.cfg, self.sets, self.policy, self.rewards = cfg, sets, policy, rewards
         self.encode, self.group, self.run_dir, self.log = encode, group, run_dir, log
-        self.steps = cfg.steps or steps
-        self.grid, self.solvers = EulerODE(self.steps, shift), {"": solver}  # the σ grid; the solver of every step
+        self.steps = cfg.steps or sampler.steps
+        # the σ grid (the rollout's, at the evaluation's steps); the solver of every step
+        self.grid, self.solvers = EulerODE(self.steps, sampler.shift, sampler.times), {"": solver}
         gen = torch.Generator().manual_seed(cfg.seed)
         self.noise = {name: torch.randn((len(p), *latent_shape), generator=gen) for name, p in sets.items()}
 

@@ -49,7 +49,11 @@ class Policy(Protocol):
     latents to and from it (default: unchanged) — FLUX, whose latents are packed 2×2 patches, tiles
     its unpacked latent. A policy class may also offer ``noise_grid_for(options)``, a classmethod
     giving that grid from its recipe options without reading weights (None when it cannot), so
-    that ``grpo validate`` checks the sampler's ``noise_block`` against it.
+    that ``grpo validate`` checks the sampler's ``noise_block`` against it. ``sigma_schedule()``
+    (default: None, the sampler's own grid) gives the σ grid the model samples on, as the unshifted
+    times of a T-step grid and their shift (None: the sampler's), which the engine puts on the
+    sampler (``grpo.core.sampler.follow_model_grid``); a classmethod ``sigma_schedule_for(options)``
+    may give it before weights load (``grpo validate`` and ``grpo plan``).
     """
 
     denoiser: torch.nn.Module

@@ -33,7 +33,8 @@ KIND_NOUNS = {"model": "a model", "sampler": "a sampler", "solver": "a solver", 
               "objective": "an objective", "backend": "a backend", "strategy": "a strategy",
               "prompts": "a prompt source"}
 # what a factory may declare about itself (as class attributes, or given to ``registry.add``)
-METADATA = ("requires", "sources", "bundled", "hub_patterns", "hub_companions", "noise_grid_for", "file_options")
+METADATA = ("requires", "sources", "bundled", "hub_patterns", "hub_companions", "noise_grid_for", "sigma_schedule_for",
+            "file_options")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Entry:
         hub_companions: option → files read beside the single Hub file it names.
         noise_grid_for: a model's ``noise_grid_for(options)``: the latent grid its exploration noise
             tiles, known from its options without weights (None when it cannot say).
+        sigma_schedule_for: a model's ``sigma_schedule_for(options)``: its ``sigma_schedule()``, known
+            from its options and configs without weights (None: the sampler's own grid, or not known yet).
         file_options: the options that must name a regular file, never a folder (``grpo doctor``).
     """
 
@@ -64,6 +67,7 @@ class Entry:
     hub_patterns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     hub_companions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     noise_grid_for: Callable[[dict[str, Any]], Any] | None = None
+    sigma_schedule_for: Callable[[dict[str, Any]], Any] | None = None
     file_options: tuple[str, ...] = ()
 
     @property
@@ -109,8 +113,8 @@ class KindRegistrar:
 
     def add(self, name: str, factory: Any, *, description: str = "", **metadata: Any) -> None:
         """Register `factory` under `name`. A strategy's factory is a ``Preset``. `metadata` may give
-        any of ``requires``, ``sources``, ``bundled``, ``hub_patterns``, ``hub_companions`` and
-        ``noise_grid_for``; what it leaves out is read from the factory's class attributes."""
+        any of ``requires``, ``sources``, ``bundled``, ``hub_patterns``, ``hub_companions``,
+        ``noise_grid_for`` and ``sigma_schedule_for``; what it leaves out is read from the factory's class attributes."""
         table = self._registry.entries[self.kind]
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {self._plugin!r} ({self._dist}) registered a {self.kind} with no name")
@@ -148,6 +152,7 @@ class KindRegistrar:
                                 hub_patterns={k: tuple(v) for k, v in (declared["hub_patterns"] or {}).items()},
                                 hub_companions={k: tuple(v) for k, v in (declared["hub_companions"] or {}).items()},
                                 noise_grid_for=declared["noise_grid_for"],
+                                sigma_schedule_for=declared["sigma_schedule_for"],
                                 file_options=tuple(declared["file_options"] or ()))
         except (TypeError, ValueError) as e:
             raise PluginError(f"{self.kind} {name!r} from plugin {self._plugin!r} ({self._dist}) declares malformed "

@@ -7,7 +7,7 @@ A step goes from σ_k to σ_{k+1} and is a Gaussian with mean μ_k and standard 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -15,14 +15,19 @@ import torch
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def sigma_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """(steps + 1,) fp64→fp32 noise levels: ``u_k = 1 − k/T``, ``σ_k = s·u_k / (1 + (s − 1)·u_k)``.
+def uniform_times(steps: int) -> list[float]:
+    """The unshifted times ``u_k = 1 − k/T`` of the plain grid (fp64 as Python floats)."""
+    return (1.0 - torch.arange(steps + 1, dtype=torch.float64) / steps).tolist()
 
-    This is not the grid of diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps(T)``, which spaces
-    its T levels from 1 to 1/1000 before the shift (SD3.5 at shift 3, T = 10: 1.0, 0.9601, …, 0.278, then
-    0); ``docs/fidelity.md`` says where that matters.
+
+def sigma_grid(steps: int, shift: float = 1.0, times: Callable[[int], Sequence[float]] | None = None) -> torch.Tensor:
+    """(steps + 1,) fp64→fp32 noise levels ``σ_k = s·u_k / (1 + (s − 1)·u_k)`` over the unshifted times
+    ``times(steps)``: by default ``u_k = 1 − k/T``, the plain shifted grid. A model whose diffusers
+    pipeline samples on another grid gives its times (``Policy.sigma_schedule``): SD3.5's scheduler at
+    shift 3 and T = 10 samples 1.0, 0.9601, …, 0.278, 0.0089, 0, where the plain grid has 1.0, 0.9643,
+    …, 0.4286, 0.25, 0.
     """
-    return shifted_sigmas((1.0 - torch.arange(steps + 1, dtype=torch.float64) / steps).tolist(), shift)
+    return shifted_sigmas((times or uniform_times)(steps), shift)
 
 
 def shifted_sigmas(times: Sequence[float], shift: float = 1.0) -> torch.Tensor:
@@ -112,6 +117,11 @@ class Sampler(Protocol):
         steps: number of denoising steps T.
         stochastic: False for a purely deterministic sampler (no step can be trained).
         shift: optional (default 1.0); the σ grid's timestep shift, which evaluation's ODE reuses.
+        times: optional (default None); the unshifted times of a T-step grid as a function of T
+            (None: ``u_k = 1 − k/T``). The engine sets it, and the shift, to the model's pipeline grid
+            (``follow_model_grid``): a sampler's ``sigmas()`` is ``sigma_grid(steps, shift, times)``.
+        noise_scales_with_step: optional (default True); whether τ is a noise level times √Δ (Flow-SDE,
+            Dance-SDE), which Flow-GRPO's form of the KL divides out, or the whole step's (CPS).
         noise_block: optional (default 1); the exploration noise of a step is one draw per
             ``noise_block``×``noise_block`` tile of the latent's last two axes (1: independent
             noise per element).
@@ -123,6 +133,8 @@ class Sampler(Protocol):
     steps: int
     stochastic: bool
     shift: float
+    times: Callable[[int], Sequence[float]] | None
+    noise_scales_with_step: bool
     noise_block: int
 
     def sigmas(self) -> torch.Tensor:
@@ -188,13 +200,36 @@ class EulerODE:
     stochastic = False
     noise_block = 1
 
-    def __init__(self, steps: int, shift: float = 1.0) -> None:
-        self.steps, self.shift = steps, shift
+    def __init__(self, steps: int, shift: float = 1.0, times: Callable[[int], Sequence[float]] | None = None) -> None:
+        self.steps, self.shift, self.times = steps, shift, times
 
     def sigmas(self) -> torch.Tensor:
-        return sigma_grid(self.steps, self.shift)
+        return sigma_grid(self.steps, self.shift, self.times)
 
     def step(
         self, x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return euler_step(x.float(), v.float(), sigma, sigma_next), torch.zeros_like(sigma)
+
+
+def follow_model_grid(sampler: Sampler, schedule: tuple[Callable[[int], Sequence[float]], float | None] | None,
+                      name: str) -> None:
+    """Put the model's σ grid (``Policy.sigma_schedule()``: its times and shift, None for the sampler's
+    own shift; None for no grid of its own) on `sampler` (registered as `name`). UserError when the
+    recipe's sampler shift contradicts the model's, or the sampler does not compute its σ from
+    ``sigma_grid(steps, shift, times)``."""
+    from .errors import UserError
+
+    if schedule is None:
+        return
+    times, shift = schedule
+    if shift is not None:
+        if sampler.shift != 1.0 and abs(sampler.shift - shift) > 1e-6 * shift:
+            raise UserError(f"sampler.shift is {sampler.shift:g}, but the model's pipeline samples with shift {shift:.6g}",
+                            where="sampler.shift", hint="leave sampler.shift out (the pipeline's scheduler sets it), or "
+                            "set model.sigma_grid = \"shifted\" to sample on the sampler's own shifted grid")
+        sampler.shift = shift
+    sampler.times = times
+    if not torch.equal(sampler.sigmas(), sigma_grid(sampler.steps, sampler.shift, times)):
+        raise UserError(f"sampler {name!r} computes its own σ grid, so it cannot sample on the model's pipeline grid",
+                        where="model.sigma_grid", hint="set model.sigma_grid = \"shifted\"")

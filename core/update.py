@@ -24,17 +24,19 @@ from .objective import LossContext, Metric, Objective, Units
 from .rollout import chunked
 
 AccumulationUnit = Literal["edges", "chains"]
+MicroBatchOrder = Literal["chain", "step"]
 
 
 @dataclass(frozen=True)
 class UpdateConfig:
-    """``[train]``'s schedule: optimizer steps per epoch, epochs, units per micro-batch, and whether a
-    chain's units share an optimizer step."""
+    """``[train]``'s schedule: optimizer steps per epoch, epochs, units per micro-batch, whether a
+    chain's units share an optimizer step, and the order of a step's units across its micro-batches."""
 
     optimizer_steps: int
     epochs: int
     micro_batch: int
     accumulation_unit: AccumulationUnit = "edges"
+    micro_batch_order: MicroBatchOrder = "chain"
 
 
 @dataclass
@@ -66,15 +68,18 @@ class Layout:
 
 
 def partition(major: torch.Tensor, chain: torch.Tensor, parts: int, unit: AccumulationUnit,
-              generator: torch.Generator) -> list[torch.Tensor]:
+              generator: torch.Generator, order: MicroBatchOrder = "chain") -> list[torch.Tensor]:
     """Shuffle units (or whole chains) and split them into `parts` near-equal optimizer steps;
-    returns each step's positions. With chains, a chain's units keep their major order."""
+    returns each step's positions. With chains, a chain's units keep their major order, chain after
+    chain; with `order` "step", a step's units are listed by major key first (every unit of the first
+    step, then of the second, …; chains and shuffled units keep their order within a step)."""
     n = int(major.shape[0])
     if n == 0:
         return []
     if unit == "edges":
-        order = torch.randperm(n, generator=generator)
-        return [c for c in torch.tensor_split(order, min(parts, n)) if c.numel()]
+        shuffled = torch.randperm(n, generator=generator)
+        steps = [c for c in torch.tensor_split(shuffled, min(parts, n)) if c.numel()]
+        return [c[torch.argsort(major[c], stable=True)] for c in steps] if order == "step" else steps
     chains, inverse = torch.unique(chain, return_inverse=True)
     chain_order = torch.randperm(chains.numel(), generator=generator)
     groups = torch.tensor_split(chain_order, min(parts, chains.numel()))
@@ -83,7 +88,10 @@ def partition(major: torch.Tensor, chain: torch.Tensor, parts: int, unit: Accumu
         members = torch.nonzero(torch.isin(inverse, g), as_tuple=False).flatten()
         rank = torch.empty(chains.numel(), dtype=torch.long)
         rank[g] = torch.arange(g.numel())
-        key = rank[inverse[members]] * (major.max() + 1) + major[members]
+        if order == "step":
+            key = major[members] * chains.numel() + rank[inverse[members]]
+        else:
+            key = rank[inverse[members]] * (major.max() + 1) + major[members]
         out.append(members[torch.argsort(key)])
     return [o for o in out if o.numel()]
 
@@ -171,6 +179,7 @@ def update(
     on_micro_batch: Callable[[int], None] | None = None,
     group: Group | None = None,
     on_optimizer_step: Callable[[], None] | None = None,
+    before_optimizer_step: Callable[[], None] | None = None,
 ) -> UpdateStats:
     """Train on `units` for ``config.epochs`` passes of ``config.optimizer_steps`` optimizer steps.
 
@@ -180,7 +189,8 @@ def update(
     of micro-batches (a rank short of units runs a zero-weight one, of its first unit or of
     `placeholder()`'s) so that the backend's collectives pair up, and each loss is divided by the
     step's global unit count times the number of ranks the backend averages gradients over.
-    `on_optimizer_step` is called after every step that was taken (not after a skipped one).
+    `on_optimizer_step` is called after every step that was taken (not after a skipped one),
+    `before_optimizer_step` before each step's micro-batches.
     """
     group = group or Group()
     layout = global_layout(units, ctx.rollout.num_trees, int(ctx.rollout.states[-1].shape[0]), group)
@@ -188,10 +198,12 @@ def update(
     left_out = int(group.gather(torch.tensor([len(units)])).sum()) - len(layout)  # stored values not finite
     for _ in range(config.epochs):
         for step_units in partition(layout.major, layout.chain, config.optimizer_steps, config.accumulation_unit,
-                                    generator):
+                                    generator, config.micro_batch_order):
             mine = layout.local[step_units[layout.owner[step_units] == group.rank]]
             counts = torch.bincount(layout.owner[step_units], minlength=group.size)
             n_micro = max(1, max(math.ceil(int(c) / config.micro_batch) for c in counts))
+            if before_optimizer_step is not None:
+                before_optimizer_step()
             norm = _optimizer_step(objective, ctx, backend, units, mine, n_micro, step_units.numel(), config, group,
                                    tally, on_micro_batch, placeholder)
             tally.norms.append(norm)

@@ -64,6 +64,15 @@ def _vae(latent_channels: int):
                          scaling_factor=1.5, shift_factor=0.1).eval()
 
 
+# The schedulers of the real model folders (their scheduler_config.json), so that a tiny pipeline
+# samples on the grid the real one does.
+FLUX_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                      base_image_seq_len=256, max_image_seq_len=4096)  # black-forest-labs/FLUX.1-dev
+SD35_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)  # stabilityai/stable-diffusion-3.5-medium
+WAN_SCHEDULER = dict(num_train_timesteps=1000, flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction",
+                     solver_order=2, final_sigmas_type="zero")  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers (UniPC)
+
+
 def tiny_flux(folder: str | Path, seed: int = 0) -> Path:
     """FLUX.1-dev-shaped: guidance embedding, CLIP + T5, 4 latent channels packed 2×2 (32×32 images)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -71,7 +80,8 @@ def tiny_flux(folder: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok, tok2 = clip_tokenizer(), t5_tokenizer()
     pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(4), text_encoder=_clip_text(len(tok)), tokenizer=tok,
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=_vae(4), text_encoder=_clip_text(len(tok)),
+        tokenizer=tok,
         text_encoder_2=_t5(len(tok2), 32), tokenizer_2=tok2,
         transformer=FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
@@ -88,7 +98,7 @@ def tiny_sd3(folder: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok, tok3 = clip_tokenizer(), t5_tokenizer()
     pipe = StableDiffusion3Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(4),
+        scheduler=FlowMatchEulerDiscreteScheduler(**SD35_SCHEDULER), vae=_vae(4),
         text_encoder=_clip_text(len(tok), projection=True), tokenizer=tok,
         text_encoder_2=_clip_text(len(tok), projection=True), tokenizer_2=clip_tokenizer(),
         text_encoder_3=_t5(len(tok3), 64), tokenizer_3=tok3,
@@ -102,12 +112,7 @@ def tiny_sd3(folder: str | Path, seed: int = 0) -> Path:
 
 def tiny_wan(folder: str | Path, seed: int = 0) -> Path:
     """Wan2.1-T2V-shaped: UMT5 text encoder, the 3D Wan VAE (time ÷4, space ÷8), 3D patches (1, 2, 2)."""
-    from diffusers import (
-        AutoencoderKLWan,
-        FlowMatchEulerDiscreteScheduler,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
     torch.manual_seed(seed)
     tok = t5_tokenizer()
@@ -115,7 +120,7 @@ def tiny_wan(folder: str | Path, seed: int = 0) -> Path:
         tokenizer=tok, text_encoder=_t5(len(tok), 32, umt5=True),
         vae=AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                              temperal_downsample=[False, True, True]).eval(),
-        scheduler=FlowMatchEulerDiscreteScheduler(),
+        scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER),
         transformer=WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
                                           in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
                                           num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",

@@ -17,7 +17,7 @@ AWM = Preset(
                 "optimizer step per iteration over whole samples; an EMA of the weights with decay "
                 "min((1 + s)/(10 + s), 0.99) after every optimizer step.",
     topology=Part("chains", group_size=24, same_latent=False),
-    advantage=Part("group", std="global", std_ddof=0, std_eps=1e-4),
+    advantage=Part("group", std="global", std_ddof=0, std_eps=1e-4, stats_precision="fp64"),
     objective=Part("awm", train_timesteps=6, timestep_fraction=0.9, time_type="discrete", weighting="ghuber",
                    ghuber_power=0.25, adv_clip=5.0, advantage_max=1.0, clip_range=1.0, kl_beta=1e-4,
                    ema_beta=1.0, ema_decay_rate=0.001, ema_decay_max=0.3, off_policy=False),

@@ -36,9 +36,13 @@ class GroupAdvantage:
         std_eps: Annotated[float, Range(gt=0), Doc("ε added to the std")] = 1e-8,
         trim_lowest: Annotated[float, Range(ge=0, lt=1), Doc(
             "share of each group's lowest rewards left out of its mean and std (MixGRPO's trimmed_ratio)")] = 0.0,
+        stats_precision: Annotated[Literal["fp32", "fp64"], Doc(
+            "precision of the mean and std: fp32 (DanceGRPO's and MixGRPO's torch code) or fp64 (Flow-GRPO's numpy "
+            "stat tracker, also DiffusionNFT's, AWM's and DGPO's); fp32 rounds the advantages of a near-flat group "
+            "far from zero by up to 1e-3")] = "fp32",
     ) -> None:
         self.advantage_clamp, self.std, self.std_ddof, self.std_eps = advantage_clamp, std, std_ddof, std_eps
-        self.trim_lowest = trim_lowest
+        self.trim_lowest, self.stats_precision = trim_lowest, stats_precision
 
     @property
     def uses_all_ranks(self) -> bool:
@@ -47,16 +51,18 @@ class GroupAdvantage:
     def leaf_advantages(self, rewards: torch.Tensor, group: int,
                         gather: Callable[[torch.Tensor], torch.Tensor] = _identity) -> torch.Tensor:
         """(N,) advantages of leaf rewards in consecutive groups of `group`."""
-        if self.std == "group" and self.std_ddof == 1 and self.std_eps == 1e-8 and not self.trim_lowest:
+        fp64 = self.stats_precision == "fp64"
+        if self.std == "group" and self.std_ddof == 1 and self.std_eps == 1e-8 and not self.trim_lowest and not fp64:
             return normalise_groups(rewards, group, self.advantage_clamp)
-        v = rewards.float().reshape(-1, group)
+        dtype = torch.float64 if fp64 else torch.float32
+        v = rewards.to(dtype).reshape(-1, group)
         kept = v.sort(dim=1).values[:, int(group * self.trim_lowest):]  # the lowest left out of the statistics
         if self.std == "global":
-            std = gather(rewards.float()).std(correction=self.std_ddof)
+            std = gather(rewards.to(dtype)).std(correction=self.std_ddof)
         else:
             std = kept.std(dim=1, correction=self.std_ddof, keepdim=True)
         adv = (v - kept.mean(dim=1, keepdim=True)) / (std + self.std_eps)
-        return adv.clamp(-self.advantage_clamp, self.advantage_clamp).reshape(-1)
+        return adv.clamp(-self.advantage_clamp, self.advantage_clamp).reshape(-1).float()
 
     def __call__(self, rollout: Rollout, rewards: torch.Tensor,
                  gather: Callable[[torch.Tensor], torch.Tensor] = _identity) -> Advantages:

@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 
 from grpo.core import hub
 from grpo.core.errors import UserError
+from grpo.core.schema import Doc
 
 from ..policies import FrozenReference, merged_copy
+from .grids import model_schedule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SigmaGrid = Annotated[Literal["pipeline", "shifted", "flow-sigmas"], Doc(
+    "the σ grid of rollout and evaluation: pipeline = the one this model's diffusers pipeline samples on by default, "
+    "from its scheduler's config (the scheduler's shift; sampler.shift must be left out or agree); shifted = the "
+    "sampler's own, u = 1 − k/T under sampler.shift (DanceGRPO, BranchGRPO and MixGRPO sample on it); flow-sigmas = "
+    "diffusers' DPM-Solver++ grid with flow sigmas, u = (1 − 1/1000)·(1 − k/T) under sampler.shift (DGPO's)")]
 
 # Linear layers of the attention and feed-forward blocks of FLUX, SD3 and Wan transformers.
 DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -54,8 +63,8 @@ def check_folder(path: str, env_hint: str, files: tuple[str, ...] = ("model_inde
     return folder
 
 
-def folder_config(path: str, component: str) -> dict | None:
-    """``PATH/component/config.json`` of a pipeline folder (or of a Hub id's cached snapshot), or
+def folder_config(path: str, component: str, file: str = "config.json") -> dict | None:
+    """``PATH/component/config.json`` (or `file`) of a pipeline folder (or of a Hub id's cached snapshot), or
     None where it cannot be read yet (a ``${VAR}`` not expanded, a folder not there, an id not in
     the cache): configs only, never weights, never a download."""
     if "${" in path or not path:
@@ -66,11 +75,11 @@ def folder_config(path: str, component: str) -> dict | None:
         if snapshot is None:
             return None
         path = str(snapshot)
-    file = Path(path) / component / "config.json"
-    if not file.is_file():
+    found = Path(path) / component / file
+    if not found.is_file():
         return None
     try:
-        return json.loads(file.read_text())
+        return json.loads(found.read_text())
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -97,6 +106,23 @@ class DiffusersPolicy(FrozenReference):
     @classmethod
     def _noise_grid(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...] | None:
         return None
+
+    @classmethod
+    def sigma_schedule_for(cls, options: dict) -> tuple[Callable[[int], Sequence[float]], float | None] | None:
+        """``sigma_schedule()`` from the folder's scheduler, VAE and transformer configs (no weights);
+        None for the sampler's own grid, or when the configs cannot be read yet."""
+        path = options.get("path", "")
+        scheduler = folder_config(path, "scheduler", "scheduler_config.json")
+        vae, transformer = folder_config(path, "vae"), folder_config(path, "transformer")
+        if scheduler is None or vae is None or transformer is None:
+            return None
+        return model_schedule(options.get("sigma_grid", "pipeline"), cls.pipeline_name, scheduler.get("_class_name", ""),
+                              scheduler, cls._image_tokens_for(options, vae, transformer))
+
+    @classmethod
+    def _image_tokens_for(cls, options: dict, vae: dict, transformer: dict) -> int:
+        """The transformer's tokens of one latent, from the options and configs."""
+        raise NotImplementedError
 
     def _load(self, path: str, *, precision: str, device: str, lora_rank: int, lora_alpha: float,
               lora_targets: list[str], gradient_checkpointing: bool, guidance_scale: float) -> None:
@@ -134,6 +160,17 @@ class DiffusersPolicy(FrozenReference):
             self.denoiser.requires_grad_(True)
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
+
+    def image_tokens(self) -> int:
+        """The transformer's tokens of one latent (a dynamic shift depends on them)."""
+        raise NotImplementedError
+
+    def sigma_schedule(self) -> tuple[Callable[[int], Sequence[float]], float | None] | None:
+        """The σ grid this model samples on (``model.sigma_grid``): the times of a T-step grid and its
+        shift (None: the sampler's), or None for the sampler's own grid."""
+        scheduler = self.pipe.scheduler
+        return model_schedule(self.sigma_grid, self.pipeline_name, type(scheduler).__name__, dict(scheduler.config),
+                              self.image_tokens())
 
     # -- training surface -------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

@@ -16,7 +16,7 @@ from grpo.core.errors import UserError
 from grpo.core.policy import Conditioning
 from grpo.core.schema import Doc, Range
 
-from .base import DEFAULT_LORA_TARGETS, DiffusersPolicy
+from .base import DEFAULT_LORA_TARGETS, DiffusersPolicy, SigmaGrid
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -55,8 +55,10 @@ class FluxPolicy(DiffusersPolicy):
         lora_targets: Annotated[list[str], Doc("module names that get adapters")] = DEFAULT_LORA_TARGETS,
         gradient_checkpointing: Annotated[bool, Doc("recompute activations in the backward pass")] = False,
         precision: Annotated[Precision, Doc("weights of every component")] = "bf16",
+        sigma_grid: SigmaGrid = "pipeline",
         device: Device = "auto",
     ) -> None:
+        self.sigma_grid = sigma_grid
         self.height, self.width, self.guidance, self.max_sequence_length = height, width, guidance, max_sequence_length
         self._load(path, precision=precision, device=device, lora_rank=lora_rank, lora_alpha=lora_alpha,
                    lora_targets=list(lora_targets), gradient_checkpointing=gradient_checkpointing, guidance_scale=1.0)
@@ -71,6 +73,15 @@ class FluxPolicy(DiffusersPolicy):
     def _noise_grid(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
         vf = 2 ** (len(vae["block_out_channels"]) - 1)
         return (transformer["in_channels"] // 4, options["height"] // vf, options["width"] // vf)
+
+    def image_tokens(self) -> int:
+        """The packed latent's tokens (what FLUX's pipeline computes its shift from)."""
+        return self.latent_shape[0]
+
+    @classmethod
+    def _image_tokens_for(cls, options: dict, vae: dict, transformer: dict) -> int:
+        packed = 2 ** len(vae["block_out_channels"])  # the VAE's factor × FLUX's 2×2 packing
+        return (options.get("height", 720) // packed) * (options.get("width", 720) // packed)
 
     def noise_grid(self) -> tuple[int, ...]:
         """The unpacked latent (C, H, W): a noise tile is b×b latent pixels, as for every model."""
@@ -143,8 +154,10 @@ class SD3Policy(DiffusersPolicy):
         lora_targets: Annotated[list[str], Doc("module names that get adapters")] = DEFAULT_LORA_TARGETS,
         gradient_checkpointing: Annotated[bool, Doc("recompute activations in the backward pass")] = False,
         precision: Annotated[Precision, Doc("weights of every component")] = "bf16",
+        sigma_grid: SigmaGrid = "pipeline",
         device: Device = "auto",
     ) -> None:
+        self.sigma_grid = sigma_grid
         self.negative_prompt, self.max_sequence_length = negative_prompt, max_sequence_length
         self._load(path, precision=precision, device=device, lora_rank=lora_rank, lora_alpha=lora_alpha,
                    lora_targets=list(lora_targets), gradient_checkpointing=gradient_checkpointing,
@@ -154,6 +167,16 @@ class SD3Policy(DiffusersPolicy):
         _multiple(width, f, "model.width")
         vf = self.pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels, height // vf, width // vf)
+
+    def image_tokens(self) -> int:
+        """The transformer's patches of the latent (what SD3's pipeline computes a dynamic shift from)."""
+        p = self.denoiser.config.patch_size
+        return (self.latent_shape[1] // p) * (self.latent_shape[2] // p)
+
+    @classmethod
+    def _image_tokens_for(cls, options: dict, vae: dict, transformer: dict) -> int:
+        f = 2 ** (len(vae["block_out_channels"]) - 1) * transformer.get("patch_size", 2)
+        return (options.get("height", 512) // f) * (options.get("width", 512) // f)
 
     @classmethod
     def _noise_grid(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:
@@ -217,8 +240,10 @@ class WanPolicy(DiffusersPolicy):
         lora_targets: Annotated[list[str], Doc("module names that get adapters")] = DEFAULT_LORA_TARGETS,
         gradient_checkpointing: Annotated[bool, Doc("recompute activations in the backward pass")] = False,
         precision: Annotated[Precision, Doc("weights of every component")] = "bf16",
+        sigma_grid: SigmaGrid = "pipeline",
         device: Device = "auto",
     ) -> None:
+        self.sigma_grid = sigma_grid
         self.negative_prompt, self.max_sequence_length, self.fps = negative_prompt, max_sequence_length, fps
         self._load(path, precision=precision, device=device, lora_rank=lora_rank, lora_alpha=lora_alpha,
                    lora_targets=list(lora_targets), gradient_checkpointing=gradient_checkpointing,
@@ -230,6 +255,17 @@ class WanPolicy(DiffusersPolicy):
         _multiple(height, fs * patch[1], "model.height")
         _multiple(width, fs * patch[2], "model.width")
         self.latent_shape = (self.denoiser.config.in_channels, (frames - 1) // ft + 1, height // fs, width // fs)
+
+    def image_tokens(self) -> int:
+        """The transformer's patches of the latent video."""
+        pt, ph, pw = self.denoiser.config.patch_size
+        return (self.latent_shape[1] // pt) * (self.latent_shape[2] // ph) * (self.latent_shape[3] // pw)
+
+    @classmethod
+    def _image_tokens_for(cls, options: dict, vae: dict, transformer: dict) -> int:
+        _, frames, height, width = cls._noise_grid(options, vae, transformer)
+        pt, ph, pw = transformer.get("patch_size", (1, 2, 2))
+        return (frames // pt) * (height // ph) * (width // pw)
 
     @classmethod
     def _noise_grid(cls, options: dict, vae: dict, transformer: dict) -> tuple[int, ...]:

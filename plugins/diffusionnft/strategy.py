@@ -14,7 +14,7 @@ DIFFUSIONNFT = Preset(
                 "decay min(0.001·s, 0.5) after every iteration); one optimizer step per iteration over whole "
                 "samples; an EMA of the weights with decay min((1 + s)/(10 + s), 0.9) after every optimizer step.",
     topology=Part("chains", group_size=24, same_latent=False),
-    advantage=Part("group", std="global", std_ddof=0, std_eps=1e-4),
+    advantage=Part("group", std="global", std_ddof=0, std_eps=1e-4, stats_precision="fp64"),
     objective=Part("diffusionnft", beta=1.0, adv_clip=5.0, timestep_fraction=0.99, kl_beta=1e-4,
                    old_decay_rate=0.001, old_decay_max=0.5, sample_with="old"),
     solver=Part("dpm-solver++", order=2),

@@ -99,28 +99,44 @@ def reference_kl(policy: Policy, sampler: Sampler, mean: torch.Tensor, mean_ref:
     ``gaussian``: the exact KL of N(μ̄, τ²) to N(μ̄_ref, τ²) per draw, μ̄ the means over the
     sampler's noise tiles on the policy's noise grid (the elements themselves for ``noise_block``
     1), averaged over the draws like the log-probability. ``flow-grpo``: Flow-GRPO's
-    ‖μ − μ_ref‖² / (2σ_t²) with its σ_t² = τ²/Δ (no step size Δ in the denominator), that is the
-    gaussian form × Δ: a β taken from Flow-GRPO's recipes means the same here only in this form.
+    ‖μ − μ_ref‖² / (2σ_t²) with its noise level σ_t: for a sampler whose τ² = σ_t²·Δ (Flow-SDE) the
+    gaussian form × Δ, so that a β taken from Flow-GRPO's recipes means the same here; for CPS, whose
+    σ_t is the whole step's τ, the gaussian form itself, as released.
     """
     d = block_mean(policy.to_noise_grid(mean) - policy.to_noise_grid(mean_ref), sampler.noise_block)
     kl = (d**2).flatten(1).mean(dim=1) / (2.0 * std**2)
-    return kl * delta if kl_form == "flow-grpo" else kl
+    return kl * delta if kl_form == "flow-grpo" and sampler.noise_scales_with_step else kl
+
+
+def step_means(values: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """(E,) each edge's mean of `values` (E,) over the edges of its step (`steps` (E,)), with gradients."""
+    _, inverse = torch.unique(steps, return_inverse=True)
+    inverse = inverse.to(values.device)
+    sums = torch.zeros(int(inverse.max()) + 1, dtype=values.dtype, device=values.device).index_add(0, inverse, values)
+    counts = torch.bincount(inverse).to(values.dtype)
+    return (sums / counts)[inverse]
 
 
 def guarded_log_ratio(policy: Policy, sampler: Sampler, rollout: Rollout, units: EdgeUnits, x_next: torch.Tensor,
-                      mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(E,) GRPO-Guard's re-centred log-ratio ``s·(log r + ‖Δμ‖²/(2s²))`` with Δμ = μ − μ_old and s
-    the step's standard deviation. For a Gaussian step it is ``mean(ε ⊙ Δμ)``, ε = (x' − μ_old)/s
-    the drawn noise: zero-mean under the rollout, where log r itself drifts to −‖Δμ‖²/(2s²) < 0,
-    and no longer scaled by 1/s, which is largest at the low-noise steps. Computed on the noise's
-    draws (tile means on the policy's noise grid), as the log-probabilities are; with gradients."""
+                      mean: torch.Tensor, std: torch.Tensor, bias: str = "micro-batch") -> torch.Tensor:
+    """(E,) GRPO-Guard's re-centred log-ratio ``s·(log r + B/(2s²))`` with s the step's standard
+    deviation and B the mean-shift term: ``bias = "sample"``: each edge's own ‖Δμ‖², Δμ = μ − μ_old
+    (the log-ratio is then ``mean(ε ⊙ Δμ)``, ε = (x' − μ_old)/s the drawn noise: zero-mean under the
+    rollout, where log r itself drifts to −‖Δμ‖²/(2s²) < 0); ``"micro-batch"``: the mean of ‖Δμ‖² over
+    the edges of the same step among `units` (a micro-batch), as the released line reduces it over
+    its micro-batch of one step. Computed on the noise's draws (tile means on the policy's noise
+    grid), as the log-probabilities are; with gradients, through B too."""
     if not rollout.means:
         raise ValueError("GRPO-Guard needs the rollout's transition means (a rollout that keeps means)")
     old = torch.stack([rollout.means[k][c] for k, c in zip(units.step.tolist(), units.child.tolist(), strict=True)])
     old = old.to(mean.device)
     drawn = block_mean(policy.to_noise_grid(x_next - old), sampler.noise_block)
     shift = block_mean(policy.to_noise_grid(mean - old), sampler.noise_block)
-    return (drawn * shift).flatten(1).mean(dim=1) / std
+    recentred = (drawn * shift).flatten(1).mean(dim=1) / std
+    if bias == "sample":
+        return recentred
+    own = (shift**2).flatten(1).mean(dim=1)
+    return recentred + (step_means(own, units.step) - own) / (2.0 * std)
 
 
 def step_sizes(rollout: Rollout, units: EdgeUnits) -> torch.Tensor:
@@ -136,7 +152,8 @@ class ClippedRatio:
 
     ``kl_form = "flow-grpo"`` takes that KL in Flow-GRPO's form (the Gaussian one × the step size
     Δ). ``grpo_guard`` is GRPO-Guard: the re-centred log-ratio ``s·(log r + ‖Δμ‖²/2s²)`` and each
-    step's loss divided by its Δσ (pair it with a clip range near 1e-6, as released).
+    step's loss divided by its Δσ (pair it with a clip range near 1e-6, as released), ‖Δμ‖² the
+    micro-batch's mean at the edge's step as released (``guard_bias``).
     ``trust_region = "dppo"`` replaces the clip with Flow-DPPO's mask: the unclipped −A·r, left out
     on the edges whose step mean has moved from the sampling policy's by D = mean((μ − μ_old)²)/(2τ²)
     ≥ ``dppo_threshold`` while r moves the way A pushes it (``update/masked_fraction``). It trains on
@@ -156,6 +173,11 @@ class ClippedRatio:
         grpo_guard: Annotated[bool, Doc(
             "GRPO-Guard: the re-centred log-ratio s·(log r + ‖Δμ‖²/2s²) in the clipped objective and each step's "
             "loss divided by its Δσ (pair with a clip range near 1e-6 as released)")] = False,
+        guard_bias: Annotated[Literal["micro-batch", "sample"], Doc(
+            "GRPO-Guard's ‖Δμ‖²: micro-batch = its mean over the micro-batch's edges of the same step, as the released "
+            "line reduces it (its micro-batches hold one step of train.batch_size chains; train.micro_batch_order = "
+            "\"step\" gives such micro-batches); sample = each edge's own, the per-sample reading of the paper's "
+            "formula")] = "micro-batch",
         split_logprob: Annotated[Literal["nominal", "scaled"], Doc(
             "a split edge's density with the step's τ (the released BranchGRPO) or with λ·τ, the density its "
             "children were drawn from")] = "nominal",
@@ -168,7 +190,7 @@ class ClippedRatio:
             "D divided by 2τ² as released (add_kl_coefficient); false: the plain mean squared distance")] = True,
     ) -> None:
         self.clip_range, self.kl_beta, self.kl_form = clip_range, kl_beta, kl_form
-        self.grpo_guard, self.split_logprob = grpo_guard, split_logprob
+        self.grpo_guard, self.guard_bias, self.split_logprob = grpo_guard, guard_bias, split_logprob
         self.trust_region, self.dppo_threshold, self.dppo_scaled = trust_region, dppo_threshold, dppo_scaled
         if grpo_guard and trust_region == "dppo":
             raise UserError("GRPO-Guard re-centres the clipped ratio, which Flow-DPPO's trust region replaces",
@@ -207,7 +229,7 @@ class ClippedRatio:
             kl = reference_kl(policy, sampler, t.mean, mean_ref, t.std.detach(), t.sigma - t.sigma_next, self.kl_form)
         log_ratio = weight = None
         if self.grpo_guard:
-            log_ratio = guarded_log_ratio(policy, sampler, rollout, units, t.x_next, t.mean, t.std)
+            log_ratio = guarded_log_ratio(policy, sampler, rollout, units, t.x_next, t.mean, t.std, self.guard_bias)
             weight = 1.0 / step_sizes(rollout, units).to(t.log_prob.device)
         dev = t.log_prob.device
         old = units.old_log_prob.to(dev)

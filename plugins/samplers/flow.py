@@ -4,7 +4,7 @@ and the deterministic ODE."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Literal
 
 import torch
@@ -25,12 +25,14 @@ def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class _GridSampler:
     stochastic = True
+    noise_scales_with_step = True  # τ = g·√Δ: a noise level times the root of the step size
 
     def __init__(self, steps: int, shift: float, noise_block: int = 1) -> None:
         self.steps, self.shift, self.noise_block = steps, shift, noise_block
+        self.times: Callable[[int], Sequence[float]] | None = None  # the model's grid, when it has one
 
     def sigmas(self) -> torch.Tensor:
-        return sigma_grid(self.steps, self.shift)
+        return sigma_grid(self.steps, self.shift, self.times)
 
     def draw_noise(self, counts: torch.Tensor, shape: tuple[int, ...],
                    generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
@@ -108,7 +110,10 @@ class CPS(_GridSampler):
     constants and the 1/(2τ²) scale dropped; pair it with a small clip range, 1e-5 as released);
     ``"gaussian"`` with the exact Gaussian density, like the other samplers. The last step has no
     noise (σ' = 0), so under ``"gaussian"`` it has no density to train: leave it out (the timestep-fraction pruner's
-    ``ignore_last``, or the ``last-step`` pruner)."""
+    ``ignore_last``, or the ``last-step`` pruner). τ is the whole step's standard deviation, not a
+    level times √Δ: Flow-GRPO's KL in its own form is the Gaussian one here (``noise_scales_with_step``)."""
+
+    noise_scales_with_step = False
 
     def __init__(
         self,

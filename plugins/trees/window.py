@@ -24,7 +24,9 @@ class SDEWindow:
     """G chains per prompt, SDE inside a window of `window_size` steps and ODE elsewhere.
 
     The window's steps lie in ``window_range = [lo, hi)`` (hi ≤ 0 counts from the last step:
-    MixGRPO's ``[0, −2]`` never trains the last two steps). Where it starts at iteration i:
+    MixGRPO's ``[0, −2]`` never trains the last two steps; a value between 0 and 1 is that fraction
+    of the T steps, rounded down: Flow-GRPO-Fast's ``[0, 0.5]`` is [0, T//2)). Where it starts at
+    iteration i:
 
     - ``fixed``: at lo.
     - ``progressive`` (MixGRPO): at lo for `iters_per_window` iterations, then `window_stride`
@@ -54,7 +56,9 @@ class SDEWindow:
         same_latent: Annotated[bool, Doc(
             "one initial noise per prompt (the prefix before the window is computed once), or G")] = True,
         window_size: Annotated[int, Range(ge=1), Doc("SDE steps w in the window")] = 4,
-        window_range: Annotated[list[int], Doc("[lo, hi): the steps a window may cover (hi ≤ 0: T + hi)")] = [0, -2],  # noqa: B006
+        window_range: Annotated[list[float], Doc(
+            "[lo, hi): the steps a window may cover (hi ≤ 0: T + hi; a value between 0 and 1: that fraction of T, "
+            "rounded down)")] = [0, -2],  # noqa: B006
         schedule: Annotated[Schedule, Doc("how the window's start moves over the iterations")] = "progressive",
         iters_per_window: Annotated[int, Range(ge=1), Doc("iterations before the window moves")] = 25,
         window_stride: Annotated[int, Range(ge=1), Doc("steps the window moves each time")] = 1,
@@ -70,8 +74,9 @@ class SDEWindow:
         flash_solver: Annotated[str, Doc("the registered solver of the compressed tail (released: DPM-Solver++)")
                                 ] = "dpm-solver++",
     ) -> None:
-        if len(window_range) != 2:
-            raise UserError(f"window_range must be [lo, hi), got {window_range}", where="window_range")
+        if len(window_range) != 2 or any(not 0 < v < 1 and v != int(v) for v in window_range):
+            raise UserError(f"window_range must be [lo, hi) in whole steps or fractions of T between 0 and 1, got "
+                            f"{window_range}", where="window_range")
         self.group_size, self.same_latent, self.window_size = group_size, same_latent, window_size
         self.window_range, self.schedule = list(window_range), schedule
         self.iters_per_window, self.window_stride, self.roll_back = iters_per_window, window_stride, roll_back
@@ -81,7 +86,7 @@ class SDEWindow:
 
     def bounds(self, steps: int) -> tuple[int, int]:
         """(lo, hi) of the window's steps in a tree of `steps` steps."""
-        lo, hi = self.window_range
+        lo, hi = (int(v * steps) if 0 < v < 1 else int(v) for v in self.window_range)
         hi = steps + hi if hi <= 0 else hi
         if not 0 <= lo < hi <= steps:
             raise UserError(f"window_range {self.window_range} leaves no step of sampler.steps = {steps} for the "

@@ -438,7 +438,7 @@ def test_shipped_recipes_record_their_parts():
     assert [p["use"] for p in table["pruner"]] == ["depth", "width"]
     assert table["pruner"][1]["width_ratio"] == 0.5 and table["pruner"][0]["pruned_depths"] == [11, 12, 13, 14, 15, 16]
     assert table["objective"] == {"use": "clipped-ratio", "clip_range": 1e-3, "kl_beta": 0.5, "kl_form": "gaussian",
-                                  "grpo_guard": False, "split_logprob": "nominal",
+                                  "grpo_guard": False, "guard_bias": "micro-batch", "split_logprob": "nominal",
                                   "trust_region": "clip", "dppo_threshold": 1e-5, "dppo_scaled": True}
     again = parse({**recipe.to_dict(), "parts": recipe.strategy.records()}, load_registry())
     assert again.to_dict() == recipe.to_dict()  # a resolved recipe reads back as itself

@@ -25,35 +25,85 @@ def _setup(policy, sampler):
     return ro, cond, EdgeUnits.gather(ro, adv, EdgeSet.all_stochastic(ro))
 
 
-def _guard(policy, sampler, ro, cond, batch):
+def _guard(policy, sampler, ro, cond, batch, bias="micro-batch"):
     """(GRPO-Guard's log-ratios, the log-probabilities, the stds) of `batch` under the policy."""
     t = reevaluate(policy, sampler, ro, cond, batch, "nominal")
-    return guarded_log_ratio(policy, sampler, ro, batch, t.x_next, t.mean, t.std), t.log_prob, t.std
+    return guarded_log_ratio(policy, sampler, ro, batch, t.x_next, t.mean, t.std, bias), t.log_prob, t.std
 
 
-@pytest.mark.parametrize("sampler", [FlowSDE(steps=4, noise_level=0.7), DanceSDE(steps=4, eta=0.5)],
-                         ids=["flow-sde", "dance-sde"])
-def test_guarded_ratio_is_the_released_formula(tiny_policy, sampler):
+def _moved_means(policy, sampler, ro, cond, batch):
+    """(μ under the moved policy, μ_old stored by the rollout) of every edge of `batch`."""
+    xs = torch.stack([ro.states[k][ro.parent[k][c]] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
+    sigma, sigma_next = ro.sigmas[batch.step], ro.sigmas[batch.step + 1]
+    v = policy.velocity(xs, sigma, cond.select(torch.zeros(len(batch), dtype=torch.long))).float()
+    mu_new, _ = sampler.step(xs, v, sigma, sigma_next)
+    mu_old = torch.stack([ro.means[k][c] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
+    return mu_new, mu_old
+
+
+def _move(policy):
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # move the policy as an update would
+        for p in policy.trainable_parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+
+
+SAMPLERS = [FlowSDE(steps=4, noise_level=0.7), DanceSDE(steps=4, eta=0.5)]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=["flow-sde", "dance-sde"])
+def test_guarded_ratio_is_the_released_line_per_step(tiny_policy, sampler):
+    """The released line (flow_grpo ``train_sd3_GRPO_Guard.py`` with ``rationorm``), written out again
+    on each step's edges as one micro-batch: the bias ``((μ − μ_old)²).mean(dim=())``, i.e. over the
+    whole micro-batch, divided by 2s² with s the micro-batch's mean std, and ``(log p − log p_old +
+    bias)·s``. The batch here mixes steps, so each step's edges are reduced apart."""
     ro, cond, batch = _setup(tiny_policy, sampler)
     with torch.no_grad():
         guard, _, _ = _guard(tiny_policy, sampler, ro, cond, batch)
     torch.testing.assert_close(guard, torch.zeros(len(batch)), atol=1e-6, rtol=0)  # on-policy: r̂ = 1
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # move the policy as an update would
-        for p in tiny_policy.trainable_parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    _move(tiny_policy)
+    with torch.no_grad():
         guard, lp, std = _guard(tiny_policy, sampler, ro, cond, batch)
-        # the released code: μ_new from the step's mean, bias = mean((μ_new − μ_old)²) / (2 s²),
-        # log r̂ = (log p_new − log p_old + bias) · s
-        xs = torch.stack([ro.states[k][ro.parent[k][c]] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
-        sigma, sigma_next = ro.sigmas[batch.step], ro.sigmas[batch.step + 1]
-        v = tiny_policy.velocity(xs, sigma, cond.select(torch.zeros(len(batch), dtype=torch.long))).float()
-        mu_new, _ = sampler.step(xs, v, sigma, sigma_next)
-        mu_old = torch.stack([ro.means[k][c] for k, c in zip(batch.step.tolist(), batch.child.tolist(), strict=True)])
-        bias = ((mu_new - mu_old) ** 2).flatten(1).mean(dim=1) / (2 * std**2)
-        released = (lp - batch.old_log_prob + bias) * std
+        mu_new, mu_old = _moved_means(tiny_policy, sampler, ro, cond, batch)
+        released = torch.empty(len(batch))
+        for k in batch.step.unique().tolist():
+            at = batch.step == k
+            s = std[at].mean()
+            bias = (mu_new[at] - mu_old[at]).pow(2).mean(dim=()) / (2 * s**2)
+            released[at] = (lp[at] - batch.old_log_prob[at] + bias) * s
+        per_edge = ((mu_new - mu_old) ** 2).flatten(1).mean(dim=1)
+    assert len(batch.step.unique()) > 1 and float(per_edge.max() / per_edge.min()) > 1.5  # unequal ‖Δμ‖ per step
     assert float(guard.abs().max()) > 1e-4  # the policy moved
     torch.testing.assert_close(guard, released, atol=2e-6, rtol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS, ids=["flow-sde", "dance-sde"])
+def test_the_per_sample_reading_takes_each_edges_own_shift(tiny_policy, sampler):
+    """``guard_bias = "sample"``: ``(log p − log p_old + ‖Δμ_i‖²/(2s²))·s`` with each edge's own ‖Δμ_i‖²;
+    it differs from the released micro-batch mean wherever the edges of a step moved unequally."""
+    ro, cond, batch = _setup(tiny_policy, sampler)
+    _move(tiny_policy)
+    with torch.no_grad():
+        guard, lp, std = _guard(tiny_policy, sampler, ro, cond, batch, bias="sample")
+        shared, _, _ = _guard(tiny_policy, sampler, ro, cond, batch)
+        mu_new, mu_old = _moved_means(tiny_policy, sampler, ro, cond, batch)
+        bias = ((mu_new - mu_old) ** 2).flatten(1).mean(dim=1) / (2 * std**2)
+        per_sample = (lp - batch.old_log_prob + bias) * std
+    torch.testing.assert_close(guard, per_sample, atol=2e-6, rtol=1e-3)
+    assert float((guard - shared).abs().max()) > 1e-5
+
+
+def test_the_shared_term_carries_gradient_to_every_edge_of_its_step():
+    """B is a mean over the step's edges, so each edge's loss moves with the others' means (as the
+    released line's scalar bias does): a hand example on a 2-edge step and a 1-edge step, labelled
+    2 and 0 (any step numbers)."""
+    from grpo.plugins.objectives.clipped_ratio import step_means
+
+    values = torch.tensor([1.0, 3.0, 5.0], requires_grad=True)
+    means = step_means(values, torch.tensor([2, 2, 0]))
+    torch.testing.assert_close(means, torch.tensor([2.0, 2.0, 5.0]))
+    means[0].backward()
+    torch.testing.assert_close(values.grad, torch.tensor([0.5, 0.5, 0.0]))
 
 
 def test_step_weights_divide_the_clipped_term_by_the_sigma_step():

@@ -1,5 +1,5 @@
 """The KL penalty against closed forms: torch's Gaussian KL on the noise's draws (tile means with
-a noise block), and Flow-GRPO's form ‖μ − μ_ref‖²/(2σ_t²) with σ_t² = τ²/Δ."""
+a noise block), and Flow-GRPO's form ‖μ − μ_ref‖²/(2σ_t²) with σ_t² = τ²/Δ (Flow-SDE) or τ² (CPS)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,20 @@ def test_flow_grpo_kl_divides_by_its_sigma_t_without_the_step_size():
     torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-7)
     gaussian = reference_kl(tiny_policy(), complete(DanceSDE(steps=4), "sampler"), mean, mean_ref, std, delta)
     torch.testing.assert_close(ours, gaussian * delta)  # 1/Δ times weaker: 10-25× here
+
+
+def test_flow_grpo_kl_with_cps_divides_by_the_whole_step_variance():
+    """The released line under ``sde_type = "cps"``: ``((μ − μ_ref)²).mean() / (2·std_dev_t²)`` with CPS's
+    std_dev_t = σ'·sin(ηπ/2), the step's whole standard deviation (no step size to divide out)."""
+    from grpo.plugins.samplers.flow import CPS
+
+    g = torch.Generator().manual_seed(2)
+    mean, mean_ref = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    cps = complete(CPS(steps=10, shift=3.0, eta=0.8), "sampler")
+    sig = cps.sigmas()
+    sigma, sigma_next = sig[[2, 5]], sig[[3, 6]]
+    _, std = cps.step(mean, torch.zeros_like(mean), sigma, sigma_next)
+    std_dev_t = sigma_next * torch.sin(torch.tensor(0.8 * torch.pi / 2))
+    want = ((mean - mean_ref) ** 2).mean(dim=(1, 2, 3)) / (2 * std_dev_t**2)
+    ours = reference_kl(tiny_policy(), cps, mean, mean_ref, std, sigma - sigma_next, "flow-grpo")
+    torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-7)

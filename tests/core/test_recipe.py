@@ -117,7 +117,7 @@ def test_a_run_directory_of_version_0_1_reads_in_the_new_layout():
     assert [p.entry.name for p in branch.strategy.pruners] == ["depth", "width"]
     assert branch.strategy.pruners[1].options["width_ratio"] == 1.0  # 0.1's "0 = off": every chain kept
     assert branch.strategy.objective.options == {"clip_range": 1e-3, "kl_beta": 0.5, "kl_form": "gaussian",
-                                                 "grpo_guard": False, "split_logprob": "nominal",
+                                                 "grpo_guard": False, "guard_bias": "micro-batch", "split_logprob": "nominal",
                                                  "trust_region": "clip", "dppo_threshold": 1e-5, "dppo_scaled": True}
     now, _ = load_recipe(RECIPES[0].parent / "shapes_branch.toml", env=False)
     assert branch.to_dict() == now.to_dict()

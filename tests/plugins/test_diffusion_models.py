@@ -11,6 +11,8 @@ import torch
 from support import clipped_update, log_probs, sample
 
 from grpo.core.edges import EdgeUnits
+from grpo.core.errors import UserError
+from grpo.core.sampler import follow_model_grid, sigma_grid
 from grpo.core.tree import Advantages, EdgeSet, TreePlan
 from grpo.plugins.diffusion.models import FluxPolicy, SD3Policy, WanPolicy
 from grpo.plugins.samplers.flow import ODE
@@ -36,11 +38,11 @@ def make(name, folders, **extra):
     return cls(path=str(folders[name]), precision="fp32", device="cpu", max_sequence_length=16, **{**kwargs, **extra})
 
 
-def pipeline_latents(name, policy, noise, steps):
-    """The diffusers pipeline's own Euler sampling from the same noise, as latents."""
+def pipeline_latents(name, policy, noise, steps, size=32):
+    """The diffusers pipeline's own sampling from the same noise, as latents."""
     pipe = policy.pipe
     common = dict(prompt=PROMPTS, num_inference_steps=steps, latents=noise.clone(), output_type="latent",
-                  max_sequence_length=16, height=32, width=32)
+                  max_sequence_length=16, height=size, width=size)
     if name == "flux":
         return pipe(**common, guidance_scale=policy.guidance).images
     if name == "sd3":
@@ -50,27 +52,29 @@ def pipeline_latents(name, policy, noise, steps):
 
 
 class PipelineGridODE(ODE):
-    """Euler on the σ grid the pipeline's scheduler uses (FLUX passes linspace(1, 1/T); SD3 and Wan
-    let the scheduler end at its σ_min), so that only the model calls are compared."""
+    """Euler on the σ grid the policy says its pipeline samples on (``model.sigma_grid = "pipeline"``)."""
 
-    def __init__(self, pipe, steps):
+    def __init__(self, policy, steps):
         super().__init__(steps=steps)
-        if type(pipe).__name__ == "FluxPipeline":
-            self.grid = torch.linspace(1.0, 0.0, steps + 1)
-        else:
-            pipe.scheduler.set_timesteps(steps)
-            self.grid = pipe.scheduler.sigmas.float().clone()
+        follow_model_grid(self, policy.sigma_schedule(), "ode")
 
-    def sigmas(self):
-        return self.grid
+
+def euler_scheduler(policy):
+    """Wan's pipeline samples with UniPC, a multistep solver: its model calls are compared under the
+    Euler scheduler (at Wan's shift), with which the pipeline takes plain Euler steps."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if type(policy.pipe.scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
+        policy.pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=policy.pipe.scheduler.config.flow_shift)
+    return policy
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_sampling_matches_the_diffusers_pipeline(name, folders):
-    policy = make(name, folders)
+    policy = euler_scheduler(make(name, folders))
     steps = 4
     noise = torch.randn((2, *policy.latent_shape), generator=torch.Generator().manual_seed(3))
-    ours = sample(policy, PipelineGridODE(policy.pipe, steps), TreePlan((1,) * steps, (1.0,) * steps, (False,) * steps),
+    ours = sample(policy, PipelineGridODE(policy, steps), TreePlan((1,) * steps, (1.0,) * steps, (False,) * steps),
                   policy.encode_prompts(PROMPTS), generator=torch.Generator(), max_batch=8, init_noise=noise).final
     theirs = pipeline_latents(name, policy, noise, steps)
     assert ours.shape == theirs.shape
@@ -78,6 +82,77 @@ def test_sampling_matches_the_diffusers_pipeline(name, folders):
     media = policy.decode(ours)
     want = (2, 5, 3, 32, 32) if name == "wan-t2v" else (2, 3, 32, 32)
     assert media.shape == want and media.dtype == torch.float32 and 0 <= float(media.min()) <= float(media.max()) <= 1
+
+
+@pytest.mark.parametrize("steps", [4, 10])
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_default_grid_is_the_one_the_pipeline_samples_on(name, folders, steps):
+    """The tiny folders carry the real models' scheduler configs (FLUX.1-dev's dynamic shift, SD3.5's
+    shift 3, Wan's UniPC with flow sigmas); the grid is read back from the pipeline's scheduler after
+    a call of the pipeline itself, at two image sizes (FLUX's shift depends on the token count)."""
+    for size in (32, 64):
+        policy = make(name, folders, height=size, width=size)
+        times, shift = policy.sigma_schedule()
+        noise = torch.randn((2, *policy.latent_shape), generator=torch.Generator().manual_seed(3))
+        pipeline_latents(name, policy, noise, steps, size)
+        torch.testing.assert_close(sigma_grid(steps, shift, times), policy.pipe.scheduler.sigmas.float(),
+                                   rtol=0, atol=3e-7)
+    assert len(sigma_grid(steps, shift, times)) == steps + 1
+
+
+def test_the_sd35_grid_at_ten_steps(folders):
+    """SD3.5's scheduler at shift 3 over 10 steps: 1.0, 0.9601, …, 0.278, 0.0089, 0 (where the plain
+    shifted grid has 0.9643, …, 0.4286, 0.25, 0)."""
+    times, shift = make("sd3", folders).sigma_schedule()
+    grid = sigma_grid(10, shift, times)
+    assert shift == 3.0
+    torch.testing.assert_close(grid[[0, 1, 8, 9, 10]], torch.tensor([1.0, 0.9601, 0.2780, 0.0089, 0.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(sigma_grid(10, 3.0)[[1, 8, 9]], torch.tensor([0.9643, 0.4286, 0.25]), atol=1e-4, rtol=0)
+
+
+def test_the_other_grids_are_options(folders):
+    from diffusers import DPMSolverMultistepScheduler
+
+    assert make("sd3", folders, sigma_grid="shifted").sigma_schedule() is None
+    times, shift = make("sd3", folders, sigma_grid="flow-sigmas").sigma_schedule()
+    assert shift is None  # the sampler's shift
+    dpm = DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction")
+    for steps in (7, 10):
+        dpm.set_timesteps(steps)
+        torch.testing.assert_close(sigma_grid(steps, 3.0, times), dpm.sigmas.float(), rtol=0, atol=3e-7)
+
+
+def test_a_scheduler_grid_this_project_cannot_follow_is_refused(folders):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    policy = make("sd3", folders)
+    policy.pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_karras_sigmas=True)
+    with pytest.raises(UserError, match="use_karras_sigmas") as e:
+        policy.sigma_schedule()
+    assert e.value.where == "model.sigma_grid" and "shifted" in e.value.hint
+
+
+def test_the_run_samples_on_the_model_grid_and_a_contradicting_shift_is_refused(folders, tmp_path):
+    from grpo.core.components import build
+    from grpo.core.recipe import parse
+    from grpo.core.registry import load_registry
+
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    model = {"use": "sd3", "path": str(folders["sd3"]), "precision": "fp32", "device": "cpu",
+             "max_sequence_length": 16, **CASES["sd3"][2]}
+    data = lambda **sampler: {  # noqa: E731
+        "model": model, "strategy": {"use": "flow-grpo", "group_size": 2}, "sampler": {"use": "flow-sde", **sampler},
+        "reward": [{"use": "jpeg-compressibility"}],
+        "prompts": {"use": "file", "path": str(tmp_path / "prompts.txt"), "eval_count": 1},
+        "train": {"iterations": 1, "prompts_per_iteration": 2}, "backend": {"use": "torch", "device": "cpu"}}
+    registry = load_registry([])
+    c = build(parse(data(steps=10, shift=3.0), registry))
+    torch.testing.assert_close(c.sampler.sigmas()[[1, 8, 9]], torch.tensor([0.9601, 0.2780, 0.0089]), atol=1e-4, rtol=0)
+    with pytest.raises(UserError, match="shift 3") as e:  # said before any weight is read
+        build(parse(data(steps=10, shift=2.0), registry))
+    assert [x.where for x in e.value.errors] == ["sampler.shift"]
+    model["sigma_grid"] = "shifted"
+    torch.testing.assert_close(build(parse(data(steps=10, shift=2.0), registry)).sampler.sigmas(), sigma_grid(10, 2.0))
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -124,6 +199,8 @@ def test_one_branchgrpo_iteration_end_to_end(name, folders, tmp_path, monkeypatc
     _, _, kwargs = CASES[name]
     model = {"use": name, "path": str(folders[name]), "precision": "fp32", "device": "cpu",
              "max_sequence_length": 16, **kwargs}
+    if name == "flux":  # BranchGRPO's preset samples at shift 3 on its release's grid, not FLUX's dynamic shift
+        model["sigma_grid"] = "shifted"
     data = {
         "model": model,
         "strategy": {"use": "branchgrpo", "split_points": [0, 2], "branch_factor": 2, "clip_range": 1e-3,
@@ -204,10 +281,12 @@ def test_the_latent_shape_is_known_from_the_configs_before_weights_load(name, fo
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bf16_models_get_the_timesteps_the_pipelines_pass(name, folders):
-    """In bf16, SD3 and Wan pass σ·1000 to the transformer in fp32 as diffusers' pipelines do (a
-    bf16 cast moved 982.8 to 984); FLUX's pipeline itself casts σ to the latents' dtype."""
+    """In bf16, SD3 and Wan pass σ·1000 to the transformer in fp32 as diffusers' pipelines do with the
+    Euler scheduler (a bf16 cast moved 982.8 to 984); FLUX's pipeline itself casts σ to the latents'
+    dtype. (Wan's own UniPC scheduler hands the pipeline ⌊1000σ⌋ as integers; docs/fidelity.md.)"""
     _, cls, kwargs = CASES[name]
-    policy = cls(path=str(folders[name]), precision="bf16", device="cpu", max_sequence_length=16, **kwargs)
+    policy = euler_scheduler(cls(path=str(folders[name]), precision="bf16", device="cpu", max_sequence_length=16,
+                                 **kwargs))
     seen = []
     hook = policy.denoiser.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["timestep"].clone()),
                                                      with_kwargs=True)
@@ -216,7 +295,7 @@ def test_bf16_models_get_the_timesteps_the_pipelines_pass(name, folders):
         pipeline_latents(name, policy, noise.to(torch.bfloat16), 3)
         theirs = next(t for t in seen if not torch.equal(t[:1], seen[0][:1]))  # the second step's
         seen.clear()
-        sigma = PipelineGridODE(policy.pipe, 3).sigmas()[1].expand(2)
+        sigma = PipelineGridODE(policy, 3).sigmas()[1].expand(2)
         policy.velocity(noise, sigma, policy.encode_prompts(PROMPTS))
         ours = seen[0]
     finally:
@@ -286,7 +365,7 @@ def test_bf16_rollout_and_update_stay_on_policy(name, folders):
 
 
 PEER_RECIPES = {"sd35_flowgrpo.toml": "sd3", "flux_mixgrpo.toml": "flux", "wanx_flowgrpo.toml": "wan-t2v",
-                "sd35_nft.toml": "sd3", "sd35_awm.toml": "sd3", "sd35_dgpo.toml": "sd3"}
+                "sd35_nft.toml": "sd3", "sd35_awm.toml": "sd3", "sd35_dgpo.toml": "sd3", "sd35_grpo_guard.toml": "sd3"}
 
 
 @pytest.mark.parametrize("recipe,name", list(PEER_RECIPES.items()))

@@ -65,6 +65,24 @@ def test_flow_grpo_advantage_by_hand():
     torch.testing.assert_close(clamped[:4], torch.tensor([-0.2, want[1], want[2], 0.2]))
 
 
+def test_flow_grpo_statistics_are_fp64_as_its_numpy_tracker():
+    """A near-flat group far from zero (as fp32 rewards): the released tracker converts them to float64
+    before the mean and the std; the preset's fp64 statistics give its advantages, fp32 ones round
+    them visibly."""
+    import numpy as np
+
+    rewards = torch.tensor([1000.0, 1000.0001, 1000.0002, 1000.0003, 1000.0005, 1000.0003, 1000.0001, 1000.0])
+    r = rewards.numpy().astype(np.float64)
+    mean = r.reshape(2, 4).mean(axis=1, keepdims=True)
+    want = ((r.reshape(2, 4) - mean) / (np.std(r) + 1e-4)).reshape(-1)
+    preset = strategy_parts("flow-grpo", group_size=4)["advantage"]
+    got = preset.leaf_advantages(rewards, 4)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), torch.from_numpy(want), rtol=0, atol=1e-7)
+    fp32 = GroupAdvantage(std="global", std_ddof=0, std_eps=1e-4).leaf_advantages(rewards, 4)
+    assert float((fp32.double() - torch.from_numpy(want)).abs().max()) > 1e-6
+
+
 def test_global_std_comes_from_every_rank():
     """With a gather that adds another rank's leaves, the std is the std of both ranks' leaves."""
     mine, theirs = torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([0.0, 9.0, 3.0, 5.0])
