@@ -82,7 +82,8 @@ def build_pipeline(folder: Path, tiny: bool) -> None:
 def recipe(strategy: dict, model: Path, prompts: Path, size: dict, device: str, iterations: int) -> dict:
     return {
         "model": {"use": "wan-t2v", "path": str(model), "guidance_scale": 1.0, "max_sequence_length": 64,
-                  "precision": "bf16" if device == "cuda" else "fp32", "device": device, **size},
+                  "precision": "bf16" if device == "cuda" else "fp32", "device": device,
+                  "sigma_grid": "shifted", **size},  # the DanceGRPO-family trainers' grid, at the sampler's shift 3
         "strategy": strategy,
         "sampler": {"use": "dance-sde", "steps": 20, "shift": 3.0, "eta": 0.3},
         "reward": [{"use": "benchmark-brightness"}],

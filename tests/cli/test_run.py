@@ -217,4 +217,5 @@ def test_evaluations_at_training_time_marks_agree_for_a_fast_and_a_slow_strategy
             it = r["iteration"]  # evaluated after `it` iterations: the first whose clock reached the mark
             assert train[it - 1] >= r["time/mark"] * 60 > train.get(it - 2, 0.0)
             assert r["time/training"] == pytest.approx(train[it - 1])
-    assert iterations["fast"] > 1.5 * iterations["slow"]  # the two strategies do run at different speeds
+    # the two strategies do run at different speeds (about 3× apart alone; a busy machine narrows it)
+    assert iterations["fast"] > iterations["slow"]

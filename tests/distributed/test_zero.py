@@ -108,7 +108,9 @@ def test_two_ranks_train_like_one(tiny_model_dir, tmp_path, stage, extra):
         assert a["reward/shapes-faithfulness/mean"] == b["reward/shapes-faithfulness/mean"]
         assert a["cost/trained_edges"] == b["cost/trained_edges"] and a["cost/leaves"] == b["cost/leaves"] == 32
         assert a["update/optimizer_steps"] == b["update/optimizer_steps"] == 3
-        assert b["update/loss"] == pytest.approx(a["update/loss"], rel=1e-3, abs=1e-8)
+        # the loss is a mean of −A·r over zero-mean advantages (about 4e-6 here): after the first step the
+        # weights differ by the all-reduce's rounding, which moves it by ~2e-8; the gradient norm is the check
+        assert b["update/loss"] == pytest.approx(a["update/loss"], rel=1e-3, abs=5e-8)
         assert b["update/grad_norm"] == pytest.approx(a["update/grad_norm"], rel=1e-5)
         assert b["update/kl"] == pytest.approx(a["update/kl"], rel=1e-3, abs=1e-10)
     assert one[1]["update/kl"] > 0  # the KL term (recipe β 0.5) is part of what agrees
@@ -243,7 +245,9 @@ def test_flow_grpo_global_std_on_two_ranks_equals_one(tiny_model_dir, tmp_path):
     for a, b in zip(one, two, strict=True):
         assert a["reward/shapes-faithfulness/mean"] == b["reward/shapes-faithfulness/mean"]
         assert a["cost/leaves"] == b["cost/leaves"] == 16 and a["cost/trained_edges"] == b["cost/trained_edges"]
-        assert b["update/loss"] == pytest.approx(a["update/loss"], rel=1e-3, abs=1e-8)
+        # the loss is a mean of −A·r over zero-mean advantages (about 4e-6 here): after the first step the
+        # weights differ by the all-reduce's rounding, which moves it by ~2e-8; the gradient norm is the check
+        assert b["update/loss"] == pytest.approx(a["update/loss"], rel=1e-3, abs=5e-8)
         assert b["update/grad_norm"] == pytest.approx(a["update/grad_norm"], rel=1e-5)
         assert b["reward/zero_std_ratio"] == a["reward/zero_std_ratio"]
 
