@@ -121,7 +121,8 @@ class DiffusersPolicy(FrozenReference):
 
     @classmethod
     def _image_tokens_for(cls, options: dict, vae: dict, transformer: dict) -> int:
-        """The transformer's tokens of one latent, from the options and configs."""
+        """The transformer's tokens of one latent, from the size options (height, width, frames) and the
+        VAE's and transformer's configs."""
         raise NotImplementedError
 
     def _load(self, path: str, *, precision: str, device: str, lora_rank: int, lora_alpha: float,
@@ -161,16 +162,14 @@ class DiffusersPolicy(FrozenReference):
         if gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
 
-    def image_tokens(self) -> int:
-        """The transformer's tokens of one latent (a dynamic shift depends on them)."""
-        raise NotImplementedError
-
     def sigma_schedule(self) -> tuple[Callable[[int], Sequence[float]], float | None] | None:
         """The σ grid this model samples on (``model.sigma_grid``): the times of a T-step grid and its
-        shift (None: the sampler's), or None for the sampler's own grid."""
+        shift (None: the sampler's), or None for the sampler's own grid. The token count comes from
+        the loaded configs by the same rule as `sigma_schedule_for`'s."""
         scheduler = self.pipe.scheduler
+        tokens = self._image_tokens_for(self.size, dict(self.pipe.vae.config), dict(self.denoiser.config))
         return model_schedule(self.sigma_grid, self.pipeline_name, type(scheduler).__name__, dict(scheduler.config),
-                              self.image_tokens())
+                              tokens)
 
     # -- training surface -------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

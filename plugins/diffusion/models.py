@@ -58,7 +58,7 @@ class FluxPolicy(DiffusersPolicy):
         sigma_grid: SigmaGrid = "pipeline",
         device: Device = "auto",
     ) -> None:
-        self.sigma_grid = sigma_grid
+        self.sigma_grid, self.size = sigma_grid, {"height": height, "width": width}
         self.height, self.width, self.guidance, self.max_sequence_length = height, width, guidance, max_sequence_length
         self._load(path, precision=precision, device=device, lora_rank=lora_rank, lora_alpha=lora_alpha,
                    lora_targets=list(lora_targets), gradient_checkpointing=gradient_checkpointing, guidance_scale=1.0)
@@ -74,12 +74,9 @@ class FluxPolicy(DiffusersPolicy):
         vf = 2 ** (len(vae["block_out_channels"]) - 1)
         return (transformer["in_channels"] // 4, options["height"] // vf, options["width"] // vf)
 
-    def image_tokens(self) -> int:
-        """The packed latent's tokens (what FLUX's pipeline computes its shift from)."""
-        return self.latent_shape[0]
-
     @classmethod
     def _image_tokens_for(cls, options: dict, vae: dict, transformer: dict) -> int:
+        """The packed latent's tokens (what FLUX's pipeline computes its shift from)."""
         packed = 2 ** len(vae["block_out_channels"])  # the VAE's factor × FLUX's 2×2 packing
         return (options.get("height", 720) // packed) * (options.get("width", 720) // packed)
 
@@ -157,7 +154,7 @@ class SD3Policy(DiffusersPolicy):
         sigma_grid: SigmaGrid = "pipeline",
         device: Device = "auto",
     ) -> None:
-        self.sigma_grid = sigma_grid
+        self.sigma_grid, self.size = sigma_grid, {"height": height, "width": width}
         self.negative_prompt, self.max_sequence_length = negative_prompt, max_sequence_length
         self._load(path, precision=precision, device=device, lora_rank=lora_rank, lora_alpha=lora_alpha,
                    lora_targets=list(lora_targets), gradient_checkpointing=gradient_checkpointing,
@@ -168,13 +165,9 @@ class SD3Policy(DiffusersPolicy):
         vf = self.pipe.vae_scale_factor
         self.latent_shape = (self.denoiser.config.in_channels, height // vf, width // vf)
 
-    def image_tokens(self) -> int:
-        """The transformer's patches of the latent (what SD3's pipeline computes a dynamic shift from)."""
-        p = self.denoiser.config.patch_size
-        return (self.latent_shape[1] // p) * (self.latent_shape[2] // p)
-
     @classmethod
     def _image_tokens_for(cls, options: dict, vae: dict, transformer: dict) -> int:
+        """The transformer's patches of the latent (what SD3's pipeline computes a dynamic shift from)."""
         f = 2 ** (len(vae["block_out_channels"]) - 1) * transformer.get("patch_size", 2)
         return (options.get("height", 512) // f) * (options.get("width", 512) // f)
 
@@ -243,7 +236,7 @@ class WanPolicy(DiffusersPolicy):
         sigma_grid: SigmaGrid = "pipeline",
         device: Device = "auto",
     ) -> None:
-        self.sigma_grid = sigma_grid
+        self.sigma_grid, self.size = sigma_grid, {"height": height, "width": width, "frames": frames}
         self.negative_prompt, self.max_sequence_length, self.fps = negative_prompt, max_sequence_length, fps
         self._load(path, precision=precision, device=device, lora_rank=lora_rank, lora_alpha=lora_alpha,
                    lora_targets=list(lora_targets), gradient_checkpointing=gradient_checkpointing,
@@ -256,13 +249,9 @@ class WanPolicy(DiffusersPolicy):
         _multiple(width, fs * patch[2], "model.width")
         self.latent_shape = (self.denoiser.config.in_channels, (frames - 1) // ft + 1, height // fs, width // fs)
 
-    def image_tokens(self) -> int:
-        """The transformer's patches of the latent video."""
-        pt, ph, pw = self.denoiser.config.patch_size
-        return (self.latent_shape[1] // pt) * (self.latent_shape[2] // ph) * (self.latent_shape[3] // pw)
-
     @classmethod
     def _image_tokens_for(cls, options: dict, vae: dict, transformer: dict) -> int:
+        """The transformer's patches of the latent video."""
         _, frames, height, width = cls._noise_grid(options, vae, transformer)
         pt, ph, pw = transformer.get("patch_size", (1, 2, 2))
         return (frames // pt) * (height // ph) * (width // pw)

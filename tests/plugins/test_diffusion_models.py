@@ -100,6 +100,17 @@ def test_the_default_grid_is_the_one_the_pipeline_samples_on(name, folders, step
     assert len(sigma_grid(steps, shift, times)) == steps + 1
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_grid_is_known_from_the_configs_before_weights_load(name, folders):
+    """What `grpo validate` and `grpo plan` put on the sampler equals the loaded model's grid."""
+    _, cls, kwargs = CASES[name]
+    options = {"path": str(folders[name]), "height": 64, "width": 64, **({"frames": 5} if name == "wan-t2v" else {})}
+    planned_times, planned_shift = cls.sigma_schedule_for(options)
+    times, shift = make(name, folders, height=64, width=64).sigma_schedule()
+    assert planned_shift == shift
+    torch.testing.assert_close(sigma_grid(10, planned_shift, planned_times), sigma_grid(10, shift, times), rtol=0, atol=0)
+
+
 def test_the_sd35_grid_at_ten_steps(folders):
     """SD3.5's scheduler at shift 3 over 10 steps: 1.0, 0.9601, …, 0.278, 0.0089, 0 (where the plain
     shifted grid has 0.9643, …, 0.4286, 0.25, 0)."""
