@@ -51,10 +51,15 @@ def test_wan_gpu_benchmark_runs_on_a_small_transformer(tmp_path):
     assert table.count("| BranchGRPO") == 3 and table.count("| DanceGRPO (G 16, f ") == 2
     rows = __import__("json").loads((tmp_path / "results_smoke.json").read_text())["rows"]
     assert rows["BranchGRPO (splits 0, 3, 6, 9)"]["rollout_forwards"] == 203  # the paper's tree, counted exactly
-    assert rows["BranchGRPO (splits 0, 3, 6, 9)"]["trained_edges"] == 218
-    assert rows["BranchGRPO, depth pruning"]["trained_edges"] == 138  # the paper's 8.625 edges per leaf
+    assert rows["BranchGRPO (splits 0, 3, 6, 9)"]["trained_units"] == 218
+    assert rows["BranchGRPO, depth pruning"]["trained_units"] == 138  # the paper's 8.625 edges per leaf
     assert rows["DanceGRPO (G 16, f 0.6)"]["rollout_forwards"] == 305
-    assert rows["DanceGRPO (G 16, f 1.0)"]["trained_edges"] == 320
+    assert rows["DanceGRPO (G 16, f 1.0)"]["trained_units"] == 320
+    # DiffusionNFT: each of the 16 leaves at floor(20 * 0.99) = 19 noise levels; chains roll out 16 x 20 forwards
+    assert rows["DiffusionNFT, 16 chains"]["rollout_forwards"] == 320
+    assert rows["DiffusionNFT, the tree"]["rollout_forwards"] == 203
+    assert rows["DiffusionNFT, 16 chains"]["trained_units"] == rows["DiffusionNFT, the tree"]["trained_units"] == 304
+    assert table.count("| DiffusionNFT") == 2
 
 
 @pytest.mark.slow
