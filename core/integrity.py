@@ -11,12 +11,14 @@ archive's central directory, JSON that parses).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import pickle
 import shutil
 import struct
 import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,53 @@ def load_data(path: Path, *, map_location: Any = None) -> Any:
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DamagedFile(path, f"cannot be read ({first})") from None
+
+
+def _type_name(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def refuse_code(paths: Iterable[Path], allowed: Sequence[type] = ()) -> None:
+    """Reads the pickles of `paths` (files written by ``torch.save``) without running them and raises a
+    ``DamagedFile`` for the first that names anything besides tensors, plain values and the `allowed`
+    types; a damaged file is named likewise. Every process that reads the same files decides the same."""
+    names = {_type_name(t) for t in allowed}
+    for path in paths:
+        if (problem := file_problem(path)) is not None:
+            raise DamagedFile(path, problem)
+        try:
+            unsafe = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - names)
+        except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DamagedFile(path, f"cannot be read ({first})") from None
+        if unsafe:
+            shown = ", ".join(unsafe[:3]) + (f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else "")
+            raise DamagedFile(path, f"names Python code or objects that are not data ({shown}); it was not loaded",
+                              hint="files in a run directory are read as data only; this one was not written "
+                                   "by the backend that reads it")
+
+
+@contextlib.contextmanager
+def data_only_loads(allowed: Sequence[type] = ()) -> Iterator[None]:
+    """Within the block every ``torch.load``, a library's own included (DeepSpeed's checkpoint readers ask
+    for ``weights_only=False``), reads data only: tensors, plain values and the `allowed` types (classes
+    whose state is set as attributes, enums). A file that holds anything else is a ``DamagedFile``."""
+    original = torch.load
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        try:
+            with torch.serialization.safe_globals(list(allowed)):
+                return original(f, *args, **kwargs)
+        except pickle.UnpicklingError:
+            raise DamagedFile(Path(str(f)), "holds Python code or objects that are not data; it was not loaded",
+                              hint="files in a run directory are read as data only") from None
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 def _safetensors_problem(path: Path, size: int) -> str | None:

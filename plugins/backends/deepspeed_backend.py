@@ -22,6 +22,7 @@ import torch
 from grpo.core.backend import OptimizerConfig
 from grpo.core.dist import free_port
 from grpo.core.errors import UserError
+from grpo.core.integrity import data_only_loads, load_data, refuse_code
 from grpo.core.schema import Doc, Range
 
 from .plain import resolve_device
@@ -304,7 +305,8 @@ class DeepSpeedBackend:
         self.engine.save_checkpoint(str(directory), tag="backend")
 
     def load(self, directory: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(directory), tag="backend")
+        with _read_as_data(directory):
+            path, _ = self.engine.load_checkpoint(str(directory), tag="backend")
         if path is None:
             raise UserError(f"{directory} holds no DeepSpeed checkpoint", where="--resume",
                             hint="was the run made with another backend?")
@@ -317,8 +319,14 @@ class DeepSpeedBackend:
 
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
-            state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="backend")
+        folder = Path(directory) / "backend"
+        with _read_as_data(directory), contextlib.redirect_stdout(io.StringIO()):  # it prints its progress
+            if any(folder.glob("*optim_states.pt")):
+                state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="backend")
+            else:  # stage 0 keeps no partitions: the module's own weights (the ones the run sampled with)
+                saved = load_data(folder / "mp_rank_00_model_states.pt", map_location="cpu")
+                buffers = set(saved.get("buffer_names") or ())
+                state = {k: v for k, v in saved["module"].items() if k not in buffers}
         return {k: v.float().contiguous() for k, v in state.items()}
 
     def _gradient_bytes(self) -> int:
@@ -378,3 +386,22 @@ class DeepSpeedBackend:
     def close(self) -> None:
         if self.engine is not None and hasattr(self.engine, "destroy"):
             self.engine.destroy()
+
+
+def checkpoint_types() -> tuple[type, ...]:
+    """The DeepSpeed types a ZeRO checkpoint holds besides tensors and plain values: its loss scalers,
+    the ZeRO stage and the addresses of parameter fragments (found in the checkpoints of stages 0-3 in
+    fp32 and bf16, with and without offload; fp16's dynamic scaler is the scaler's other class)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address
+
+
+def _read_as_data(directory: Path) -> Any:
+    """DeepSpeed reads its checkpoint files with code allowed; they are checked first (each rank checks
+    every file, so all ranks stop together before any collective), then read with data only."""
+    types = checkpoint_types()
+    refuse_code(sorted((Path(directory) / "backend").glob("*.pt")), types)
+    return data_only_loads(types)

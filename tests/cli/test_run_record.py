@@ -100,6 +100,52 @@ def test_a_crafted_optimizer_state_runs_nothing_on_resume(run_copy, tmp_path):
     assert not marker.exists()
 
 
+def test_deepspeed_checkpoints_are_read_as_data_and_a_crafted_one_runs_nothing(tiny_model_dir, tmp_path):
+    """DeepSpeed's own readers unpickle with code allowed; the backend checks its files first and reads
+    them with data only. A real ZeRO-2 bf16 checkpoint (loss scaler, stage enum, fragment addresses)
+    resumes and exports; one with a payload in its optimizer states is refused, naming the file."""
+    out, marker = tmp_path / "run", tmp_path / "pwned"
+    ds = ["--set", "backend={use='deepspeed', zero_stage=2, precision='bf16'}", "--set", "eval.every=0"]
+    code, text = invoke("run", DANCE, *small(tiny_model_dir, 1, ds), "--out", out, "--quiet")
+    assert code == 0, text
+    code, text = invoke("run", "--resume", out, "--set", "train.iterations=2", "--quiet")
+    assert code == 0, text
+    code, text = invoke("export", out, "--out", tmp_path / "exported")
+    assert code == 0, text
+    states = next((out / "checkpoints" / "iter_000002" / "backend").glob("*optim_states.pt"))
+    saved = torch.load(states, weights_only=False)
+    saved["x"] = Payload(marker)
+    torch.save(saved, states)
+    code, text = invoke("run", "--resume", out, "--set", "train.iterations=3", "--quiet")
+    assert code == 2 and states.name in text and "not loaded" in text, text
+    code, text = invoke("export", out, "--out", tmp_path / "exported-again")
+    assert code == 2 and states.name in text, text
+    assert not marker.exists()
+    torch.load(states, weights_only=False)  # the payload is real: a load that allows code runs it
+    assert marker.exists()
+
+
+def test_a_zero_stage_0_run_exports_the_weights_plain_torch_trains(tiny_model_dir, tmp_path):
+    """Stage 0 keeps no ZeRO partitions for DeepSpeed's converter: export reads the module's weights, the
+    same (fp32) as the torch backend's after the same optimizer steps."""
+    from diffusers import UNet2DConditionModel
+
+    weights = {}
+    for name, table in (("torch", "{use='torch'}"), ("deepspeed", "{use='deepspeed', zero_stage=0}")):
+        out = tmp_path / name
+        extra = ["--set", f"backend={table}", "--set", "eval.every=0", "--set", "train.lr=1e-3"]
+        code, text = invoke("run", DANCE, *small(tiny_model_dir, 1, extra), "--out", out, "--quiet")
+        assert code == 0, text
+        code, text = invoke("export", out, "--out", tmp_path / f"{name}-exported")
+        assert code == 0, text
+        weights[name] = UNet2DConditionModel.from_pretrained(tmp_path / f"{name}-exported" / "unet").state_dict()
+    base = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet").state_dict()
+    moved = max(float((weights["torch"][k] - base[k]).abs().max()) for k in base)
+    assert moved > 1e-4  # the step changed the weights, so equal exports are not the base twice
+    for k, v in weights["torch"].items():
+        torch.testing.assert_close(weights["deepspeed"][k], v, rtol=1e-4, atol=1e-6)
+
+
 # -- 2. one writer per run directory ------------------------------------------------------------------
 
 def _wait_for(path, proc, seconds=300):
