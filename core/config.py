@@ -71,6 +71,15 @@ class TrainConfig:
     ] = False
 
 
+def ema_repeats_problem(decay: float, schedule: str, repeats: int) -> UserError | None:
+    """Repeated EMA blends belong to the released Flow-GRPO loop: with the plain schedule they are refused
+    (by recipe validation, and again where the average is built)."""
+    if decay and repeats > 1 and schedule != "flow-grpo":
+        return UserError("repeated EMA blends are the released Flow-GRPO loop's", where="train.ema_repeats",
+                         hint="set train.ema_schedule = \"flow-grpo\" or train.ema_repeats = 1")
+    return None
+
+
 @dataclass(kw_only=True)
 class EvalConfig:
     """``[eval]``: fixed prompts and fixed noise, sampled deterministically with a registered solver."""

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .config import ema_repeats_problem
 from .errors import UserError
 from .objective import Lag
 
@@ -214,9 +215,8 @@ def weight_average(module: torch.nn.Module, parameters: list[torch.nn.Parameter]
     or for repeated blends on the plain schedule."""
     if not decay:
         return NoCopy()
-    if repeats > 1 and schedule != "flow-grpo":
-        raise UserError("repeated EMA blends are the released Flow-GRPO loop's", where="train.ema_repeats",
-                        hint="set train.ema_schedule = \"flow-grpo\" or train.ema_repeats = 1")
+    if (problem := ema_repeats_problem(decay, schedule, repeats)) is not None:
+        raise problem
     _whole(parameters, "train.ema_decay")
     return WeightAverage(parameters, _names(module, parameters), decay, every, warmup, schedule, repeats)
 

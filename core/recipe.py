@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from .compose import resolve_strategy
-from .config import EvalConfig, LoggingConfig, PartSpec, PluginsConfig, Recipe, RewardSpec, TrainConfig
+from .config import (
+    EvalConfig,
+    LoggingConfig,
+    PartSpec,
+    PluginsConfig,
+    Recipe,
+    RewardSpec,
+    TrainConfig,
+    ema_repeats_problem,
+)
 from .errors import PluginError, UserError, UserErrors, closest, unknown_name_hint
 from .registry import Registry
 from .schema import options_of, validate
@@ -281,6 +290,8 @@ def parse(data: dict[str, Any], registry: Registry, *, source: Path | None = Non
     plugins_cfg = _config(PluginsConfig, data.get("plugins"), "plugins", errors)
     if len(train.betas) != 2:
         errors.append(UserError(f"expected two numbers, got {train.betas!r}", where="train.betas"))
+    if (problem := ema_repeats_problem(train.ema_decay, train.ema_schedule, train.ema_repeats)) is not None:
+        errors.append(problem)
     if errors:
         raise UserErrors(errors)
     assert model and strategy and sampler and prompts and backend and eval_solver

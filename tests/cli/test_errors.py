@@ -146,6 +146,14 @@ def test_bad_deepspeed_settings(sets, expected):
         assert text in out, out
 
 
+def test_repeated_ema_blends_on_the_plain_schedule_are_found_by_validate():
+    code, out = invoke("validate", DANCE, "--set", "train.ema_decay=0.9", "--set", "train.ema_repeats=2")
+    assert code == 2 and "train.ema_repeats" in out and "ema_schedule" in out, out
+    code, out = invoke("validate", DANCE, "--set", "train.ema_decay=0.9", "--set", "train.ema_repeats=2",
+                       "--set", "train.ema_schedule='flow-grpo'")
+    assert code == 0, out
+
+
 def test_deepspeed_presets_and_user_config(tmp_path):
     from grpo.core.backend import OptimizerConfig
     from grpo.plugins.backends.deepspeed_backend import DeepSpeedBackend
