@@ -116,3 +116,24 @@ def test_the_torch_backend_reports_its_memory():
     memory = backend.memory()
     assert memory["parameters"] == (8 * 4 + 4 + 4 * 2 + 2) * 4
     assert memory["gradients"] == (4 * 2 + 2) * 4 and memory["optimizer_state"] == 2 * (4 * 2 + 2) * 4
+
+
+def test_an_fp16_runs_dynamic_loss_scaler_is_read_as_data(tmp_path):
+    """fp16 needs a GPU, so its checkpoints cannot be written here; its ZeRO optimizer state holds a
+    DynamicLossScaler (with a torch dtype), which the backend's data-only reading must accept."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from grpo.core.integrity import data_only_loads, refuse_code
+    from grpo.plugins.backends.deepspeed_backend import checkpoint_types
+
+    scaler = DynamicLossScaler(init_scale=2.0**16, scale_window=1000, min_scale=1.0, delayed_shift=2,
+                               consecutive_hysteresis=False, dtype=torch.float16)
+    scaler.cur_iter = 7
+    path = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"optimizer_state_dict": {"loss_scaler": scaler, "zero_stage": ZeroStageEnum.gradients}}, path)
+    refuse_code([path], checkpoint_types())
+    with data_only_loads(checkpoint_types()):
+        back = torch.load(path, weights_only=False)["optimizer_state_dict"]
+    assert back["loss_scaler"].cur_iter == 7 and back["loss_scaler"].dtype == torch.float16
+    assert back["loss_scaler"].cur_scale == 2.0**16 and back["zero_stage"] is ZeroStageEnum.gradients
