@@ -8,7 +8,8 @@
 #     bash benchmarks/wan_gpu/device.sh all             # both, checks first
 #     bash benchmarks/wan_gpu/device.sh all --smoke     # the same on a CPU with tiny sizes (a dry run)
 #
-# Limits (seconds) come from CHECKS_SECONDS (default 300) and BENCH_SECONDS (default 420).
+# Limits (seconds) come from CHECKS_SECONDS (default 300) and BENCH_SECONDS (default 420); BENCH_ARGS adds
+# options of run.py (e.g. "--only BranchGRPO DiffusionNFT" or "--frames 9").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 mode=${1:-all}
@@ -49,6 +50,8 @@ fi
 if [ "$mode" != checks ]; then
     args=(--out "$OUT")
     [ -n "$smoke" ] && args+=(--tiny --cpu --iterations 2)
+    # shellcheck disable=SC2206  # BENCH_ARGS holds run.py's options, split into words
+    [ -n "${BENCH_ARGS:-}" ] && args+=($BENCH_ARGS)
     timeout "${BENCH_SECONDS:-420}" "$PY" benchmarks/wan_gpu/run.py "${args[@]}" 2>&1 | tee "$OUT/run.log"
     status=$((status | $?))
 fi

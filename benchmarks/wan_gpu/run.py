@@ -135,6 +135,9 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=320)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--only", nargs="*", default=None, metavar="PREFIX",
+                    help="run only the rows whose names start with one of these (the first row, the baseline of "
+                         "the ratios, always runs)")
     args = ap.parse_args()
     device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
     card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
@@ -163,6 +166,9 @@ def main() -> None:
         "DiffusionNFT, 16 chains": ({"use": "diffusionnft", "group_size": 16}, ode, None, 2),
         "DiffusionNFT, the tree": ({"use": "diffusionnft", "topology": nft_tree}, SDE, None, 2),
     }
+    baseline = next(iter(strategies))
+    if args.only is not None:
+        strategies = {k: v for k, v in strategies.items() if k == baseline or k.startswith(tuple(args.only))}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
