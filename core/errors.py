@@ -64,3 +64,9 @@ def unknown_name_hint(name: str, choices: Iterable[str]) -> str:
     best = closest(name, choices)
     valid = ", ".join(choices) if choices else "(none)"
     return (f"did you mean {best!r}? " if best else "") + f"valid: {valid}"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 
 class DamagedFile(UserError):
@@ -51,8 +51,7 @@ def load_data(path: Path, *, map_location: Any = None) -> Any:
                           hint="files in a run directory are read as data only; rewrite it with torch.save of "
                                "tensors, numbers, lists and dicts") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DamagedFile(path, f"cannot be read ({first})") from None
+        raise DamagedFile(path, f"cannot be read ({first_line(e)})") from None
 
 
 def _type_name(t: type) -> str:
@@ -70,8 +69,7 @@ def refuse_code(paths: Iterable[Path], allowed: Sequence[type] = ()) -> None:
         try:
             unsafe = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - names)
         except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DamagedFile(path, f"cannot be read ({first})") from None
+            raise DamagedFile(path, f"cannot be read ({first_line(e)})") from None
         if unsafe:
             shown = ", ".join(unsafe[:3]) + (f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else "")
             raise DamagedFile(path, f"names Python code or objects that are not data ({shown}); it was not loaded",

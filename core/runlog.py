@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .rundir import METRICS, RESOLVED, TENSORBOARD, WANDB_ID
 from .tomlfile import load_toml
 
@@ -85,8 +85,7 @@ class WandbRun:
                                   dir=str(run_dir), config=config, id=run_id, resume="allow",
                                   settings=wandb.Settings(console="off"))
         except wandb.errors.Error as e:  # not logged in, no network, an unknown entity …
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"Weights & Biases could not start the run: {first}", where="logging.mode",
+            raise UserError(f"Weights & Biases could not start the run: {first_line(e)}", where="logging.mode",
                             hint="log in with `wandb login` (or export WANDB_API_KEY), or set logging.mode = "
                                  "\"offline\" and upload later with `wandb sync`; then continue with "
                                  f"grpo run --resume {run_dir}") from None
